@@ -1,0 +1,257 @@
+//! Discovery (`/api`, `/apis`, per group-version resource lists), `/version`
+//! and the OpenAPI documents kubectl consults before it writes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::handlers::respond;
+use super::registry::{Registry, ResourceInfo};
+use super::ApiState;
+
+/// The Kubernetes API version Shoal's types come from (k8s-openapi v1_33).
+pub const KUBE_MINOR: &str = "33";
+
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+pub async fn version() -> Response {
+    respond(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": KUBE_MINOR,
+            "gitVersion": format!("v1.{KUBE_MINOR}.0-shoal.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "n/a (rust)",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+        }),
+        &[],
+    )
+}
+
+/// Architecture names as Kubernetes (Go) spells them.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+pub async fn api_versions(State(st): State<Arc<ApiState>>) -> Response {
+    respond(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": st.advertise}],
+        }),
+        &[],
+    )
+}
+
+fn group_json(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+pub async fn api_groups(State(st): State<Arc<ApiState>>) -> Response {
+    let groups: Vec<Value> = st
+        .registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| group_json(g, v))
+        .collect();
+    respond(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+        &[],
+    )
+}
+
+pub async fn api_group(State(st): State<Arc<ApiState>>, Path(group): Path<String>) -> Response {
+    match st.registry.groups().into_iter().find(|(g, _)| *g == group) {
+        Some((g, v)) => {
+            let mut body = group_json(g, v);
+            body["kind"] = json!("APIGroup");
+            body["apiVersion"] = json!("v1");
+            respond(StatusCode::OK, &body, &[])
+        }
+        None => ApiError::path_not_found(&format!("/apis/{group}")).into_response(),
+    }
+}
+
+fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
+    let mut out = vec![json!({
+        "name": r.plural,
+        "singularName": r.singular,
+        "namespaced": r.namespaced,
+        "kind": r.kind,
+        "verbs": VERBS,
+        "shortNames": r.short_names,
+        "categories": r.categories,
+    })];
+    for sub in r.subresources {
+        let entry = match *sub {
+            "status" => {
+                json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": r.kind, "verbs": ["get", "patch", "update"]})
+            }
+            "scale" => {
+                json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+            }
+            "binding" => {
+                json!({"name": format!("{}/binding", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": "Binding", "verbs": ["create"]})
+            }
+            "finalize" => {
+                json!({"name": format!("{}/finalize", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": r.kind, "verbs": ["update"]})
+            }
+            _ => continue,
+        };
+        out.push(entry);
+    }
+    out
+}
+
+fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = reg
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .flat_map(resource_entries)
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+pub async fn core_resources(State(st): State<Arc<ApiState>>) -> Response {
+    match resource_list(&st.registry, "", "v1") {
+        Some(body) => respond(StatusCode::OK, &body, &[]),
+        None => ApiError::path_not_found("/api/v1").into_response(),
+    }
+}
+
+pub async fn group_resources(
+    State(st): State<Arc<ApiState>>,
+    Path((group, version)): Path<(String, String)>,
+) -> Response {
+    match resource_list(&st.registry, &group, &version) {
+        Some(body) => respond(StatusCode::OK, &body, &[]),
+        None => ApiError::path_not_found(&format!("/apis/{group}/{version}")).into_response(),
+    }
+}
+
+/// OpenAPI v2 is protobuf-only for kubectl; an empty message is a valid,
+/// empty document, so kubectl's client-side schema lookups find nothing and
+/// it relies on server-side validation (advertised through v3) and its
+/// built-in patch metadata instead.
+pub async fn openapi_v2() -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+pub async fn openapi_v3_root(State(st): State<Arc<ApiState>>) -> Response {
+    let mut paths = serde_json::Map::new();
+    for (g, v) in st.registry.groups() {
+        let p = gv_path(g, v);
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}));
+    }
+    respond(StatusCode::OK, &json!({"paths": paths}), &[])
+}
+
+/// Per group-version document: the operations with their
+/// group-version-kind and the `fieldValidation` parameter, which tells
+/// kubectl to validate on the server (Strict) rather than client-side.
+pub async fn openapi_v3_gv(State(st): State<Arc<ApiState>>, Path(rest): Path<String>) -> Response {
+    let Some((group, version)) = st
+        .registry
+        .groups()
+        .into_iter()
+        .find(|(g, v)| gv_path(g, v) == rest.trim_matches('/'))
+    else {
+        return ApiError::path_not_found(&format!("/openapi/v3/{rest}")).into_response();
+    };
+    let mut paths = serde_json::Map::new();
+    let params = json!([
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+    ]);
+    for r in st
+        .registry
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let base = if r.namespaced {
+            format!(
+                "/{}/namespaces/{{namespace}}/{}",
+                gv_path(group, version),
+                r.plural
+            )
+        } else {
+            format!("/{}/{}", gv_path(group, version), r.plural)
+        };
+        let op = |action: &str| {
+            json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk.clone(),
+                   "parameters": params.clone(), "responses": {"200": {"description": "OK"}}})
+        };
+        paths.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
+        paths.insert(format!("{base}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+    }
+    respond(
+        StatusCode::OK,
+        &json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Shoal", "version": format!("v1.{KUBE_MINOR}.0")},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }),
+        &[],
+    )
+}

@@ -1,0 +1,163 @@
+//! Resource handlers: one entry point resolves the request (RequestInfo)
+//! and dispatches to the verb; each verb lives in its own module.
+
+mod delete;
+mod patch;
+mod read;
+mod scale;
+mod watch;
+pub mod write;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+use super::request::{self, Query, Target};
+use super::ApiState;
+
+/// What the metrics layer labels a request with.
+#[derive(Clone, Debug)]
+pub struct RequestLabels {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+pub async fn core_resource(
+    State(st): State<Arc<ApiState>>,
+    Path(rest): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(st, "", "v1", &rest, method, uri, headers, body).await
+}
+
+pub async fn group_resource(
+    State(st): State<Arc<ApiState>>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(st, &group, &version, &rest, method, uri, headers, body).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    st: Arc<ApiState>,
+    group: &str,
+    version: &str,
+    rest: &str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut labels = RequestLabels {
+        verb: "unknown",
+        resource: String::new(),
+    };
+    let result = dispatch(
+        &st,
+        group,
+        version,
+        rest,
+        &method,
+        &uri,
+        &headers,
+        body,
+        &mut labels,
+    )
+    .await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.extensions_mut().insert(labels);
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    st: &ApiState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    labels: &mut RequestLabels,
+) -> ApiResult<Response> {
+    let t = request::resolve(&st.registry, group, version, rest, uri.path())?;
+    let q = Query::parse(uri.query())?;
+    labels.resource = match &t.sub {
+        Some(s) => format!("{}/{s}", t.res.plural),
+        None => t.res.plural.to_string(),
+    };
+    let table = request::wants_table(headers);
+    let is_watch = request::truthy(&q.watch);
+    labels.verb = verb_name(method, &t, is_watch);
+    match (method.as_str(), t.name.is_some(), t.sub.as_deref()) {
+        ("GET", false, _) if is_watch => watch::watch(st, &t, &q, table).await,
+        ("GET", false, _) => read::list(st, &t, &q, table).await,
+        ("GET", true, Some("scale")) => scale::get(st, &t).await,
+        ("GET", true, _) => read::get(st, &t, &q, table).await,
+        ("POST", false, None) => write::create(st, &t, &q, headers, body).await,
+        ("POST", true, Some("binding")) => write::bind(st, &t, headers, body).await,
+        ("PUT", true, Some("scale")) => scale::put(st, &t, headers, body).await,
+        ("PUT", true, _) => write::update(st, &t, &q, headers, body).await,
+        ("PATCH", true, Some("scale")) => scale::patch(st, &t, headers, body).await,
+        ("PATCH", true, _) => patch::patch(st, &t, &q, headers, body).await,
+        ("DELETE", true, None) => delete::delete(st, &t, &q, body).await,
+        ("DELETE", false, None) => delete::delete_collection(st, &t, &q, body).await,
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            uri.path()
+        ))),
+    }
+}
+
+fn verb_name(method: &Method, t: &Target, watch: bool) -> &'static str {
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", false) if watch => "WATCH",
+        ("GET", false) => "LIST",
+        ("GET", true) => "GET",
+        ("POST", _) => "POST",
+        ("PUT", _) => "PUT",
+        ("PATCH", _) => "PATCH",
+        ("DELETE", true) => "DELETE",
+        ("DELETE", false) => "DELETECOLLECTION",
+        _ => "OTHER",
+    }
+}
+
+/// A JSON answer, with `Warning` headers for anything the client should know.
+pub fn respond(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", v);
+        }
+    }
+    resp
+}
+
+/// The object's name and namespace from the target; errors name the resource.
+pub fn object_name<'a>(t: &'a Target) -> &'a str {
+    t.name.as_deref().unwrap_or("")
+}

@@ -1,0 +1,133 @@
+//! The `scale` subresource (autoscaling/v1 Scale) of Deployments,
+//! ReplicaSets and StatefulSets: what `kubectl scale` reads and patches.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::patch::{apply_patch, PatchKind};
+use super::write::write_with_retry;
+use super::{object_name, respond};
+use crate::apiserver::error::{ApiError, ApiResult, Cause};
+use crate::apiserver::request::{self, Query, Target};
+use crate::apiserver::ApiState;
+use crate::store::Revision;
+
+fn selector_string(obj: &Value) -> String {
+    obj.pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// The Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let m = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector_string(obj),
+        },
+    })
+}
+
+async fn current(st: &ApiState, t: &Target<'_>) -> ApiResult<Value> {
+    let name = object_name(t);
+    let gr = t.res.group_resource();
+    let key = t.res.key(t.namespace.as_deref(), Some(name));
+    let obj = st
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(e, &gr, name))?
+        .ok_or_else(|| ApiError::not_found(&gr, name))?;
+    Ok((*obj.value).clone())
+}
+
+pub async fn get(st: &ApiState, t: &Target<'_>) -> ApiResult<Response> {
+    Ok(respond(
+        StatusCode::OK,
+        &scale_of(&current(st, t).await?),
+        &[],
+    ))
+}
+
+/// Writes `replicas` from a Scale object to the workload.
+async fn set_replicas(st: &ApiState, t: &Target<'_>, scale: &Value) -> ApiResult<Response> {
+    let name = object_name(t);
+    let replicas = match scale.pointer("/spec/replicas") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
+        Some(Value::Null) | None => 0,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("Scale in version \"v1\" cannot be handled as a Scale: spec.replicas: invalid type: {other}, expected i32")))
+        }
+    };
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "Scale",
+            name,
+            vec![Cause::invalid(
+                "spec.replicas",
+                replicas,
+                "must be greater than or equal to 0",
+            )],
+        ));
+    }
+    let precondition: Option<Revision> = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|rv| rv.parse().ok());
+    let main = Target {
+        res: t.res,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        sub: None,
+    };
+    let out = write_with_retry(st, &main, &Query::default(), precondition, |cur| {
+        let mut next = cur.clone();
+        crate::apiserver::admission::obj_mut(&mut next, "spec")
+            .insert("replicas".into(), json!(replicas));
+        Ok(next)
+    })
+    .await?;
+    Ok(respond(StatusCode::OK, &scale_of(&out), &[]))
+}
+
+pub async fn put(
+    st: &ApiState,
+    t: &Target<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = request::read_body(body).await?;
+    let scale = request::decode_object(&request::content_type(headers), &bytes)?;
+    set_replicas(st, t, &scale).await
+}
+
+pub async fn patch(
+    st: &ApiState,
+    t: &Target<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let kind = PatchKind::from_content_type(&request::content_type(headers))?;
+    let bytes = request::read_body(body).await?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the patch body is not valid JSON: {e}")))?;
+    let view = scale_of(&current(st, t).await?);
+    let patched = apply_patch(kind, &view, &doc, "Scale")?;
+    set_replicas(st, t, &patched).await
+}

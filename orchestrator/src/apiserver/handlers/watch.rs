@@ -1,0 +1,225 @@
+//! watch: a chunked stream of `{"type", "object"}` lines.
+//!
+//! Without a resourceVersion (or with "0") the stream opens with the current
+//! state as ADDED events; with one, it replays history after it (410 Gone
+//! past compaction). With selectors, an object that stops matching arrives
+//! as DELETED and one that starts matching as ADDED, as Kubernetes does.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::read::Selection;
+use crate::apiserver::error::{ApiError, ApiResult};
+use crate::apiserver::request::{truthy, Query, Target};
+use crate::apiserver::table::{self, IncludeObject};
+use crate::apiserver::ApiState;
+use crate::store::{EventType, WatchNext, WatchReceiver};
+
+/// Kubernetes closes watches after 30–60 minutes so clients re-list now and then.
+const DEFAULT_TIMEOUT: u64 = 1800;
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+struct Framer {
+    printer: table::Printer,
+    kind: &'static str,
+    api_version: String,
+    table: Option<IncludeObject>,
+}
+
+impl Framer {
+    fn frame(&self, ty: &str, obj: &Value) -> Bytes {
+        let object = match self.table {
+            Some(include) => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                table::table(
+                    self.printer,
+                    &[obj],
+                    json!({"resourceVersion": rv}),
+                    include,
+                )
+            }
+            None => obj.clone(),
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn error(&self, code: u16, reason: &str, message: &str) -> Bytes {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code});
+        let mut line =
+            serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+pub async fn watch(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    as_table: bool,
+) -> ApiResult<Response> {
+    let sel = Selection::from_query(t, q)?;
+    let prefix = t.res.key(t.namespace.as_deref(), None);
+    let bookmarks = truthy(&q.allow_watch_bookmarks);
+    let send_initial = truthy(&q.send_initial_events);
+    let timeout = q
+        .int(&q.timeout_seconds, "timeoutSeconds")?
+        .map(|s| s.max(0) as u64)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let rv = match q.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
+        ),
+    };
+    let (initial, from) = match rv {
+        Some(rv) if !send_initial => (Vec::new(), rv),
+        _ => {
+            let page = st
+                .store
+                .list(&prefix, None, None, &|v| sel.matches(v))
+                .await
+                .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), ""))?;
+            let items: Vec<Value> = page.items.iter().map(|o| (*o.value).clone()).collect();
+            (items, page.rv)
+        }
+    };
+    let rx = st
+        .store
+        .watch(&prefix, from)
+        .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), ""))?;
+    let framer = Framer {
+        printer: t.res.printer,
+        kind: t.res.kind,
+        api_version: t.res.api_version(),
+        table: as_table.then(|| IncludeObject::parse(q.include_object.as_deref())),
+    };
+    let (tx, out) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let gauge = st.metrics.watches.clone();
+    tokio::spawn(async move {
+        gauge.inc();
+        pump(
+            framer,
+            sel,
+            rx,
+            initial,
+            from,
+            send_initial && bookmarks,
+            bookmarks,
+            timeout,
+            tx,
+        )
+        .await;
+        gauge.dec();
+    });
+    let mut resp = Body::from_stream(ReceiverStream::new(out)).into_response();
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(resp)
+}
+
+/// How an event looks to a watcher with a selector.
+fn translate(
+    kind: EventType,
+    obj: &Value,
+    prev: Option<&Value>,
+    sel: &Selection,
+) -> Option<&'static str> {
+    let now = sel.matches(obj);
+    match kind {
+        EventType::Added => now.then_some("ADDED"),
+        EventType::Deleted => now.then_some("DELETED"),
+        EventType::Modified => {
+            let before = prev.map(|p| sel.matches(p)).unwrap_or(false);
+            match (before, now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    framer: Framer,
+    sel: Selection,
+    mut rx: WatchReceiver,
+    initial: Vec<Value>,
+    from: u64,
+    initial_end_bookmark: bool,
+    bookmarks: bool,
+    timeout: u64,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    for obj in &initial {
+        if tx.send(Ok(framer.frame("ADDED", obj))).await.is_err() {
+            return;
+        }
+    }
+    if initial_end_bookmark && tx.send(Ok(framer.bookmark(from, true))).await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.tick().await;
+    loop {
+        let frame = tokio::select! {
+            next = rx.next() => match next {
+                WatchNext::Event(ev) => {
+                    match translate(ev.kind, &ev.object, ev.prev.as_deref(), &sel) {
+                        Some(ty) => framer.frame(ty, &ev.object),
+                        None => continue,
+                    }
+                }
+                WatchNext::Lagged => {
+                    let _ = tx.send(Ok(framer.error(410, "Expired", "the watcher fell too far behind; re-list and watch again"))).await;
+                    return;
+                }
+                WatchNext::Closed => return,
+            },
+            _ = tick.tick(), if bookmarks && framer.table.is_none() => framer.bookmark(rx.after, false),
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+        };
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
+    }
+}

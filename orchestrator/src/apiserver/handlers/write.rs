@@ -1,0 +1,535 @@
+//! create, update (including the status subresource) and pods/binding, and
+//! the admission pipeline every write shares: decode, type-check, default,
+//! validate, then store with optimistic concurrency.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use k8s_openapi::jiff::Timestamp;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::{object_name, respond};
+use crate::apiserver::admission::meta::object_meta;
+use crate::apiserver::error::{ApiError, ApiResult, Cause};
+use crate::apiserver::registry::{unknown_fields, ResourceInfo};
+use crate::apiserver::request::{self, Query, Target};
+use crate::apiserver::ApiState;
+use crate::store::{Revision, StoreError};
+
+pub fn now() -> String {
+    let t = Timestamp::now();
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_default()
+}
+
+/// Which part of the object a write may change.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Part {
+    /// The object itself: everything but `status` where a status subresource exists.
+    Main,
+    /// The status subresource: only `status`.
+    Status,
+}
+
+impl Part {
+    pub fn of(t: &Target) -> Part {
+        if t.sub.as_deref() == Some("status") {
+            Part::Status
+        } else {
+            Part::Main
+        }
+    }
+}
+
+/// Checks `apiVersion`/`kind` against the URL, filling them in when absent.
+fn check_type(res: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
+    let want = res.api_version();
+    let Value::Object(m) = obj else {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    match m.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if !v.is_empty() && v != want => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({want})"
+            )))
+        }
+        _ => {
+            m.insert("apiVersion".into(), json!(want));
+        }
+    }
+    match m.get("kind").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() && k != res.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )))
+        }
+        _ => {
+            m.insert("kind".into(), json!(res.kind));
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles the body's namespace with the URL's.
+fn check_namespace(res: &ResourceInfo, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+    let meta = crate::apiserver::admission::obj_mut(obj, "metadata");
+    if !res.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let url_ns = ns.unwrap_or("");
+    match meta.get("namespace").and_then(Value::as_str) {
+        Some(b) if !b.is_empty() && b != url_ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            meta.insert("namespace".into(), json!(url_ns));
+            Ok(())
+        }
+    }
+}
+
+/// Decodes into the typed struct and applies `fieldValidation`; returns
+/// the normalised object and any warnings.
+pub fn type_check(res: &ResourceInfo, obj: &Value, q: &Query) -> ApiResult<(Value, Vec<String>)> {
+    let normalized = (res.normalize)(obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            res.kind, res.version, res.kind
+        ))
+    })?;
+    let unknown = unknown_fields(obj, &normalized);
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match q.field_validation.as_deref().unwrap_or("Warn") {
+            "Strict" => {
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    msgs.join(", ")
+                )));
+            }
+            "Ignore" => {}
+            "Warn" | "" => warnings = msgs,
+            other => return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", got {other:?}"
+            ))),
+        }
+    }
+    Ok((normalized, warnings))
+}
+
+/// Runs defaults and validation; `old` is the stored object on update.
+pub fn admit(res: &ResourceInfo, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+    (res.admission.default)(obj);
+    let mut causes: Vec<Cause> = object_meta(obj, res.namespaced, res.admission.name_rule);
+    causes.extend((res.admission.validate)(obj));
+    if let Some(old) = old {
+        causes.extend((res.admission.validate_update)(obj, old));
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Err(ApiError::invalid(res.kind, name, causes))
+}
+
+const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_name(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+/// NamespaceLifecycle: nothing is created in a missing or terminating namespace.
+async fn check_namespace_open(st: &ApiState, ns: &str) -> ApiResult<()> {
+    let Some(reg) = st.registry.get("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    let key = reg.key(None, Some(ns));
+    match st.store.get(&key).await {
+        Ok(Some(n)) => {
+            if n.value.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+                return Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )));
+            }
+            Ok(())
+        }
+        Ok(None) => Err(ApiError::not_found("namespaces", ns)),
+        Err(e) => Err(ApiError::from_store(e, "namespaces", ns)),
+    }
+}
+
+pub async fn create(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = request::read_body(body).await?;
+    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    check_type(t.res, &mut obj)?;
+    check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
+    let (mut obj, warnings) = type_check(t.res, &obj, q)?;
+    let dry_run = q.dry_run()?;
+    {
+        let meta = crate::apiserver::admission::obj_mut(&mut obj, "metadata");
+        let has_name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !has_name {
+            if let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
+                let name = generate_name(prefix);
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
+            meta.remove(f);
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.insert("generation".into(), json!(1));
+    }
+    if t.res.has_status() {
+        let status = (t.res.admission.initial_status)(&obj);
+        if let Value::Object(m) = &mut obj {
+            match status {
+                Some(s) => m.insert("status".into(), s),
+                None => m.remove("status"),
+            };
+        }
+    }
+    admit(t.res, &mut obj, None)?;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(ns) = t.namespace.as_deref() {
+        check_namespace_open(st, ns).await?;
+    }
+    if dry_run {
+        return Ok(respond(StatusCode::CREATED, &obj, &warnings));
+    }
+    let key = t.res.key(t.namespace.as_deref(), Some(&name));
+    let stored = st
+        .store
+        .create(&key, obj)
+        .await
+        .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), &name))?;
+    Ok(respond(StatusCode::CREATED, &stored.value, &warnings))
+}
+
+/// Spec-ish content: what `metadata.generation` counts changes of.
+fn spec_view(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Value::Object(m) = &mut c {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    c
+}
+
+/// Builds the object to store from what the client sent and what is stored:
+/// server-owned metadata carried over, status or spec kept per `part`.
+pub fn merge_for_update(res: &ResourceInfo, new: Value, old: &Value, part: Part) -> Value {
+    let mut out = match part {
+        Part::Status => {
+            let mut o = old.clone();
+            if let Value::Object(m) = &mut o {
+                match new.get("status") {
+                    Some(s) => m.insert("status".into(), s.clone()),
+                    None => m.remove("status"),
+                };
+            }
+            o
+        }
+        Part::Main => {
+            let mut n = new;
+            if res.has_status() {
+                if let Value::Object(m) = &mut n {
+                    match old.get("status") {
+                        Some(s) => m.insert("status".into(), s.clone()),
+                        None => m.remove("status"),
+                    };
+                }
+            }
+            n
+        }
+    };
+    let old_meta = old
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let meta = crate::apiserver::admission::obj_mut(&mut out, "metadata");
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+        "generateName",
+    ] {
+        match old_meta.get(f) {
+            Some(v) => meta.insert(f.into(), v.clone()),
+            None => meta.remove(f),
+        };
+    }
+    meta.remove("managedFields");
+    meta.remove("selfLink");
+    let old_gen = old_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let gen = if spec_view(&out) != spec_view(old) {
+        old_gen + 1
+    } else {
+        old_gen
+    };
+    crate::apiserver::admission::obj_mut(&mut out, "metadata")
+        .insert("generation".into(), json!(gen));
+    out
+}
+
+/// Compare-and-swap write of an admitted update. Removing the last
+/// finalizer of an object being deleted completes its deletion.
+pub async fn store_update(
+    st: &ApiState,
+    t: &Target<'_>,
+    key: &str,
+    obj: Value,
+    old: &Value,
+    expected: Revision,
+) -> Result<Value, StoreError> {
+    if obj == *old {
+        // Kubernetes does not bump the revision for a no-op write.
+        return Ok(old.clone());
+    }
+    let terminating = obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null());
+    let finalizers_left = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if terminating && !finalizers_left && t.res.kind != "Pod" {
+        let gone = st.store.delete(key, Some(expected)).await?;
+        return Ok((*gone.value).clone());
+    }
+    let stored = st.store.update(key, Some(expected), obj).await?;
+    Ok((*stored.value).clone())
+}
+
+pub async fn update(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let name = object_name(t).to_string();
+    let bytes = request::read_body(body).await?;
+    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    check_type(t.res, &mut obj)?;
+    check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
+    let body_name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let (obj, warnings) = type_check(t.res, &obj, q)?;
+    let precondition: Option<Revision> = match obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        Some(rv) if !rv.is_empty() => Some(rv.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "metadata.resourceVersion: Invalid value: {rv:?}: must be an integer"
+            ))
+        })?),
+        _ => None,
+    };
+    let out = write_with_retry(st, t, q, precondition, |_old| Ok(obj.clone())).await?;
+    Ok(respond(StatusCode::OK, &out, &warnings))
+}
+
+/// Read-modify-write: `change` maps the stored object to the client's
+/// version; without a precondition, conflicts with concurrent writers are
+/// retried (as Kubernetes' GuaranteedUpdate does).
+pub async fn write_with_retry(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    precondition: Option<Revision>,
+    change: impl Fn(&Value) -> ApiResult<Value>,
+) -> ApiResult<Value> {
+    let name = object_name(t).to_string();
+    let gr = t.res.group_resource();
+    let key = t.res.key(t.namespace.as_deref(), Some(&name));
+    let part = Part::of(t);
+    let dry_run = q.dry_run()?;
+    for _ in 0..16 {
+        let cur = st
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(e, &gr, &name))?
+            .ok_or_else(|| ApiError::not_found(&gr, &name))?;
+        if let Some(p) = precondition {
+            if p != cur.rv {
+                return Err(ApiError::from_store(
+                    StoreError::Conflict {
+                        key: key.clone(),
+                        expected: p,
+                        actual: cur.rv,
+                    },
+                    &gr,
+                    &name,
+                ));
+            }
+        }
+        let client = change(&cur.value)?;
+        let mut merged = merge_for_update(t.res, client, &cur.value, part);
+        crate::store::stamp_revision(&mut merged, cur.rv);
+        admit(t.res, &mut merged, Some(&cur.value))?;
+        if dry_run {
+            return Ok(merged);
+        }
+        match store_update(st, t, &key, merged, &cur.value, cur.rv).await {
+            Ok(v) => return Ok(v),
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, &gr, &name)),
+        }
+    }
+    Err(ApiError::conflict(
+        &gr,
+        &name,
+        "too many concurrent writers; try again",
+    ))
+}
+
+/// `POST pods/{name}/binding`: assigns a node, once.
+pub async fn bind(
+    st: &ApiState,
+    t: &Target<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = request::read_body(body).await?;
+    let binding = request::decode_object(&request::content_type(headers), &bytes)?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Binding",
+                object_name(t),
+                vec![Cause::required("target.name")],
+            )
+        })?
+        .to_string();
+    let name = object_name(t).to_string();
+    let q = Query::default();
+    let main = Target {
+        res: t.res,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        sub: None,
+    };
+    write_with_retry(st, &main, &q, None, |cur| {
+        if let Some(existing) = cur
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "pods/binding",
+                &name,
+                &format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        if cur
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::conflict(
+                "pods/binding",
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let mut next = cur.clone();
+        crate::apiserver::admission::obj_mut(&mut next, "spec")
+            .insert("nodeName".into(), json!(node));
+        Ok(next)
+    })
+    .await?;
+    // Binding also records PodScheduled=True, which is status.
+    let status_t = Target {
+        res: t.res,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        sub: Some("status".into()),
+    };
+    write_with_retry(st, &status_t, &q, None, |cur| {
+        let mut next = cur.clone();
+        set_condition(
+            &mut next,
+            json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}),
+        );
+        Ok(next)
+    })
+    .await?;
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    Ok(respond(StatusCode::CREATED, &status, &[]))
+}
+
+/// Replaces or appends `status.conditions[type]`.
+pub fn set_condition(obj: &mut Value, cond: Value) {
+    let status = crate::apiserver::admission::obj_mut(obj, "status");
+    let list = status.entry("conditions").or_insert_with(|| json!([]));
+    if let Value::Array(items) = list {
+        let ty = cond.get("type").cloned();
+        match items.iter_mut().find(|c| c.get("type") == ty.as_ref()) {
+            Some(existing) => *existing = cond,
+            None => items.push(cond),
+        }
+    }
+}
+
+/// The subresource-free metadata map, for handlers that edit it.
+pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    crate::apiserver::admission::obj_mut(obj, "metadata")
+}

@@ -1,0 +1,217 @@
+//! Every resource Shoal serves: one line each.
+
+use k8s_openapi::api::{
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    networking::v1 as networking, node::v1 as node, policy::v1 as policy,
+};
+
+use super::admission::{core as core_rules, meta, pod, workloads, Admission};
+use super::registry::{entry, Registry};
+use super::table::Printer;
+
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+pub fn registry() -> Registry {
+    let all = &["all"][..];
+    Registry::new(vec![
+        // core/v1
+        entry::<core::Namespace>()
+            .short(&["ns"])
+            .sub(&["status", "finalize"])
+            .fields(&["status.phase"])
+            .printer(Printer::Namespace)
+            .admission(Admission {
+                default: core_rules::default_namespace,
+                name_rule: meta::dns1123_label,
+                initial_status: core_rules::namespace_status,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::Pod>()
+            .short(&["po"])
+            .categories(all)
+            .sub(&["status", "binding"])
+            .fields(POD_FIELDS)
+            .printer(Printer::Pod)
+            .admission(Admission {
+                default: pod::default_pod,
+                validate: pod::validate_pod,
+                validate_update: pod::validate_pod_update,
+                initial_status: pod::initial_status,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::Node>()
+            .short(&["no"])
+            .sub(&["status"])
+            .fields(&["spec.unschedulable"])
+            .printer(Printer::Node)
+            .build(),
+        entry::<core::Event>()
+            .short(&["ev"])
+            .fields(EVENT_FIELDS)
+            .printer(Printer::Event)
+            .build(),
+        entry::<core::ConfigMap>()
+            .short(&["cm"])
+            .printer(Printer::ConfigMap)
+            .admission(Admission {
+                validate: core_rules::validate_configmap,
+                validate_update: core_rules::validate_config_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::Secret>()
+            .fields(&["type"])
+            .printer(Printer::Secret)
+            .admission(Admission {
+                default: core_rules::default_secret,
+                validate: core_rules::validate_secret,
+                validate_update: core_rules::validate_config_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::Service>()
+            .short(&["svc"])
+            .categories(all)
+            .sub(&["status"])
+            .printer(Printer::Service)
+            .admission(Admission {
+                default: core_rules::default_service,
+                name_rule: core_rules::dns1035_label,
+                validate: core_rules::validate_service,
+                validate_update: core_rules::validate_service_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::Endpoints>().short(&["ep"]).build(),
+        entry::<core::ServiceAccount>().short(&["sa"]).build(),
+        entry::<core::ResourceQuota>()
+            .short(&["quota"])
+            .sub(&["status"])
+            .build(),
+        // apps/v1
+        entry::<apps::Deployment>()
+            .short(&["deploy"])
+            .categories(all)
+            .sub(&["status", "scale"])
+            .printer(Printer::Deployment)
+            .admission(Admission {
+                default: workloads::default_deployment,
+                validate: workloads::validate_deployment,
+                validate_update: workloads::validate_workload_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<apps::ReplicaSet>()
+            .short(&["rs"])
+            .categories(all)
+            .sub(&["status", "scale"])
+            .fields(&["status.replicas"])
+            .printer(Printer::ReplicaSet)
+            .admission(Admission {
+                default: workloads::default_replicaset,
+                validate: workloads::validate_replicaset,
+                validate_update: workloads::validate_workload_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<apps::DaemonSet>()
+            .short(&["ds"])
+            .categories(all)
+            .sub(&["status"])
+            .printer(Printer::DaemonSet)
+            .admission(Admission {
+                default: workloads::default_daemonset,
+                validate: workloads::validate_daemonset,
+                validate_update: workloads::validate_workload_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<apps::StatefulSet>()
+            .short(&["sts"])
+            .categories(all)
+            .sub(&["status", "scale"])
+            .printer(Printer::StatefulSet)
+            .admission(Admission {
+                default: workloads::default_statefulset,
+                validate: workloads::validate_statefulset,
+                validate_update: workloads::validate_workload_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<apps::ControllerRevision>().build(),
+        // batch/v1
+        entry::<batch::Job>()
+            .categories(all)
+            .sub(&["status"])
+            .fields(&["status.successful"])
+            .printer(Printer::Job)
+            .admission(Admission {
+                default: workloads::default_job,
+                validate: workloads::validate_job,
+                validate_update: workloads::validate_job_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<batch::CronJob>()
+            .short(&["cj"])
+            .categories(all)
+            .sub(&["status"])
+            .printer(Printer::CronJob)
+            .admission(Admission {
+                default: workloads::default_cronjob,
+                validate: workloads::validate_cronjob,
+                ..Admission::default()
+            })
+            .build(),
+        // autoscaling/v2
+        entry::<autoscaling::HorizontalPodAutoscaler>()
+            .short(&["hpa"])
+            .categories(all)
+            .sub(&["status"])
+            .build(),
+        // networking.k8s.io/v1
+        entry::<networking::Ingress>()
+            .short(&["ing"])
+            .sub(&["status"])
+            .build(),
+        entry::<networking::IngressClass>().build(),
+        // discovery.k8s.io/v1
+        entry::<discovery::EndpointSlice>().build(),
+        // coordination.k8s.io/v1
+        entry::<coordination::Lease>().build(),
+        // node.k8s.io/v1
+        entry::<node::RuntimeClass>()
+            .printer(Printer::RuntimeClass)
+            .build(),
+        // policy/v1
+        entry::<policy::PodDisruptionBudget>()
+            .short(&["pdb"])
+            .sub(&["status"])
+            .build(),
+    ])
+}

@@ -1,0 +1,142 @@
+//! The Kubernetes-compatible API server: discovery, the generic resource
+//! registry, admission, and HTTPS serving with bearer-token auth.
+
+pub mod admission;
+pub mod bootstrap;
+mod discovery;
+pub mod error;
+mod handlers;
+pub mod kinds;
+pub mod registry;
+pub mod request;
+mod seed;
+pub mod selectors;
+pub mod serve;
+pub mod strategic;
+pub mod table;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use error::ApiError;
+use handlers::RequestLabels;
+use registry::Registry;
+
+pub use seed::seed;
+pub use serve::serve_tls;
+
+/// Everything a request handler needs.
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// Bearer tokens accepted, with the identity they carry.
+    pub tokens: Vec<(String, &'static str)>,
+    /// `host:port` clients are told to use.
+    pub advertise: String,
+}
+
+impl ApiState {
+    fn authenticate(&self, req: &Request) -> Option<&'static str> {
+        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+        let presented = value.strip_prefix("Bearer ")?.trim();
+        self.tokens
+            .iter()
+            .find(|(t, _)| constant_time_eq(t.as_bytes(), presented.as_bytes()))
+            .map(|(_, who)| *who)
+    }
+}
+
+/// Token comparison whose time does not depend on where bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Health endpoints answer anyone, as Kubernetes' public-info-viewer role allows.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+}
+
+async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    if is_public(req.uri().path()) || st.authenticate(&req).is_some() {
+        return next.run(req).await;
+    }
+    ApiError::unauthorized().into_response()
+}
+
+/// Request count and latency by verb, resource and code.
+async fn observe(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, code = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let (verb, resource) = match resp.extensions().get::<RequestLabels>() {
+        Some(l) => (l.verb, l.resource.clone()),
+        None => ("GET", String::new()),
+    };
+    let code = resp.status().as_u16().to_string();
+    st.metrics
+        .requests
+        .with_label_values(&[verb, &resource, &code])
+        .inc();
+    if verb != "WATCH" {
+        st.metrics
+            .request_latency
+            .with_label_values(&[verb, &resource])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::path_not_found(req.uri().path()).into_response()
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(healthz))
+        .route("/version", get(discovery::version))
+        .route("/metrics", get(metrics))
+        .route("/api", get(discovery::api_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::api_groups))
+        .route("/apis/{group}", get(discovery::api_group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(discovery::openapi_v2))
+        .route("/openapi/v3", get(discovery::openapi_v3_root))
+        .route("/openapi/v3/{*rest}", get(discovery::openapi_v3_gv))
+        .route("/api/v1/{*rest}", any(handlers::core_resource))
+        .route(
+            "/apis/{group}/{version}/{*rest}",
+            any(handlers::group_resource),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}

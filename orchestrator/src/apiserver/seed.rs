@@ -1,0 +1,67 @@
+//! Objects every cluster starts with: the system namespaces and the two
+//! RuntimeClasses (`wasmtime`, the default, and `runc`).
+
+use serde_json::{json, Value};
+use tracing::info;
+
+use super::handlers::write::now;
+use super::ApiState;
+use crate::store::StoreError;
+
+fn object(api_version: &str, kind: &str, name: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now(), "generation": 1},
+    });
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v
+}
+
+/// Creates what is missing; existing objects are left as the user made them.
+pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
+    let mut wanted = Vec::new();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let mut o = object(
+            "v1",
+            "Namespace",
+            ns,
+            json!({"spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+        o["metadata"]["labels"] = json!({"kubernetes.io/metadata.name": ns});
+        wanted.push(("", "namespaces", o));
+    }
+    for handler in [
+        shoal_sdk::RUNTIME_CLASS_WASMTIME,
+        shoal_sdk::RUNTIME_CLASS_RUNC,
+    ] {
+        wanted.push((
+            "node.k8s.io",
+            "runtimeclasses",
+            object(
+                "node.k8s.io/v1",
+                "RuntimeClass",
+                handler,
+                json!({"handler": handler}),
+            ),
+        ));
+    }
+    for (group, plural, obj) in wanted {
+        let Some(res) = st.registry.get(group, "v1", plural) else {
+            continue;
+        };
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = res.key(None, Some(&name));
+        match st.store.create(&key, obj).await {
+            Ok(_) => info!(resource = plural, %name, "created"),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,722 @@
+//! The server-side `Table` format `kubectl get` asks for, with the columns
+//! Kubernetes' own printers produce for each kind.
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Printer {
+    Default,
+    Pod,
+    Deployment,
+    ReplicaSet,
+    Node,
+    Service,
+    Event,
+    Namespace,
+    ConfigMap,
+    Secret,
+    Job,
+    CronJob,
+    DaemonSet,
+    StatefulSet,
+    RuntimeClass,
+}
+
+/// (name, type, priority): priority 1 columns show only with `-o wide`.
+type Col = (&'static str, &'static str, u8);
+
+fn columns(p: Printer) -> Vec<Col> {
+    let name = ("Name", "string", 0);
+    let age = ("Age", "string", 0);
+    match p {
+        Printer::Default => vec![name, ("Created At", "date", 0)],
+        Printer::Pod => vec![
+            name,
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "string", 0),
+            age,
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
+        ],
+        Printer::Deployment => vec![
+            name,
+            ("Ready", "string", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            age,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        Printer::ReplicaSet => vec![
+            name,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            age,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        Printer::Node => vec![
+            name,
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            age,
+            ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
+        ],
+        Printer::Service => vec![
+            name,
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+            age,
+            ("Selector", "string", 1),
+        ],
+        Printer::Event => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
+            ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "string", 1),
+            ("Name", "string", 1),
+        ],
+        Printer::Namespace => vec![name, ("Status", "string", 0), age],
+        Printer::ConfigMap => vec![name, ("Data", "string", 0), age],
+        Printer::Secret => vec![name, ("Type", "string", 0), ("Data", "string", 0), age],
+        Printer::Job => vec![
+            name,
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            age,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        Printer::CronJob => vec![
+            name,
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            age,
+        ],
+        Printer::DaemonSet => vec![
+            name,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            age,
+        ],
+        Printer::StatefulSet => vec![name, ("Ready", "string", 0), age],
+        Printer::RuntimeClass => vec![name, ("Handler", "string", 0), age],
+    }
+}
+
+/// Kubernetes' `HumanDuration`: "42s", "5m3s", "3h", "12d", "2y".
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 120 {
+        return format!("{s}s");
+    }
+    let m = s / 60;
+    if m < 10 {
+        return if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        };
+    }
+    if m < 180 {
+        return format!("{m}m");
+    }
+    let h = s / 3600;
+    if h < 8 {
+        return if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        };
+    }
+    if h < 48 {
+        return format!("{h}h");
+    }
+    let d = h / 24;
+    if h < 24 * 8 {
+        return if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        };
+    }
+    if d < 365 * 2 {
+        return format!("{d}d");
+    }
+    format!("{}y", d / 365)
+}
+
+fn since(ts: Option<&str>) -> String {
+    match ts.and_then(|t| t.parse::<Timestamp>().ok()) {
+        Some(t) => human_duration(Timestamp::now().as_second() - t.as_second()),
+        None => "<unknown>".into(),
+    }
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+fn n(v: &Value, p: &str) -> i64 {
+    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(x: &str) -> String {
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x.into()
+    }
+}
+
+fn count(v: &Value, p: &str) -> usize {
+    match v.pointer(p) {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    }
+}
+
+fn containers_images(v: &Value, p: &str) -> (String, String) {
+    let cs = v
+        .pointer(p)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
+    let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
+    (names.join(","), images.join(","))
+}
+
+fn pairs(m: &serde_json::Map<String, Value>) -> Vec<String> {
+    m.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect()
+}
+
+/// Workloads carry a `LabelSelector`, Services a plain map.
+fn selector_string(v: &Value, p: &str) -> String {
+    let parts = match v.pointer(p) {
+        Some(Value::Object(sel))
+            if sel.contains_key("matchLabels") || sel.contains_key("matchExpressions") =>
+        {
+            let mut parts = sel
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .map(pairs)
+                .unwrap_or_default();
+            for e in sel
+                .get("matchExpressions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let vals: Vec<&str> = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                parts.push(format!(
+                    "{} {} ({})",
+                    s(e, "/key"),
+                    s(e, "/operator").to_ascii_lowercase(),
+                    vals.join(",")
+                ));
+            }
+            parts
+        }
+        Some(Value::Object(sel)) => pairs(sel),
+        _ => vec![],
+    };
+    or_none(&parts.join(","))
+}
+
+/// The STATUS column of `kubectl get pods`, by Kubernetes' printPod rules.
+fn pod_status(pod: &Value) -> (String, usize, usize, i64) {
+    let mut reason = s(pod, "/status/reason").to_string();
+    if reason.is_empty() {
+        reason = s(pod, "/status/phase").to_string();
+    }
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut ready = 0;
+    let mut restarts = 0;
+    let inits = pod
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let init_total = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        restarts += n(c, "/restartCount");
+        if c.pointer("/state/terminated").is_some() && n(c, "/state/terminated/exitCode") == 0 {
+            continue;
+        }
+        initializing = true;
+        let w = s(c, "/state/waiting/reason");
+        reason = if let Some(t) = c.pointer("/state/terminated") {
+            let r = s(t, "/reason");
+            if r.is_empty() {
+                format!("Init:ExitCode:{}", n(t, "/exitCode"))
+            } else {
+                format!("Init:{r}")
+            }
+        } else if !w.is_empty() && w != "PodInitializing" {
+            format!("Init:{w}")
+        } else {
+            format!("Init:{i}/{init_total}")
+        };
+        break;
+    }
+    if !initializing {
+        for c in statuses.iter().rev() {
+            restarts += n(c, "/restartCount");
+            let w = s(c, "/state/waiting/reason");
+            let t = s(c, "/state/terminated/reason");
+            if !w.is_empty() {
+                reason = w.to_string();
+            } else if !t.is_empty() {
+                reason = t.to_string();
+            } else if let Some(term) = c.pointer("/state/terminated") {
+                let sig = n(term, "/signal");
+                reason = if sig != 0 {
+                    format!("Signal:{sig}")
+                } else {
+                    format!("ExitCode:{}", n(term, "/exitCode"))
+                };
+            } else if c.get("ready").and_then(Value::as_bool) == Some(true)
+                && c.pointer("/state/running").is_some()
+            {
+                ready += 1;
+            }
+        }
+    }
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        reason = if s(pod, "/status/reason") == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    (reason, ready, total, restarts)
+}
+
+fn cells(p: Printer, o: &Value) -> Vec<Value> {
+    let name = json!(s(o, "/metadata/name"));
+    let age = json!(since(
+        o.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+    ));
+    match p {
+        Printer::Default => vec![name, json!(s(o, "/metadata/creationTimestamp"))],
+        Printer::Pod => {
+            let (status, ready, total, restarts) = pod_status(o);
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts),
+                age,
+                json!(or_none(s(o, "/status/podIP"))),
+                json!(or_none(s(o, "/spec/nodeName"))),
+                json!(or_none(s(o, "/status/nominatedNodeName"))),
+                json!("<none>"),
+            ]
+        }
+        Printer::Deployment => {
+            let (c, i) = containers_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/spec/replicas")
+                )),
+                json!(n(o, "/status/updatedReplicas")),
+                json!(n(o, "/status/availableReplicas")),
+                age,
+                json!(c),
+                json!(i),
+                json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        Printer::ReplicaSet => {
+            let (c, i) = containers_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(n(o, "/spec/replicas")),
+                json!(n(o, "/status/replicas")),
+                json!(n(o, "/status/readyReplicas")),
+                age,
+                json!(c),
+                json!(i),
+                json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        Printer::Node => {
+            let conds = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut status = match conds
+                .iter()
+                .find(|c| s(c, "/type") == "Ready")
+                .map(|c| s(c, "/status"))
+            {
+                Some("True") => "Ready".to_string(),
+                _ => "NotReady".to_string(),
+            };
+            if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                status.push_str(",SchedulingDisabled");
+            }
+            let mut roles: Vec<String> = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .map(|l| {
+                    l.keys()
+                        .filter_map(|k| {
+                            k.strip_prefix("node-role.kubernetes.io/").map(String::from)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            roles.sort();
+            let addr = |t: &str| {
+                o.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|x| s(x, "/type") == t)
+                            .map(|x| s(x, "/address").to_string())
+                    })
+                    .unwrap_or_else(|| "<none>".into())
+            };
+            vec![
+                name,
+                json!(status),
+                json!(or_none(&roles.join(","))),
+                age,
+                json!(s(o, "/status/nodeInfo/kubeletVersion")),
+                json!(addr("InternalIP")),
+                json!(addr("ExternalIP")),
+                json!(s(o, "/status/nodeInfo/osImage")),
+                json!(s(o, "/status/nodeInfo/kernelVersion")),
+                json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
+            ]
+        }
+        Printer::Service => {
+            let ports: Vec<String> = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let np = n(p, "/nodePort");
+                    let proto = s(p, "/protocol");
+                    if np > 0 {
+                        format!("{}:{np}/{proto}", n(p, "/port"))
+                    } else {
+                        format!("{}/{proto}", n(p, "/port"))
+                    }
+                })
+                .collect();
+            let external = match s(o, "/spec/type") {
+                "ExternalName" => s(o, "/spec/externalName").to_string(),
+                "LoadBalancer" => {
+                    let ips: Vec<&str> = o
+                        .pointer("/status/loadBalancer/ingress")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|i| s(i, "/ip"))
+                        .collect();
+                    if ips.is_empty() {
+                        "<pending>".into()
+                    } else {
+                        ips.join(",")
+                    }
+                }
+                _ => "<none>".into(),
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/type")),
+                json!(or_none(s(o, "/spec/clusterIP"))),
+                json!(external),
+                json!(if ports.is_empty() {
+                    "<none>".into()
+                } else {
+                    ports.join(",")
+                }),
+                age,
+                json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        Printer::Event => {
+            let last = [
+                s(o, "/lastTimestamp"),
+                s(o, "/eventTime"),
+                s(o, "/metadata/creationTimestamp"),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty());
+            let first = [s(o, "/firstTimestamp"), s(o, "/eventTime")]
+                .into_iter()
+                .find(|t| !t.is_empty());
+            let object = format!(
+                "{}/{}",
+                s(o, "/involvedObject/kind").to_ascii_lowercase(),
+                s(o, "/involvedObject/name")
+            );
+            let source = [s(o, "/source/component"), s(o, "/reportingComponent")]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .unwrap_or("");
+            vec![
+                json!(since(last)),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(object),
+                json!(s(o, "/involvedObject/fieldPath")),
+                json!(source),
+                json!(s(o, "/message").trim()),
+                json!(since(first)),
+                json!(n(o, "/count").max(1)),
+                name,
+            ]
+        }
+        Printer::Namespace => vec![name, json!(s(o, "/status/phase")), age],
+        Printer::ConfigMap => vec![
+            name,
+            json!(count(o, "/data") + count(o, "/binaryData")),
+            age,
+        ],
+        Printer::Secret => vec![name, json!(s(o, "/type")), json!(count(o, "/data")), age],
+        Printer::Job => {
+            let (c, i) = containers_images(o, "/spec/template/spec/containers");
+            let conds = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let has = |t: &str| {
+                conds
+                    .iter()
+                    .any(|c| s(c, "/type") == t && s(c, "/status") == "True")
+            };
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let dur = match (
+                o.pointer("/status/startTime").and_then(Value::as_str),
+                o.pointer("/status/completionTime").and_then(Value::as_str),
+            ) {
+                (Some(a), b) => {
+                    let a = a.parse::<Timestamp>().ok();
+                    let b = b
+                        .and_then(|b| b.parse::<Timestamp>().ok())
+                        .unwrap_or_else(Timestamp::now);
+                    a.map(|a| human_duration(b.as_second() - a.as_second()))
+                        .unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(status),
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/succeeded"),
+                    n(o, "/spec/completions")
+                )),
+                json!(dur),
+                age,
+                json!(c),
+                json!(i),
+                json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        Printer::CronJob => vec![
+            name,
+            json!(s(o, "/spec/schedule")),
+            json!(or_none(s(o, "/spec/timeZone"))),
+            json!(o
+                .pointer("/spec/suspend")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            json!(count(o, "/status/active")),
+            json!(match o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+            {
+                Some(t) => since(Some(t)),
+                None => "<none>".into(),
+            }),
+            age,
+        ],
+        Printer::DaemonSet => {
+            let sel: Vec<String> = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(n(o, "/status/desiredNumberScheduled")),
+                json!(n(o, "/status/currentNumberScheduled")),
+                json!(n(o, "/status/numberReady")),
+                json!(n(o, "/status/updatedNumberScheduled")),
+                json!(n(o, "/status/numberAvailable")),
+                json!(or_none(&sel.join(","))),
+                age,
+            ]
+        }
+        Printer::StatefulSet => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                n(o, "/spec/replicas")
+            )),
+            age,
+        ],
+        Printer::RuntimeClass => vec![name, json!(s(o, "/handler")), age],
+    }
+}
+
+/// The metadata a row carries for kubectl (name, namespace, rv, …).
+fn partial_metadata(o: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": o.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// What each row's `object` holds, per the request's `includeObject`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+fn row(p: Printer, o: &Value, include: IncludeObject) -> Value {
+    let mut r = json!({"cells": cells(p, o)});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => r["object"] = partial_metadata(o),
+        IncludeObject::Object => r["object"] = o.clone(),
+    }
+    r
+}
+
+/// A Table of `objects`; `list_meta` is the list's metadata when listing.
+pub fn table(p: Printer, objects: &[&Value], list_meta: Value, include: IncludeObject) -> Value {
+    let defs: Vec<Value> = columns(p)
+        .into_iter()
+        .map(|(name, ty, priority)| {
+            json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" },
+                   "description": "", "priority": priority})
+        })
+        .collect();
+    let rows: Vec<Value> = objects.iter().map(|o| row(p, o, include)).collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": defs,
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(185), "3m5s");
+        assert_eq!(human_duration(60 * 30), "30m");
+        assert_eq!(human_duration(3600 * 5 + 60), "5h1m");
+        assert_eq!(human_duration(86400 * 3), "3d");
+    }
+
+    #[test]
+    fn pod_row_shows_crash_loop_and_restarts() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "a", "ready": false, "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let t = table(Printer::Pod, &[&pod], json!({}), IncludeObject::Metadata);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "0/1");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], 4);
+    }
+}

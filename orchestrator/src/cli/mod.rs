@@ -1,0 +1,64 @@
+//! Command line: one binary, one subcommand per role. Every flag also reads
+//! `SHOAL_<FLAG>` from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use shoal_orchestrator::server::{self, ServerConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A Kubernetes-style orchestrator for WebAssembly workloads"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane (API server on an embedded store).
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Where the store, certificates, tokens and kubeconfig live.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    data_dir: PathBuf,
+    /// Address the HTTPS API listens on.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Events kept for watch resume; older resourceVersions get 410 Gone.
+    #[arg(long, env = "SHOAL_WATCH_HISTORY", default_value_t = 20_000)]
+    watch_history: usize,
+}
+
+/// Logs go to stderr; `SHOAL_LOG` (or `RUST_LOG`) sets the filter.
+pub fn init_tracing() {
+    let filter = std::env::var("SHOAL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(a) => {
+            server::run(ServerConfig {
+                data_dir: a.data_dir,
+                listen: a.listen,
+                watch_history: a.watch_history,
+            })
+            .await
+        }
+    }
+}

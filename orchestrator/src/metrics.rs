@@ -1,0 +1,67 @@
+//! Prometheus metrics of the control plane, rendered at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_latency: HistogramVec,
+    pub watches: IntGauge,
+    pub store_latency: HistogramVec,
+}
+
+/// Buckets from 50µs to 10s: API calls on loopback are sub-millisecond.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "apiserver_request_total",
+                "API requests by verb, resource and HTTP code",
+            ),
+            &["verb", "resource", "code"],
+        )?;
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "apiserver_request_duration_seconds",
+                "API request latency by verb and resource",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["verb", "resource"],
+        )?;
+        let watches = IntGauge::new("apiserver_registered_watchers", "Watches currently open")?;
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "shoal_store_operation_duration_seconds",
+                "Store operation latency, including the durable flush for writes",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_latency.clone()))?;
+        registry.register(Box::new(watches.clone()))?;
+        registry.register(Box::new(store_latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_latency,
+            watches,
+            store_latency,
+        })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

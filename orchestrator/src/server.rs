@@ -1,0 +1,70 @@
+//! `shoal server`: opens the store, prepares certificates, tokens and the
+//! kubeconfig, seeds the cluster's built-in objects and serves the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::apiserver::{self, bootstrap, kinds, ApiState};
+use crate::metrics::Metrics;
+use crate::store::{SledStore, SledStoreConfig};
+
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub watch_history: usize,
+}
+
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let data_dir = cfg.data_dir.canonicalize().unwrap_or(cfg.data_dir.clone());
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let store = SledStore::open(SledStoreConfig {
+        path: data_dir.join("store"),
+        history: cfg.watch_history,
+        op_latency: Some(metrics.store_latency.clone()),
+    })
+    .with_context(|| format!("opening the store in {}", data_dir.join("store").display()))?;
+    let admin = bootstrap::token(&data_dir.join("admin-token"))?;
+    let node = bootstrap::token(&data_dir.join("node-token"))?;
+    let advertise_ip = if cfg.listen.ip().is_unspecified() {
+        "127.0.0.1".parse()?
+    } else {
+        cfg.listen.ip()
+    };
+    let advertise = SocketAddr::new(advertise_ip, cfg.listen.port()).to_string();
+    let state = Arc::new(ApiState {
+        store,
+        registry: kinds::registry(),
+        metrics,
+        tokens: vec![(admin.clone(), "admin"), (node, "node")],
+        advertise: advertise.clone(),
+    });
+    apiserver::seed(&state)
+        .await
+        .context("creating built-in namespaces and runtime classes")?;
+    let tls = bootstrap::tls(&data_dir, &[advertise_ip])?;
+    let kubeconfig = bootstrap::kubeconfig(
+        &data_dir,
+        &format!("https://{advertise}"),
+        &tls.ca_pem,
+        &admin,
+    )?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let acceptor = apiserver::serve::acceptor(&tls)?;
+    info!(listen = %cfg.listen, data_dir = %data_dir.display(), "shoal server ready");
+    println!("export KUBECONFIG={}", kubeconfig.display());
+    let app = apiserver::router(state);
+    tokio::select! {
+        _ = apiserver::serve_tls(listener, acceptor, app) => {}
+        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Shoal's API contract, shared by the server, node agents, tests and users:
+//! the Kubernetes types (one version, re-exported so every crate agrees),
+//! Shoal's own names, and a client built from a kubeconfig.
+
+pub use k8s_openapi;
+pub use kube;
+
+/// RuntimeClass (and handler) of the default Wasm backend.
+pub const RUNTIME_CLASS_WASMTIME: &str = "wasmtime";
+/// RuntimeClass (and handler) of the OCI container backend.
+pub const RUNTIME_CLASS_RUNC: &str = "runc";
+/// Prefix of Shoal's annotations.
+pub const ANNOTATION_PREFIX: &str = "shoal.dev/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("building a client from kubeconfig {path}: {source}")]
+    Client {
+        path: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// A `kube::Client` for the kubeconfig at `path` (its current context).
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ClientError> {
+    let shown = path.display().to_string();
+    let kc =
+        kube::config::Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
+            path: shown.clone(),
+            source,
+        })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|source| ClientError::Kubeconfig {
+            path: shown.clone(),
+            source,
+        })?;
+    kube::Client::try_from(config).map_err(|source| ClientError::Client {
+        path: shown,
+        source,
+    })
+}
