@@ -1,1 +1,3 @@
-fn main() {}
+//! Shoal's integration tests: one binary, a module per area.
+
+mod api;

@@ -117,9 +117,11 @@ pub fn type_check(res: &ResourceInfo, obj: &Value, q: &Query) -> ApiResult<(Valu
             }
             "Ignore" => {}
             "Warn" | "" => warnings = msgs,
-            other => return Err(ApiError::bad_request(format!(
+            other => {
+                return Err(ApiError::bad_request(format!(
                 "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", got {other:?}"
-            ))),
+            )))
+            }
         }
     }
     Ok((normalized, warnings))
@@ -439,7 +441,8 @@ pub async fn write_with_retry(
     ))
 }
 
-/// `POST pods/{name}/binding`: assigns a node, once.
+/// `POST pods/{name}/binding`: assigns a node, once, and records
+/// PodScheduled=True in the same write (as the scheduler's bind does).
 pub async fn bind(
     st: &ApiState,
     t: &Target<'_>,
@@ -448,28 +451,23 @@ pub async fn bind(
 ) -> ApiResult<Response> {
     let bytes = request::read_body(body).await?;
     let binding = request::decode_object(&request::content_type(headers), &bytes)?;
+    let name = object_name(t).to_string();
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "Binding",
-                object_name(t),
-                vec![Cause::required("target.name")],
-            )
-        })?
+        .ok_or_else(|| ApiError::invalid("Binding", &name, vec![Cause::required("target.name")]))?
         .to_string();
-    let name = object_name(t).to_string();
-    let q = Query::default();
-    let main = Target {
-        res: t.res,
-        namespace: t.namespace.clone(),
-        name: t.name.clone(),
-        sub: None,
-    };
-    write_with_retry(st, &main, &q, None, |cur| {
+    let key = t.res.key(t.namespace.as_deref(), Some(&name));
+    loop {
+        let cur = st
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(e, "pods", &name))?
+            .ok_or_else(|| ApiError::not_found("pods", &name))?;
         if let Some(existing) = cur
+            .value
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
@@ -481,6 +479,7 @@ pub async fn bind(
             ));
         }
         if cur
+            .value
             .pointer("/metadata/deletionTimestamp")
             .is_some_and(|v| !v.is_null())
         {
@@ -490,28 +489,19 @@ pub async fn bind(
                 "pod is being deleted, cannot be assigned to a host",
             ));
         }
-        let mut next = cur.clone();
+        let mut next = (*cur.value).clone();
         crate::apiserver::admission::obj_mut(&mut next, "spec")
             .insert("nodeName".into(), json!(node));
-        Ok(next)
-    })
-    .await?;
-    // Binding also records PodScheduled=True, which is status.
-    let status_t = Target {
-        res: t.res,
-        namespace: t.namespace.clone(),
-        name: t.name.clone(),
-        sub: Some("status".into()),
-    };
-    write_with_retry(st, &status_t, &q, None, |cur| {
-        let mut next = cur.clone();
         set_condition(
             &mut next,
-            json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}),
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}),
         );
-        Ok(next)
-    })
-    .await?;
+        match st.store.update(&key, Some(cur.rv), next).await {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, "pods", &name)),
+        }
+    }
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     Ok(respond(StatusCode::CREATED, &status, &[]))
 }

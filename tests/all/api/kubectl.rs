@@ -1,0 +1,190 @@
+//! The everyday kubectl workflow: apply, get, re-apply, patch, scale, delete.
+
+use shoal_tests::Server;
+
+const MANIFEST: &str = include_str!("../../../samples/manifests/demo.yaml");
+
+#[tokio::test]
+async fn apply_get_reapply_patch_delete() -> anyhow::Result<()> {
+    let s = Server::start()?;
+    let out = s.kubectl_in(&["apply", "-f", "-"], Some(MANIFEST))?;
+    for line in [
+        "namespace/demo created",
+        "configmap/greeting created",
+        "secret/token created",
+        "deployment.apps/hello created",
+        "service/hello created",
+        "pod/ticker created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    // Applying the same manifest again changes nothing that kubectl can see.
+    let again = s.kubectl_in(&["apply", "-f", "-"], Some(MANIFEST))?;
+    assert!(again.contains("deployment.apps/hello unchanged"), "{again}");
+
+    // get -o yaml round-trips: what comes back replaces cleanly and leaves
+    // the spec and generation as they were.
+    let view = [
+        "-n",
+        "demo",
+        "get",
+        "deployment",
+        "hello",
+        "-o",
+        "jsonpath={.metadata.generation} {.spec}",
+    ];
+    let before = s.kubectl(&view)?;
+    let yaml = s.kubectl(&["-n", "demo", "get", "deployment", "hello", "-o", "yaml"])?;
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("maxSurge: 25%"),
+        "{yaml}"
+    );
+    s.kubectl_in(&["replace", "-f", "-"], Some(&yaml))?;
+    assert_eq!(s.kubectl(&view)?, before);
+
+    // Re-apply a changed manifest: strategic merge keeps the env list and
+    // server defaults, changes replicas and image, bumps generation.
+    let changed = MANIFEST
+        .replace("replicas: 3", "replicas: 5")
+        .replace("hello.wasm", "hello-v2.wasm");
+    let out = s.kubectl_in(&["apply", "-f", "-"], Some(&changed))?;
+    assert!(out.contains("deployment.apps/hello configured"), "{out}");
+    let got = s.kubectl(&[
+        "-n", "demo", "get", "deploy", "hello", "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].name} {.metadata.generation} {.spec.template.spec.terminationGracePeriodSeconds}",
+    ])?;
+    assert_eq!(
+        got,
+        "5 file:///opt/shoal/samples/hello-v2.wasm GREETING 2 30"
+    );
+
+    // Each patch type.
+    s.kubectl(&[
+        "-n",
+        "demo",
+        "patch",
+        "deploy",
+        "hello",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ])?;
+    s.kubectl(&[
+        "-n",
+        "demo",
+        "patch",
+        "deploy",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ])?;
+    s.kubectl(&[
+        "-n",
+        "demo",
+        "patch",
+        "deploy",
+        "hello",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"hello","image":"v3"}]}}}}"#,
+    ])?;
+    let got = s.kubectl(&["-n", "demo", "get", "deploy", "hello", "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].name}"])?;
+    assert_eq!(
+        got, "4 v3 GREETING",
+        "strategic patch must merge the container by name"
+    );
+
+    // The scale subresource, as `kubectl scale` drives it.
+    s.kubectl(&[
+        "-n",
+        "demo",
+        "scale",
+        "deployment",
+        "hello",
+        "--replicas=50",
+    ])?;
+    let table = s.kubectl(&["-n", "demo", "get", "deployments"])?;
+    assert!(
+        table.starts_with("NAME") && table.contains("READY") && table.contains("0/50"),
+        "{table}"
+    );
+
+    // Server-side tables for the kinds kubectl users look at most.
+    let pods = s.kubectl(&["-n", "demo", "get", "pods", "-o", "wide"])?;
+    assert!(
+        pods.contains("ticker") && pods.contains("Pending") && pods.contains("NOMINATED NODE"),
+        "{pods}"
+    );
+    let svc = s.kubectl(&["-n", "demo", "get", "services"])?;
+    assert!(svc.contains("80/TCP") && svc.contains("ClusterIP"), "{svc}");
+    let all = s.kubectl(&["-n", "demo", "get", "all"])?;
+    assert!(
+        all.contains("pod/ticker")
+            && all.contains("deployment.apps/hello")
+            && all.contains("service/hello"),
+        "{all}"
+    );
+    let desc = s.kubectl(&["-n", "demo", "describe", "deployment", "hello"])?;
+    assert!(
+        desc.contains("Replicas:") && desc.contains("50 desired"),
+        "{desc}"
+    );
+
+    // Delete: gone from the API, and `get` says NotFound.
+    let out = s.kubectl(&["-n", "demo", "delete", "pod", "ticker"])?;
+    assert!(out.contains("pod \"ticker\" deleted"), "{out}");
+    let err = s.kubectl_err(&["-n", "demo", "get", "pod", "ticker"], None)?;
+    assert!(
+        err.contains("NotFound") && err.contains("\"ticker\" not found"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn built_in_objects_and_discovery() -> anyhow::Result<()> {
+    let s = Server::start()?;
+    let ns = s.kubectl(&["get", "namespaces", "-o", "name"])?;
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(&format!("namespace/{n}")), "{ns}");
+    }
+    let rc = s.kubectl(&["get", "runtimeclasses"])?;
+    assert!(rc.contains("wasmtime") && rc.contains("runc"), "{rc}");
+    let resources = s.kubectl(&["api-resources", "-o", "name"])?;
+    for r in [
+        "pods",
+        "nodes",
+        "events",
+        "configmaps",
+        "secrets",
+        "services",
+        "endpoints",
+        "serviceaccounts",
+        "deployments.apps",
+        "replicasets.apps",
+        "daemonsets.apps",
+        "statefulsets.apps",
+        "controllerrevisions.apps",
+        "jobs.batch",
+        "cronjobs.batch",
+        "horizontalpodautoscalers.autoscaling",
+        "ingresses.networking.k8s.io",
+        "ingressclasses.networking.k8s.io",
+        "endpointslices.discovery.k8s.io",
+        "leases.coordination.k8s.io",
+        "runtimeclasses.node.k8s.io",
+        "poddisruptionbudgets.policy",
+        "resourcequotas",
+        "namespaces",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == r),
+            "{r} missing from:\n{resources}"
+        );
+    }
+    let version = s.kubectl(&["version", "-o", "json"])?;
+    assert!(version.contains("\"serverVersion\""), "{version}");
+    Ok(())
+}
