@@ -1,1 +1,174 @@
-fn main() {}
+//! API server benchmark: creates/s, gets/s, a list of 10,000 pods, and watch
+//! delivery latency with 100 watchers, printed as one JSON object.
+//!
+//! `cargo bench -p shoal-benches --bench api` runs it in full against
+//! `target/release/shoal` (build it first: `cargo build --release --bin shoal`).
+//! Under `cargo test` it runs a small smoke version, so CI keeps it working.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use shoal_tests::Server;
+
+struct Sizes {
+    pods: usize,
+    gets: usize,
+    concurrency: usize,
+    lists: usize,
+    watchers: usize,
+    watch_events: usize,
+}
+
+fn pod(i: usize) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("bench-{i:06}"), "labels": {"app": "bench", "shard": (i % 10).to_string()}},
+        "spec": {"containers": [{"name": "app", "image": "file:///opt/shoal/samples/hello.wasm",
+            "resources": {"limits": {"memory": "32Mi", "cpu": "100m"}}}]},
+    }))
+    .expect("the benchmark pod is valid")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn creates(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    futures::stream::iter(0..s.pods)
+        .map(|i| {
+            let pods = pods.clone();
+            async move { pods.create(&PostParams::default(), &pod(i)).await.map(|_| ()) }
+        })
+        .buffer_unordered(s.concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(s.pods as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn gets(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    futures::stream::iter(0..s.gets)
+        .map(|i| {
+            let pods = pods.clone();
+            let n = s.pods;
+            async move { pods.get(&format!("bench-{:06}", i % n)).await.map(|_| ()) }
+        })
+        .buffer_unordered(s.concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(s.gets as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn lists(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..s.lists {
+        let started = Instant::now();
+        let n = pods.list(&ListParams::default()).await?.items.len();
+        anyhow::ensure!(n == s.pods, "listed {n} pods, expected {}", s.pods);
+        times.push(ms(started.elapsed()));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Opens `watchers` watches, then creates objects one at a time; each
+/// delivery is timed from the moment its create request was sent.
+async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let rv = cms.list(&ListParams::default()).await?.metadata.resource_version.unwrap_or_default();
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; s.watch_events]));
+    let deliveries: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..s.watchers {
+        let stream = cms.watch(&WatchParams::default().timeout(120), &rv).await?;
+        let (sent, deliveries, want) = (sent.clone(), deliveries.clone(), s.watch_events);
+        tasks.push(tokio::spawn(async move {
+            let mut stream = stream.boxed();
+            let mut got = 0;
+            while let Some(Ok(ev)) = stream.next().await {
+                let now = Instant::now();
+                if let WatchEvent::Added(cm) = ev {
+                    let idx: usize = cm.metadata.name.as_deref().and_then(|n| n.strip_prefix("w-")).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+                    let at = sent.lock().ok().and_then(|s| s.get(idx).copied().flatten());
+                    if let (Some(at), Ok(mut d)) = (at, deliveries.lock()) {
+                        d.push(ms(now.duration_since(at)));
+                    }
+                    got += 1;
+                    if got == want {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    let mut create_ms = Vec::new();
+    for i in 0..s.watch_events {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("w-{i}")}}))?;
+        let at = Instant::now();
+        if let Ok(mut s) = sent.lock() {
+            s[i] = Some(at);
+        }
+        cms.create(&PostParams::default(), &cm).await?;
+        create_ms.push(ms(at.elapsed()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t).await.context("a watcher stalled")??;
+    }
+    let mut d = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
+    d.sort_by(f64::total_cmp);
+    create_ms.sort_by(f64::total_cmp);
+    Ok((d, create_ms))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; `cargo test` does not: then smoke-test.
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes = if full {
+        Sizes { pods: 10_000, gets: 20_000, concurrency: 64, lists: 5, watchers: 100, watch_events: 200 }
+    } else {
+        Sizes { pods: 50, gets: 50, concurrency: 8, lists: 1, watchers: 3, watch_events: 5 }
+    };
+    let server = Server::start()?;
+    let client = server.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let creates_per_sec = creates(&pods, &sizes).await?;
+    let gets_per_sec = gets(&pods, &sizes).await?;
+    let list_ms = lists(&pods, &sizes).await?;
+    let (delivery, create_ms) = watch_latency(client, &sizes).await?;
+    let report = json!({
+        "benchmark": "api",
+        "mode": if full { "full" } else { "smoke" },
+        "server": shoal_tests::shoal_bin().display().to_string(),
+        "concurrency": sizes.concurrency,
+        "creates": {"count": sizes.pods, "per_sec": creates_per_sec.round()},
+        "gets": {"count": sizes.gets, "per_sec": gets_per_sec.round()},
+        "list": {"pods": sizes.pods, "ms_p50": percentile(&list_ms, 0.5), "ms_max": percentile(&list_ms, 1.0)},
+        "watch": {
+            "watchers": sizes.watchers,
+            "events": sizes.watch_events,
+            "deliveries": delivery.len(),
+            "delivery_ms_p50": percentile(&delivery, 0.5),
+            "delivery_ms_p99": percentile(&delivery, 0.99),
+            "create_ack_ms_p50": percentile(&create_ms, 0.5),
+            "create_ack_ms_p99": percentile(&create_ms, 0.99),
+        },
+    });
+    anyhow::ensure!(delivery.len() == sizes.watchers * sizes.watch_events, "some watch events were not delivered");
+    println!("{report}");
+    Ok(())
+}
