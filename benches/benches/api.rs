@@ -50,7 +50,11 @@ async fn creates(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<f64> {
     futures::stream::iter(0..s.pods)
         .map(|i| {
             let pods = pods.clone();
-            async move { pods.create(&PostParams::default(), &pod(i)).await.map(|_| ()) }
+            async move {
+                pods.create(&PostParams::default(), &pod(i))
+                    .await
+                    .map(|_| ())
+            }
         })
         .buffer_unordered(s.concurrency)
         .try_collect::<Vec<_>>()
@@ -88,7 +92,12 @@ async fn lists(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<Vec<f64>> {
 /// delivery is timed from the moment its create request was sent.
 async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let rv = cms.list(&ListParams::default()).await?.metadata.resource_version.unwrap_or_default();
+    let rv = cms
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; s.watch_events]));
     let deliveries: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -101,7 +110,13 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
             while let Some(Ok(ev)) = stream.next().await {
                 let now = Instant::now();
                 if let WatchEvent::Added(cm) = ev {
-                    let idx: usize = cm.metadata.name.as_deref().and_then(|n| n.strip_prefix("w-")).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+                    let idx: usize = cm
+                        .metadata
+                        .name
+                        .as_deref()
+                        .and_then(|n| n.strip_prefix("w-"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
                     let at = sent.lock().ok().and_then(|s| s.get(idx).copied().flatten());
                     if let (Some(at), Ok(mut d)) = (at, deliveries.lock()) {
                         d.push(ms(now.duration_since(at)));
@@ -116,7 +131,8 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     }
     let mut create_ms = Vec::new();
     for i in 0..s.watch_events {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("w-{i}")}}))?;
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("w-{i}")}}))?;
         let at = Instant::now();
         if let Ok(mut s) = sent.lock() {
             s[i] = Some(at);
@@ -126,7 +142,9 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t).await.context("a watcher stalled")??;
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .context("a watcher stalled")??;
     }
     let mut d = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
     d.sort_by(f64::total_cmp);
@@ -139,9 +157,23 @@ async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; `cargo test` does not: then smoke-test.
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = if full {
-        Sizes { pods: 10_000, gets: 20_000, concurrency: 64, lists: 5, watchers: 100, watch_events: 200 }
+        Sizes {
+            pods: 10_000,
+            gets: 20_000,
+            concurrency: 64,
+            lists: 5,
+            watchers: 100,
+            watch_events: 200,
+        }
     } else {
-        Sizes { pods: 50, gets: 50, concurrency: 8, lists: 1, watchers: 3, watch_events: 5 }
+        Sizes {
+            pods: 50,
+            gets: 50,
+            concurrency: 8,
+            lists: 1,
+            watchers: 3,
+            watch_events: 5,
+        }
     };
     let server = Server::start()?;
     let client = server.client().await?;
@@ -168,7 +200,10 @@ async fn main() -> anyhow::Result<()> {
             "create_ack_ms_p99": percentile(&create_ms, 0.99),
         },
     });
-    anyhow::ensure!(delivery.len() == sizes.watchers * sizes.watch_events, "some watch events were not delivered");
+    anyhow::ensure!(
+        delivery.len() == sizes.watchers * sizes.watch_events,
+        "some watch events were not delivered"
+    );
     println!("{report}");
     Ok(())
 }

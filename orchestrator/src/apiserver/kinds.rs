@@ -6,7 +6,7 @@ use k8s_openapi::api::{
     networking::v1 as networking, node::v1 as node, policy::v1 as policy,
 };
 
-use super::admission::{core as core_rules, meta, pod, workloads, Admission};
+use super::admission::{self, core as core_rules, meta, pod, workloads, Admission};
 use super::registry::{entry, Registry};
 use super::table::Printer;
 
@@ -69,6 +69,10 @@ pub fn registry() -> Registry {
             .sub(&["status"])
             .fields(&["spec.unschedulable"])
             .printer(Printer::Node)
+            .admission(Admission {
+                initial_status: admission::keep_status,
+                ..Admission::default()
+            })
             .build(),
         entry::<core::Event>()
             .short(&["ev"])

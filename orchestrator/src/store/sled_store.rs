@@ -92,11 +92,14 @@ impl SledStore {
         let flush_db = db.clone();
         tokio::spawn(committer.clone().run(log.clone(), move || {
             let db = flush_db.clone();
+            // A blocking flush on tokio's pooled blocking threads: sled's
+            // flush_async hands every call to its own pool, which kept
+            // spawning threads under load.
             async move {
-                db.flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("flush task failed: {e}")),
+                }
             }
         }));
         Ok(Arc::new(SledStore {

@@ -4,6 +4,7 @@ mod bad_input;
 mod durability;
 mod kubectl;
 mod lists;
+mod observability;
 mod watch;
 
 use kube::Client;

@@ -39,6 +39,12 @@ fn empty_status(_: &Value) -> Option<Value> {
     None
 }
 
+/// For kinds whose creator reports status up front (a node agent
+/// registering its Node), as Kubernetes allows.
+pub fn keep_status(obj: &Value) -> Option<Value> {
+    obj.get("status").cloned()
+}
+
 impl Default for Admission {
     fn default() -> Self {
         Admission {
