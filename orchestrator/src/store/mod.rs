@@ -9,9 +9,10 @@
 //! A write is acknowledged only once it is durable; concurrent writes share
 //! one flush (group commit).
 
-mod commit;
 mod events;
+mod record;
 mod sled_store;
+mod writer;
 
 use std::sync::Arc;
 

@@ -1,22 +1,21 @@
-//! The embedded store: one sled tree holding objects (`o` + key), the event
-//! log (`e` + big-endian revision) and the revision counter (`m/rv`).
-//! Each write is one atomic sled batch of all three, so a crash never leaves
-//! an object without its event or a revision handed out twice.
+//! The embedded store: one sled tree (layout in `record.rs`), one writer
+//! thread doing group commit (`writer.rs`), and the in-memory event log that
+//! live watchers read from.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus::HistogramVec;
-use serde_json::{json, Value};
+use serde_json::Value;
+use tokio::sync::oneshot;
 use tracing::{info, instrument};
 
-use super::commit::{Committer, Ticket};
-use super::events::{lock, Event, EventLog, EventType, WatchReceiver};
-use super::{stamp_revision, ListPage, Revision, Store, StoreError, StoredObject};
-
-const REV_KEY: &[u8] = b"m/rv";
+use super::events::{lock, Event, EventLog, WatchReceiver};
+use super::record::{self, REV_KEY};
+use super::writer::{Reply, WriteOp, Writer};
+use super::{ListPage, Revision, Store, StoreError, StoredObject};
 
 pub struct SledStoreConfig {
     pub path: PathBuf,
@@ -27,87 +26,53 @@ pub struct SledStoreConfig {
 
 pub struct SledStore {
     tree: sled::Tree,
-    /// Serialises writers so revisions, batches and queued events agree in order.
-    write: Mutex<Revision>,
+    /// Newest applied revision, held by the writer while it applies a group.
+    applied: Arc<Mutex<Revision>>,
     log: Arc<EventLog>,
-    committer: Arc<Committer>,
-    history: u64,
+    /// To the writer thread; dropping it ends the thread.
+    writes: Mutex<mpsc::Sender<(WriteOp, Reply)>>,
     op_latency: Option<HistogramVec>,
 }
 
-fn obj_key(key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(b'o');
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn ev_key(rv: Revision) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'e';
-    k[1..].copy_from_slice(&rv.to_be_bytes());
-    k
-}
-
-fn parse(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: key.to_string(),
-        source,
-    })
-}
-
-fn rv_of(value: &Value) -> Revision {
-    value
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 impl SledStore {
-    /// Opens (or creates) the store and starts its commit task; call from
-    /// within a tokio runtime.
+    /// Opens (or creates) the store and starts its writer thread.
     pub fn open(cfg: SledStoreConfig) -> Result<Arc<Self>, StoreError> {
         let db = sled::Config::new()
             .path(&cfg.path)
-            // We flush explicitly (group commit); sled's timer would only add fsyncs.
+            // The writer flushes each group itself; sled's timer would only add fsyncs.
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("registry")?;
         let current = match tree.get(REV_KEY)? {
-            Some(b) => {
+            Some(b) if b.len() == 8 => {
                 let mut a = [0u8; 8];
-                if b.len() == 8 {
-                    a.copy_from_slice(&b);
-                }
+                a.copy_from_slice(&b);
                 u64::from_be_bytes(a)
             }
-            None => 0,
+            _ => 0,
         };
         let history = load_history(&tree)?;
         let compacted = history.first().map(|e| e.rv - 1).unwrap_or(current);
         info!(path = %cfg.path.display(), revision = current, events = history.len(), "opened store");
         let log = Arc::new(EventLog::new(history, compacted, cfg.history));
-        let committer = Committer::new();
-        let flush_db = db.clone();
-        tokio::spawn(committer.clone().run(log.clone(), move || {
-            let db = flush_db.clone();
-            // A blocking flush on tokio's pooled blocking threads: sled's
-            // flush_async hands every call to its own pool, which kept
-            // spawning threads under load.
-            async move {
-                match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("flush task failed: {e}")),
-                }
-            }
-        }));
+        let applied = Arc::new(Mutex::new(current));
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            tree: tree.clone(),
+            db,
+            applied: applied.clone(),
+            log: log.clone(),
+            history: cfg.history.max(1) as u64,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(sled::Error::Io(e)))?;
         Ok(Arc::new(SledStore {
             tree,
-            write: Mutex::new(current),
+            applied,
             log,
-            committer,
-            history: cfg.history.max(1) as u64,
+            writes: Mutex::new(tx),
             op_latency: cfg.op_latency,
         }))
     }
@@ -119,77 +84,20 @@ impl SledStore {
         }
     }
 
-    /// Applies one write under the write lock and queues it for commit.
-    fn apply(
-        &self,
-        key: &str,
-        check: impl FnOnce(
-            Option<Value>,
-        ) -> Result<(EventType, Option<Value>, Option<Value>), StoreError>,
-    ) -> Result<(StoredObject, Ticket), StoreError> {
-        let okey = obj_key(key);
-        let mut current = lock(&self.write);
-        let old = match self.tree.get(&okey)? {
-            Some(b) => Some(parse(key, &b)?),
-            None => None,
-        };
-        // `check` returns the event type, the new value (None: delete) and the
-        // previous value for the event.
-        let (kind, new, prev) = check(old)?;
-        let rv = *current + 1;
-        let mut batch = sled::Batch::default();
-        let object = match (new, &prev) {
-            (Some(mut v), _) => {
-                stamp_revision(&mut v, rv);
-                batch.insert(
-                    okey,
-                    serde_json::to_vec(&v).map_err(|source| corrupt(key, source))?,
-                );
-                v
-            }
-            (None, Some(p)) => {
-                let mut v = p.clone();
-                stamp_revision(&mut v, rv);
-                batch.remove(okey);
-                v
-            }
-            (None, None) => return Err(StoreError::NotFound { key: key.into() }),
-        };
-        let object = Arc::new(object);
-        let record = json!({"type": kind.as_str(), "key": key, "object": &*object, "prev": prev});
-        batch.insert(
-            &ev_key(rv)[..],
-            serde_json::to_vec(&record).map_err(|source| corrupt(key, source))?,
-        );
-        if rv > self.history {
-            batch.remove(&ev_key(rv - self.history)[..]);
-        }
-        batch.insert(REV_KEY, &rv.to_be_bytes()[..]);
-        self.tree.apply_batch(batch)?;
-        *current = rv;
-        let event = Arc::new(Event {
-            rv,
-            kind,
-            key: key.to_string(),
-            object: object.clone(),
-            prev: prev.map(Arc::new),
-        });
-        let ticket = self.committer.enqueue(event);
-        Ok((
-            StoredObject {
-                key: key.to_string(),
-                rv,
-                value: object,
-            },
-            ticket,
-        ))
+    /// Hands a write to the writer thread and waits until it is durable.
+    async fn write(&self, op: WriteOp, name: &str) -> Result<StoredObject, StoreError> {
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.writes)
+            .send((op, tx))
+            .map_err(|_| StoreError::Closed)?;
+        let out = rx.await.map_err(|_| StoreError::Closed)?;
+        self.observe(name, started);
+        out
     }
-}
 
-fn corrupt(key: &str, source: serde_json::Error) -> StoreError {
-    StoreError::Corrupt {
-        key: key.to_string(),
-        source,
+    pub fn watchers(&self) -> usize {
+        self.log.watchers()
     }
 }
 
@@ -202,25 +110,7 @@ fn load_history(tree: &sled::Tree) -> Result<Vec<Arc<Event>>, StoreError> {
         }
         let mut a = [0u8; 8];
         a.copy_from_slice(&k[1..]);
-        let rv = u64::from_be_bytes(a);
-        let rec = parse("event log", &v)?;
-        let kind = rec
-            .get("type")
-            .and_then(Value::as_str)
-            .and_then(EventType::parse)
-            .unwrap_or(EventType::Modified);
-        let key = rec.get("key").and_then(Value::as_str).unwrap_or_default();
-        out.push(Arc::new(Event {
-            rv,
-            kind,
-            key: key.to_string(),
-            object: Arc::new(rec.get("object").cloned().unwrap_or(Value::Null)),
-            prev: rec
-                .get("prev")
-                .filter(|p| !p.is_null())
-                .cloned()
-                .map(Arc::new),
-        }));
+        out.push(Arc::new(record::decode_event(u64::from_be_bytes(a), &v)?));
     }
     Ok(out)
 }
@@ -229,12 +119,12 @@ fn load_history(tree: &sled::Tree) -> Result<Vec<Arc<Event>>, StoreError> {
 impl Store for SledStore {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
         let started = Instant::now();
-        let out = match self.tree.get(obj_key(key))? {
+        let out = match self.tree.get(record::obj_key(key))? {
             Some(b) => {
-                let value = parse(key, &b)?;
+                let (rv, value) = record::decode(key, &b)?;
                 Some(StoredObject {
                     key: key.to_string(),
-                    rv: rv_of(&value),
+                    rv,
                     value: Arc::new(value),
                 })
             }
@@ -253,15 +143,15 @@ impl Store for SledStore {
         filter: &(dyn for<'v> Fn(&'v Value) -> bool + Send + Sync),
     ) -> Result<ListPage, StoreError> {
         let started = Instant::now();
-        let opk = obj_key(prefix);
-        // Scan under the write lock so the page and its revision agree
-        // exactly: a watch from that revision then misses and repeats nothing.
-        // Values are reference-counted slices; parsing happens after.
+        let opk = record::obj_key(prefix);
+        // Scan while the writer cannot apply a group, so the page and its
+        // revision agree exactly: a watch from that revision then misses and
+        // repeats nothing. Values are reference-counted; parsing happens after.
         let (rv, raw) = {
-            let guard = lock(&self.write);
+            let guard = lock(&self.applied);
             let iter = match start_after {
                 Some(after) => {
-                    let mut from = obj_key(after);
+                    let mut from = record::obj_key(after);
                     from.push(0);
                     self.tree.range(from..)
                 }
@@ -283,7 +173,7 @@ impl Store for SledStore {
         };
         for (k, v) in raw {
             let key = String::from_utf8_lossy(&k[1..]).into_owned();
-            let value = parse(&key, &v)?;
+            let (obj_rv, value) = record::decode(&key, &v)?;
             if !filter(&value) {
                 continue;
             }
@@ -296,7 +186,7 @@ impl Store for SledStore {
             }
             page.items.push(StoredObject {
                 key,
-                rv: rv_of(&value),
+                rv: obj_rv,
                 value: Arc::new(value),
             });
         }
@@ -305,14 +195,14 @@ impl Store for SledStore {
     }
 
     async fn create(&self, key: &str, value: Value) -> Result<StoredObject, StoreError> {
-        let started = Instant::now();
-        let (obj, ticket) = self.apply(key, |old| match old {
-            Some(_) => Err(StoreError::AlreadyExists { key: key.into() }),
-            None => Ok((EventType::Added, Some(value), None)),
-        })?;
-        ticket.wait().await?;
-        self.observe("create", started);
-        Ok(obj)
+        self.write(
+            WriteOp::Create {
+                key: key.to_string(),
+                value,
+            },
+            "create",
+        )
+        .await
     }
 
     async fn update(
@@ -321,22 +211,15 @@ impl Store for SledStore {
         expected: Option<Revision>,
         value: Value,
     ) -> Result<StoredObject, StoreError> {
-        let started = Instant::now();
-        let (obj, ticket) = self.apply(key, |old| {
-            let old = old.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
-            let actual = rv_of(&old);
-            if let Some(expected) = expected.filter(|e| *e != actual) {
-                return Err(StoreError::Conflict {
-                    key: key.into(),
-                    expected,
-                    actual,
-                });
-            }
-            Ok((EventType::Modified, Some(value), Some(old)))
-        })?;
-        ticket.wait().await?;
-        self.observe("update", started);
-        Ok(obj)
+        self.write(
+            WriteOp::Update {
+                key: key.to_string(),
+                expected,
+                value,
+            },
+            "update",
+        )
+        .await
     }
 
     async fn delete(
@@ -344,22 +227,14 @@ impl Store for SledStore {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<StoredObject, StoreError> {
-        let started = Instant::now();
-        let (obj, ticket) = self.apply(key, |old| {
-            let old = old.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
-            let actual = rv_of(&old);
-            if let Some(expected) = expected.filter(|e| *e != actual) {
-                return Err(StoreError::Conflict {
-                    key: key.into(),
-                    expected,
-                    actual,
-                });
-            }
-            Ok((EventType::Deleted, None, Some(old)))
-        })?;
-        ticket.wait().await?;
-        self.observe("delete", started);
-        Ok(obj)
+        self.write(
+            WriteOp::Delete {
+                key: key.to_string(),
+                expected,
+            },
+            "delete",
+        )
+        .await
     }
 
     fn watch(&self, prefix: &str, from: Revision) -> Result<WatchReceiver, StoreError> {
@@ -367,19 +242,7 @@ impl Store for SledStore {
     }
 
     fn current_revision(&self) -> Revision {
-        *lock(&self.write)
-    }
-}
-
-impl Drop for SledStore {
-    fn drop(&mut self) {
-        self.committer.close();
-    }
-}
-
-impl SledStore {
-    pub fn watchers(&self) -> usize {
-        self.log.watchers()
+        *lock(&self.applied)
     }
 }
 
@@ -387,6 +250,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::store::events::WatchNext;
+    use serde_json::json;
 
     fn open(dir: &std::path::Path) -> Arc<SledStore> {
         SledStore::open(SledStoreConfig {
@@ -431,6 +295,31 @@ mod tests {
         assert!(s.get("/r/x/a").await.expect("get").is_none());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_to_one_key_serialise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let creates = (0..16).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create("/c/x", json!({"i": i})).await })
+        });
+        let results = futures::future::join_all(creates).await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(ok, 1, "exactly one create of the same key wins");
+        let rv = s.get("/c/x").await.expect("get").expect("present").rv;
+        let updates = (0..16).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.update("/c/x", Some(rv), json!({"u": i})).await })
+        });
+        let results = futures::future::join_all(updates).await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(StoreError::Conflict { .. }))))
+            .count();
+        assert_eq!((ok, conflicts), (1, 15));
+    }
+
     #[tokio::test]
     async fn pagination_counts_remaining() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -460,8 +349,9 @@ mod tests {
             s.create("/w/a", json!({})).await.expect("create");
             s.create("/w/b", json!({})).await.expect("create");
         }
-        // sled releases its lock when the last handle drops; the commit task holds one.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // sled's file lock goes with the writer thread's handle, which it
+        // drops once it sees the store gone: retry the open until then.
+        let mut tries = 0;
         let s = loop {
             match SledStore::open(SledStoreConfig {
                 path: dir.path().join("db"),
@@ -469,7 +359,11 @@ mod tests {
                 op_latency: None,
             }) {
                 Ok(s) => break s,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) if tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen failed: {e}"),
             }
         };
         assert_eq!(s.current_revision(), 2);
