@@ -152,6 +152,46 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     Ok((d, create_ms))
 }
 
+/// Reads a histogram from the server's /metrics and returns the upper
+/// bounds (ms) of the buckets holding the 50th and 99th percentiles.
+async fn server_histogram(client: &kube::Client, name: &str) -> anyhow::Result<(f64, f64, u64)> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(vec![])?)
+        .await?;
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("+Inf");
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        let count = line
+            .rsplit(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        buckets.push((bound, count));
+    }
+    let total = buckets.last().map(|b| b.1).unwrap_or(0);
+    let at = |q: f64| {
+        let want = (total as f64 * q).ceil() as u64;
+        buckets
+            .iter()
+            .find(|b| b.1 >= want)
+            .map(|b| b.0 * 1000.0)
+            .unwrap_or(f64::INFINITY)
+    };
+    Ok((at(0.5), at(0.99), total))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; `cargo test` does not: then smoke-test.
@@ -181,7 +221,9 @@ async fn main() -> anyhow::Result<()> {
     let creates_per_sec = creates(&pods, &sizes).await?;
     let gets_per_sec = gets(&pods, &sizes).await?;
     let list_ms = lists(&pods, &sizes).await?;
-    let (delivery, create_ms) = watch_latency(client, &sizes).await?;
+    let (delivery, create_ms) = watch_latency(client.clone(), &sizes).await?;
+    let (fanout_p50, fanout_p99, fanout_n) =
+        server_histogram(&client, "shoal_watch_event_delivery_seconds").await?;
     let report = json!({
         "benchmark": "api",
         "mode": if full { "full" } else { "smoke" },
@@ -198,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
             "delivery_ms_p99": percentile(&delivery, 0.99),
             "create_ack_ms_p50": percentile(&create_ms, 0.5),
             "create_ack_ms_p99": percentile(&create_ms, 0.99),
+            // Server side, from durable to handed to the connection: bucket upper bounds.
+            "fanout_ms_p50_le": fanout_p50,
+            "fanout_ms_p99_le": fanout_p99,
+            "fanout_observations": fanout_n,
         },
     });
     anyhow::ensure!(

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the control plane, rendered at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -9,6 +10,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_latency: HistogramVec,
     pub watches: IntGauge,
+    pub watch_delivery: Histogram,
     pub store_latency: HistogramVec,
 }
 
@@ -16,6 +18,11 @@ pub struct Metrics {
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 10.0,
+];
+
+/// Finer buckets for in-process fan-out, which takes microseconds.
+const FANOUT_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0,
 ];
 
 impl Metrics {
@@ -37,6 +44,13 @@ impl Metrics {
             &["verb", "resource"],
         )?;
         let watches = IntGauge::new("apiserver_registered_watchers", "Watches currently open")?;
+        let watch_delivery = Histogram::with_opts(
+            HistogramOpts::new(
+                "shoal_watch_event_delivery_seconds",
+                "From an event becoming durable to its frame being handed to a watcher's connection",
+            )
+            .buckets(FANOUT_BUCKETS.to_vec()),
+        )?;
         let store_latency = HistogramVec::new(
             HistogramOpts::new(
                 "shoal_store_operation_duration_seconds",
@@ -48,12 +62,14 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_latency.clone()))?;
         registry.register(Box::new(watches.clone()))?;
+        registry.register(Box::new(watch_delivery.clone()))?;
         registry.register(Box::new(store_latency.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             request_latency,
             watches,
+            watch_delivery,
             store_latency,
         })
     }

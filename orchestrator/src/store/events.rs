@@ -5,7 +5,8 @@
 //! subscription taken under the same lock, so it sees every event exactly once.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -50,6 +51,19 @@ pub struct Event {
     /// The object before the change, so watchers with selectors can tell an
     /// object leaving their view from one staying in it.
     pub prev: Option<Arc<Value>>,
+    pub fanout: Fanout,
+}
+
+/// Per-event state shared by every watcher it reaches.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    /// When the event became durable and was published to watchers; unset
+    /// for history loaded at start-up.
+    pub published: OnceLock<Instant>,
+    /// The serialised watch frame per event type (ADDED, MODIFIED, DELETED),
+    /// made by the first watcher that needs it so a hundred watchers encode
+    /// the object once.
+    pub frames: [OnceLock<bytes::Bytes>; 3],
 }
 
 /// What a watch reads: history first, then live events.
@@ -126,7 +140,9 @@ impl EventLog {
     pub fn publish(&self, events: Vec<Arc<Event>>) -> Option<Revision> {
         let mut inner = lock(&self.inner);
         let mut compacted_to = None;
+        let now = Instant::now();
         for ev in events {
+            let _ = ev.fanout.published.set(now);
             inner.events.push_back(ev.clone());
             // No receivers is fine: nobody is watching.
             let _ = self.tx.send(ev);
@@ -185,6 +201,7 @@ mod tests {
             key: key.into(),
             object: Arc::new(Value::Null),
             prev: None,
+            fanout: Fanout::default(),
         })
     }
 

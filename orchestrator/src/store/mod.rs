@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use events::{Event, EventType, WatchNext, WatchReceiver};
+pub use events::{Event, EventType, Fanout, WatchNext, WatchReceiver};
 pub use sled_store::{SledStore, SledStoreConfig};
 
 /// A monotonic store revision; rendered as `metadata.resourceVersion`.

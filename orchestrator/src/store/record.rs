@@ -115,6 +115,7 @@ pub fn decode_event(rv: Revision, bytes: &[u8]) -> Result<Event, StoreError> {
         key,
         object: Arc::new(object),
         prev,
+        fanout: Default::default(),
     })
 }
 
@@ -133,6 +134,7 @@ mod tests {
             key: "/k/a".into(),
             object: Arc::new(object.clone()),
             prev: None,
+            fanout: Default::default(),
         };
         let obj_bytes = encode("/k/a", &object).expect("encode");
         let prev_bytes = encode("/k/a", &prev).expect("encode");

@@ -181,6 +181,7 @@ impl Writer {
             key,
             object,
             prev: prev.map(|(o, _)| o),
+            fanout: Default::default(),
         };
         batch.insert(
             &record::ev_key(rv)[..],

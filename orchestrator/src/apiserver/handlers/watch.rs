@@ -20,7 +20,7 @@ use crate::apiserver::error::{ApiError, ApiResult};
 use crate::apiserver::request::{truthy, Query, Target};
 use crate::apiserver::table::{self, IncludeObject};
 use crate::apiserver::ApiState;
-use crate::store::{EventType, WatchNext, WatchReceiver};
+use crate::store::{Event, EventType, WatchNext, WatchReceiver};
 
 /// Kubernetes closes watches after 30–60 minutes so clients re-list now and then.
 const DEFAULT_TIMEOUT: u64 = 1800;
@@ -33,25 +33,50 @@ struct Framer {
     table: Option<IncludeObject>,
 }
 
+/// A watch line; borrows the object so encoding does not copy it first.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    object: &'a Value,
+}
+
 impl Framer {
+    /// Plain JSON frames are the same for every watcher: encode once per
+    /// event and type. Table frames depend on the watcher's options.
+    fn shared_frame(&self, ty: &'static str, ev: &Event) -> Bytes {
+        let slot = match ty {
+            "ADDED" => 0,
+            "MODIFIED" => 1,
+            _ => 2,
+        };
+        if self.table.is_some() {
+            return self.frame(ty, &ev.object);
+        }
+        ev.fanout.frames[slot]
+            .get_or_init(|| self.frame(ty, &ev.object))
+            .clone()
+    }
+
     fn frame(&self, ty: &str, obj: &Value) -> Bytes {
+        let table;
         let object = match self.table {
             Some(include) => {
                 let rv = obj
                     .pointer("/metadata/resourceVersion")
                     .cloned()
                     .unwrap_or(Value::Null);
-                table::table(
+                table = table::table(
                     self.printer,
                     &[obj],
                     json!({"resourceVersion": rv}),
                     include,
-                )
+                );
+                &table
             }
-            None => obj.clone(),
+            None => obj,
         };
-        let mut line =
-            serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+        let mut line = serde_json::to_vec(&Line { ty, object }).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -123,20 +148,16 @@ pub async fn watch(
     };
     let (tx, out) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let gauge = st.metrics.watches.clone();
+    let delivery = st.metrics.watch_delivery.clone();
     tokio::spawn(async move {
         gauge.inc();
-        pump(
-            framer,
-            sel,
-            rx,
-            initial,
-            from,
-            send_initial && bookmarks,
+        let opts = PumpOptions {
+            initial_end_bookmark: send_initial && bookmarks,
             bookmarks,
             timeout,
-            tx,
-        )
-        .await;
+            delivery,
+        };
+        pump(framer, sel, rx, initial, from, opts, tx).await;
         gauge.dec();
     });
     let mut resp = Body::from_stream(ReceiverStream::new(out)).into_response();
@@ -175,18 +196,29 @@ fn translate(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+struct PumpOptions {
+    initial_end_bookmark: bool,
+    bookmarks: bool,
+    timeout: u64,
+    /// Time from an event's publication to its frame leaving for this watcher.
+    delivery: prometheus::Histogram,
+}
+
 async fn pump(
     framer: Framer,
     sel: Selection,
     mut rx: WatchReceiver,
     initial: Vec<Value>,
     from: u64,
-    initial_end_bookmark: bool,
-    bookmarks: bool,
-    timeout: u64,
+    opts: PumpOptions,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
+    let PumpOptions {
+        initial_end_bookmark,
+        bookmarks,
+        timeout,
+        delivery,
+    } = opts;
     for obj in &initial {
         if tx.send(Ok(framer.frame("ADDED", obj))).await.is_err() {
             return;
@@ -200,11 +232,13 @@ async fn pump(
     let mut tick = tokio::time::interval(BOOKMARK_EVERY);
     tick.tick().await;
     loop {
+        let mut published = None;
         let frame = tokio::select! {
             next = rx.next() => match next {
                 WatchNext::Event(ev) => {
+                    published = ev.fanout.published.get().copied();
                     match translate(ev.kind, &ev.object, ev.prev.as_deref(), &sel) {
-                        Some(ty) => framer.frame(ty, &ev.object),
+                        Some(ty) => framer.shared_frame(ty, &ev),
                         None => continue,
                     }
                 }
@@ -220,6 +254,9 @@ async fn pump(
         };
         if tx.send(Ok(frame)).await.is_err() {
             return;
+        }
+        if let Some(at) = published {
+            delivery.observe(at.elapsed().as_secs_f64());
         }
     }
 }
