@@ -45,6 +45,16 @@ pub struct ListPage {
     pub remaining: u64,
 }
 
+/// One page of a list as stored JSON, for answers that need no decoding.
+#[derive(Debug, Default)]
+pub struct RawPage {
+    /// (key, the object's JSON with its resourceVersion)
+    pub items: Vec<(String, bytes::Bytes)>,
+    pub rv: Revision,
+    pub continue_after: Option<String>,
+    pub remaining: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{key} already exists")]
@@ -92,6 +102,15 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<usize>,
         filter: &(dyn for<'v> Fn(&'v Value) -> bool + Send + Sync),
     ) -> Result<ListPage, StoreError>;
+
+    /// Like `list` without a filter, handing back the stored JSON as is:
+    /// the fast path for unfiltered lists, which need no decoding at all.
+    async fn list_raw(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<RawPage, StoreError>;
 
     async fn create(&self, key: &str, value: Value) -> Result<StoredObject, StoreError>;
 

@@ -15,7 +15,7 @@ use tracing::{info, instrument};
 use super::events::{lock, Event, EventLog, WatchReceiver};
 use super::record::{self, REV_KEY};
 use super::writer::{Reply, WriteOp, Writer};
-use super::{ListPage, Revision, Store, StoreError, StoredObject};
+use super::{ListPage, RawPage, Revision, Store, StoreError, StoredObject};
 
 pub struct SledStoreConfig {
     pub path: PathBuf,
@@ -96,6 +96,37 @@ impl SledStore {
         out
     }
 
+    /// Everything under `prefix` (after `start_after`), read while the writer
+    /// cannot apply a group, so the page and its revision agree exactly: a
+    /// watch from that revision then misses and repeats nothing. Values are
+    /// reference-counted; decoding happens after the lock is released.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<(Revision, Vec<(sled::IVec, sled::IVec)>), StoreError> {
+        let opk = record::obj_key(prefix);
+        let guard = lock(&self.applied);
+        let iter = match start_after {
+            Some(after) => {
+                let mut from = record::obj_key(after);
+                from.push(0);
+                self.tree.range(from..)
+            }
+            None => self.tree.range(opk.clone()..),
+        };
+        let mut raw = Vec::new();
+        for kv in iter {
+            let (k, v) = kv?;
+            if !k.starts_with(&opk) {
+                break;
+            }
+            raw.push((k, v));
+        }
+        Ok((*guard, raw))
+    }
+
     pub fn watchers(&self) -> usize {
         self.log.watchers()
     }
@@ -143,30 +174,7 @@ impl Store for SledStore {
         filter: &(dyn for<'v> Fn(&'v Value) -> bool + Send + Sync),
     ) -> Result<ListPage, StoreError> {
         let started = Instant::now();
-        let opk = record::obj_key(prefix);
-        // Scan while the writer cannot apply a group, so the page and its
-        // revision agree exactly: a watch from that revision then misses and
-        // repeats nothing. Values are reference-counted; parsing happens after.
-        let (rv, raw) = {
-            let guard = lock(&self.applied);
-            let iter = match start_after {
-                Some(after) => {
-                    let mut from = record::obj_key(after);
-                    from.push(0);
-                    self.tree.range(from..)
-                }
-                None => self.tree.range(opk.clone()..),
-            };
-            let mut raw = Vec::new();
-            for kv in iter {
-                let (k, v) = kv?;
-                if !k.starts_with(&opk) {
-                    break;
-                }
-                raw.push((k, v));
-            }
-            (*guard, raw)
-        };
+        let (rv, raw) = self.scan(prefix, start_after)?;
         let mut page = ListPage {
             rv,
             ..Default::default()
@@ -189,6 +197,32 @@ impl Store for SledStore {
                 rv: obj_rv,
                 value: Arc::new(value),
             });
+        }
+        self.observe("list", started);
+        Ok(page)
+    }
+
+    async fn list_raw(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<RawPage, StoreError> {
+        let started = Instant::now();
+        let (rv, raw) = self.scan(prefix, start_after)?;
+        let mut page = RawPage {
+            rv,
+            ..Default::default()
+        };
+        let total = raw.len();
+        for (k, v) in raw {
+            if limit.is_some_and(|l| page.items.len() >= l) {
+                page.continue_after = page.items.last().map(|(key, _)| key.clone());
+                page.remaining = (total - page.items.len()) as u64;
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            page.items.push((key, bytes::Bytes::copy_from_slice(&v)));
         }
         self.observe("list", started);
         Ok(page)

@@ -1,7 +1,7 @@
 //! get and list.
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -99,6 +99,9 @@ pub async fn list(st: &ApiState, t: &Target<'_>, q: &Query, as_table: bool) -> A
         None => None,
     };
     check_list_rv(st, q)?;
+    if sel.labels.is_empty() && sel.fields.is_empty() && !as_table {
+        return list_raw(st, t, limit, start).await;
+    }
     let page = st
         .store
         .list(
@@ -133,6 +136,47 @@ pub async fn list(st: &ApiState, t: &Target<'_>, q: &Query, as_table: bool) -> A
         "items": items,
     });
     Ok(respond(StatusCode::OK, &body, &[]))
+}
+
+/// An unfiltered JSON list: the stored objects spliced into the answer
+/// without decoding them (they are stored as the JSON clients receive).
+async fn list_raw(
+    st: &ApiState,
+    t: &Target<'_>,
+    limit: Option<usize>,
+    start: Option<(u64, String)>,
+) -> ApiResult<Response> {
+    let prefix = t.res.key(t.namespace.as_deref(), None);
+    let page = st
+        .store
+        .list_raw(&prefix, start.as_ref().map(|(_, k)| k.as_str()), limit)
+        .await
+        .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), ""))?;
+    let rv = start.as_ref().map(|(rv, _)| *rv).unwrap_or(page.rv);
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(after) = &page.continue_after {
+        meta["continue"] = json!(encode_continue(rv, after));
+        meta["remainingItemCount"] = json!(page.remaining);
+    }
+    let head = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": meta});
+    let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
+    let size: usize = page.items.iter().map(|(_, b)| b.len() + 1).sum();
+    let mut body = Vec::with_capacity(head.len() + size + 16);
+    // `{"kind":…,"metadata":{…}}` becomes `{"kind":…,"metadata":{…},"items":[…]}`.
+    body.extend_from_slice(&head[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, (_, item)) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// Shoal serves lists from the newest state; an `Exact` request for an
