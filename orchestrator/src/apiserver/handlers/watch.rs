@@ -12,8 +12,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::read::Selection;
 use crate::apiserver::error::{ApiError, ApiResult};
@@ -146,21 +144,30 @@ pub async fn watch(
         api_version: t.res.api_version(),
         table: as_table.then(|| IncludeObject::parse(q.include_object.as_deref())),
     };
-    let (tx, out) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
-    let gauge = st.metrics.watches.clone();
-    let delivery = st.metrics.watch_delivery.clone();
-    tokio::spawn(async move {
-        gauge.inc();
-        let opts = PumpOptions {
-            initial_end_bookmark: send_initial && bookmarks,
-            bookmarks,
-            timeout,
-            delivery,
-        };
-        pump(framer, sel, rx, initial, from, opts, tx).await;
-        gauge.dec();
+    let initial_end = (send_initial && bookmarks).then(|| framer.bookmark(from, true));
+    let pump = Pump {
+        framer,
+        sel,
+        rx,
+        initial: initial.into_iter(),
+        initial_end,
+        bookmarks,
+        deadline: Box::pin(tokio::time::sleep(Duration::from_secs(timeout))),
+        tick: tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_EVERY,
+            BOOKMARK_EVERY,
+        ),
+        delivery: st.metrics.watch_delivery.clone(),
+        _open: OpenWatch::new(st.metrics.watches.clone()),
+        done: false,
+    };
+    // hyper polls the stream straight from the connection task: no task or
+    // channel per watcher between the event log and the socket.
+    let out = futures::stream::unfold(pump, |mut p| async move {
+        let frame = p.next_frame().await?;
+        Some((Ok::<Bytes, std::io::Error>(frame), p))
     });
-    let mut resp = Body::from_stream(ReceiverStream::new(out)).into_response();
+    let mut resp = Body::from_stream(out).into_response();
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -196,67 +203,73 @@ fn translate(
     }
 }
 
-struct PumpOptions {
-    initial_end_bookmark: bool,
-    bookmarks: bool,
-    timeout: u64,
-    /// Time from an event's publication to its frame leaving for this watcher.
-    delivery: prometheus::Histogram,
+/// Counts open watches for as long as the stream lives.
+struct OpenWatch(prometheus::IntGauge);
+
+impl OpenWatch {
+    fn new(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        OpenWatch(g)
+    }
 }
 
-async fn pump(
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One watch stream: initial state, then events, bookmarks, and the end.
+struct Pump {
     framer: Framer,
     sel: Selection,
-    mut rx: WatchReceiver,
-    initial: Vec<Value>,
-    from: u64,
-    opts: PumpOptions,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let PumpOptions {
-        initial_end_bookmark,
-        bookmarks,
-        timeout,
-        delivery,
-    } = opts;
-    for obj in &initial {
-        if tx.send(Ok(framer.frame("ADDED", obj))).await.is_err() {
-            return;
+    rx: WatchReceiver,
+    initial: std::vec::IntoIter<Value>,
+    initial_end: Option<Bytes>,
+    bookmarks: bool,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    tick: tokio::time::Interval,
+    /// Time from an event's publication to its frame going to the connection.
+    delivery: prometheus::Histogram,
+    _open: OpenWatch,
+    done: bool,
+}
+
+impl Pump {
+    /// The next line to send, or None when the watch is over.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
         }
-    }
-    if initial_end_bookmark && tx.send(Ok(framer.bookmark(from, true))).await.is_err() {
-        return;
-    }
-    let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-    tick.tick().await;
-    loop {
-        let mut published = None;
-        let frame = tokio::select! {
-            next = rx.next() => match next {
-                WatchNext::Event(ev) => {
-                    published = ev.fanout.published.get().copied();
-                    match translate(ev.kind, &ev.object, ev.prev.as_deref(), &sel) {
-                        Some(ty) => framer.shared_frame(ty, &ev),
-                        None => continue,
+        if let Some(obj) = self.initial.next() {
+            return Some(self.framer.frame("ADDED", &obj));
+        }
+        if let Some(b) = self.initial_end.take() {
+            return Some(b);
+        }
+        let bookmarks = self.bookmarks && self.framer.table.is_none();
+        loop {
+            tokio::select! {
+                next = self.rx.next() => match next {
+                    WatchNext::Event(ev) => {
+                        let Some(ty) = translate(ev.kind, &ev.object, ev.prev.as_deref(), &self.sel) else {
+                            continue;
+                        };
+                        let frame = self.framer.shared_frame(ty, &ev);
+                        if let Some(at) = ev.fanout.published.get() {
+                            self.delivery.observe(at.elapsed().as_secs_f64());
+                        }
+                        return Some(frame);
                     }
-                }
-                WatchNext::Lagged => {
-                    let _ = tx.send(Ok(framer.error(410, "Expired", "the watcher fell too far behind; re-list and watch again"))).await;
-                    return;
-                }
-                WatchNext::Closed => return,
-            },
-            _ = tick.tick(), if bookmarks && framer.table.is_none() => framer.bookmark(rx.after, false),
-            _ = &mut deadline => return,
-            _ = tx.closed() => return,
-        };
-        if tx.send(Ok(frame)).await.is_err() {
-            return;
-        }
-        if let Some(at) = published {
-            delivery.observe(at.elapsed().as_secs_f64());
+                    WatchNext::Lagged => {
+                        self.done = true;
+                        return Some(self.framer.error(410, "Expired", "the watcher fell too far behind; re-list and watch again"));
+                    }
+                    WatchNext::Closed => return None,
+                },
+                _ = self.tick.tick(), if bookmarks => return Some(self.framer.bookmark(self.rx.after, false)),
+                _ = &mut self.deadline => return None,
+            }
         }
     }
 }
