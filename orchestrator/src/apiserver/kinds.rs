@@ -40,7 +40,7 @@ pub fn registry() -> Registry {
         // core/v1
         entry::<core::Namespace>()
             .short(&["ns"])
-            .sub(&["status", "finalize"])
+            .subresources(&["status", "finalize"])
             .fields(&["status.phase"])
             .printer(Printer::Namespace)
             .admission(Admission {
@@ -53,7 +53,7 @@ pub fn registry() -> Registry {
         entry::<core::Pod>()
             .short(&["po"])
             .categories(all)
-            .sub(&["status", "binding"])
+            .subresources(&["status", "binding"])
             .fields(POD_FIELDS)
             .printer(Printer::Pod)
             .admission(Admission {
@@ -66,7 +66,7 @@ pub fn registry() -> Registry {
             .build(),
         entry::<core::Node>()
             .short(&["no"])
-            .sub(&["status"])
+            .subresources(&["status"])
             .fields(&["spec.unschedulable"])
             .printer(Printer::Node)
             .admission(Admission {
@@ -101,7 +101,7 @@ pub fn registry() -> Registry {
         entry::<core::Service>()
             .short(&["svc"])
             .categories(all)
-            .sub(&["status"])
+            .subresources(&["status"])
             .printer(Printer::Service)
             .admission(Admission {
                 default: core_rules::default_service,
@@ -115,13 +115,13 @@ pub fn registry() -> Registry {
         entry::<core::ServiceAccount>().short(&["sa"]).build(),
         entry::<core::ResourceQuota>()
             .short(&["quota"])
-            .sub(&["status"])
+            .subresources(&["status"])
             .build(),
         // apps/v1
         entry::<apps::Deployment>()
             .short(&["deploy"])
             .categories(all)
-            .sub(&["status", "scale"])
+            .subresources(&["status", "scale"])
             .printer(Printer::Deployment)
             .admission(Admission {
                 default: workloads::default_deployment,
@@ -133,7 +133,7 @@ pub fn registry() -> Registry {
         entry::<apps::ReplicaSet>()
             .short(&["rs"])
             .categories(all)
-            .sub(&["status", "scale"])
+            .subresources(&["status", "scale"])
             .fields(&["status.replicas"])
             .printer(Printer::ReplicaSet)
             .admission(Admission {
@@ -146,7 +146,7 @@ pub fn registry() -> Registry {
         entry::<apps::DaemonSet>()
             .short(&["ds"])
             .categories(all)
-            .sub(&["status"])
+            .subresources(&["status"])
             .printer(Printer::DaemonSet)
             .admission(Admission {
                 default: workloads::default_daemonset,
@@ -158,7 +158,7 @@ pub fn registry() -> Registry {
         entry::<apps::StatefulSet>()
             .short(&["sts"])
             .categories(all)
-            .sub(&["status", "scale"])
+            .subresources(&["status", "scale"])
             .printer(Printer::StatefulSet)
             .admission(Admission {
                 default: workloads::default_statefulset,
@@ -171,7 +171,7 @@ pub fn registry() -> Registry {
         // batch/v1
         entry::<batch::Job>()
             .categories(all)
-            .sub(&["status"])
+            .subresources(&["status"])
             .fields(&["status.successful"])
             .printer(Printer::Job)
             .admission(Admission {
@@ -184,7 +184,7 @@ pub fn registry() -> Registry {
         entry::<batch::CronJob>()
             .short(&["cj"])
             .categories(all)
-            .sub(&["status"])
+            .subresources(&["status"])
             .printer(Printer::CronJob)
             .admission(Admission {
                 default: workloads::default_cronjob,
@@ -196,12 +196,12 @@ pub fn registry() -> Registry {
         entry::<autoscaling::HorizontalPodAutoscaler>()
             .short(&["hpa"])
             .categories(all)
-            .sub(&["status"])
+            .subresources(&["status"])
             .build(),
         // networking.k8s.io/v1
         entry::<networking::Ingress>()
             .short(&["ing"])
-            .sub(&["status"])
+            .subresources(&["status"])
             .build(),
         entry::<networking::IngressClass>().build(),
         // discovery.k8s.io/v1
@@ -215,7 +215,7 @@ pub fn registry() -> Registry {
         // policy/v1
         entry::<policy::PodDisruptionBudget>()
             .short(&["pdb"])
-            .sub(&["status"])
+            .subresources(&["status"])
             .build(),
     ])
 }

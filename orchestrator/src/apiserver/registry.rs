@@ -133,7 +133,7 @@ impl Entry {
         self.0.categories = c;
         self
     }
-    pub fn sub(mut self, s: &'static [&'static str]) -> Self {
+    pub fn subresources(mut self, s: &'static [&'static str]) -> Self {
         self.0.subresources = s;
         self
     }

@@ -210,7 +210,7 @@ fn merge_list(
 
 /// Orders `list` as `order` says; elements it does not name keep their
 /// relative order after those it does.
-fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: &ListStrategy) {
+fn reorder(list: &mut [Value], order: &[Value], strategy: &ListStrategy) {
     let rank = |v: &Value| -> usize {
         let pos = match strategy {
             ListStrategy::MergeKey(key) => order

@@ -17,7 +17,16 @@ async fn bad_requests_get_status_and_store_nothing() -> anyhow::Result<()> {
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
     let before = cms.list(&ListParams::default()).await?.items.len();
 
-    let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+    // (what, method, content type, body, expected code, message fragment)
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             "POST",

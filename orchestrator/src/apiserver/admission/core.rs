@@ -134,7 +134,7 @@ fn config_keys(obj: &Value, fields: &[&str], out: &mut Vec<Cause>) {
                     && !k.starts_with("..");
                 if !ok {
                     out.push(Cause::invalid(
-                        format!("{f}"),
+                        format!("{f}[{k}]"),
                         k,
                         "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
                     ));

@@ -359,11 +359,9 @@ pub fn default_cronjob(obj: &mut Value) {
     default_field(spec, "suspend", json!(false));
     default_field(spec, "successfulJobsHistoryLimit", json!(3));
     default_field(spec, "failedJobsHistoryLimit", json!(1));
-    if let Some(jt) = obj.pointer_mut("/spec/jobTemplate/spec") {
-        if let Value::Object(m) = jt {
-            default_field(m, "backoffLimit", json!(6));
-            default_field(m, "completionMode", json!("NonIndexed"));
-        }
+    if let Some(Value::Object(m)) = obj.pointer_mut("/spec/jobTemplate/spec") {
+        default_field(m, "backoffLimit", json!(6));
+        default_field(m, "completionMode", json!("NonIndexed"));
     }
     default_template(obj, "/spec/jobTemplate/spec/template");
 }
