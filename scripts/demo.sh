@@ -26,8 +26,9 @@ Shoal is running at https://$listen. In another shell:
   kubectl scale deployment hello -n demo --replicas=50
   kubectl get deployment hello -n demo -o yaml
   kubectl get pods -n demo -w
-(The scheduler, controllers and Wasm node agent that run these pods are the next
-pieces of work: today the objects are stored, defaulted, validated and watched.)
+(The node agent that runs these pods and the controllers that make a Deployment's
+pods are the next pieces of work: today objects are stored, validated, watched and,
+once Nodes register, scheduled.)
 Ctrl-C stops the server.
 MSG
 wait $server

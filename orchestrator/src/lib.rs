@@ -2,5 +2,6 @@
 
 pub mod apiserver;
 pub mod metrics;
+pub mod scheduler;
 pub mod server;
 pub mod store;

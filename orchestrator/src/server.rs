@@ -11,12 +11,14 @@ use tracing::info;
 
 use crate::apiserver::{self, bootstrap, kinds, ApiState};
 use crate::metrics::Metrics;
+use crate::scheduler::{self, Scoring};
 use crate::store::{SledStore, SledStoreConfig};
 
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub watch_history: usize,
+    pub scoring: Scoring,
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -62,6 +64,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     info!(listen = %cfg.listen, data_dir = %data_dir.display(), "shoal server ready");
     println!("export KUBECONFIG={}", kubeconfig.display());
     let app = apiserver::router(state);
+    // The scheduler is an API client like any other, here in-process.
+    let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+    tokio::spawn(scheduler::run(client, cfg.scoring));
     tokio::select! {
         _ = apiserver::serve_tls(listener, acceptor, app) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),

@@ -5,10 +5,17 @@
 pub use k8s_openapi;
 pub use kube;
 
+pub mod quantity;
+
 /// RuntimeClass (and handler) of the default Wasm backend.
 pub const RUNTIME_CLASS_WASMTIME: &str = "wasmtime";
 /// RuntimeClass (and handler) of the OCI container backend.
 pub const RUNTIME_CLASS_RUNC: &str = "runc";
+/// Node label a node agent sets for each runtime it offers; the seeded
+/// RuntimeClasses select nodes by it (`scheduling.nodeSelector`).
+pub fn runtime_label(runtime_class: &str) -> String {
+    format!("runtime.shoal.dev/{runtime_class}")
+}
 /// Prefix of Shoal's annotations.
 pub const ANNOTATION_PREFIX: &str = "shoal.dev/";
 

@@ -1,3 +1,4 @@
 //! Shoal's integration tests: one binary, a module per area.
 
 mod api;
+mod scheduler;

@@ -44,7 +44,10 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
                 "node.k8s.io/v1",
                 "RuntimeClass",
                 handler,
-                json!({"handler": handler}),
+                // Nodes advertise the runtimes they offer with this label.
+                json!({"handler": handler, "scheduling": {"nodeSelector": {
+                    shoal_sdk::runtime_label(handler): "true"
+                }}}),
             ),
         ));
     }

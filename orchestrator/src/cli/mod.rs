@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use shoal_orchestrator::scheduler::Scoring;
 use shoal_orchestrator::server::{self, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -37,6 +38,14 @@ struct ServerArgs {
     /// Events kept for watch resume; older resourceVersions get 410 Gone.
     #[arg(long, env = "SHOAL_WATCH_HISTORY", default_value_t = 20_000)]
     watch_history: usize,
+    /// How the scheduler ranks nodes: spread (least-allocated) or bin-pack (most-allocated).
+    #[arg(
+        long,
+        env = "SHOAL_SCHEDULER_SCORING",
+        value_enum,
+        default_value = "least-allocated"
+    )]
+    scheduler_scoring: Scoring,
 }
 
 /// Logs go to stderr; `SHOAL_LOG` (or `RUST_LOG`) sets the filter.
@@ -57,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: a.data_dir,
                 listen: a.listen,
                 watch_history: a.watch_history,
+                scoring: a.scheduler_scoring,
             })
             .await
         }
