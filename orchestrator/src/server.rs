@@ -18,7 +18,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub watch_history: usize,
-    pub scoring: Scoring,
+    /// How the built-in scheduler scores nodes; None runs no scheduler.
+    pub scoring: Option<Scoring>,
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -65,8 +66,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     println!("export KUBECONFIG={}", kubeconfig.display());
     let app = apiserver::router(state);
     // The scheduler is an API client like any other, here in-process.
-    let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
-    tokio::spawn(scheduler::run(client, cfg.scoring));
+    if let Some(scoring) = cfg.scoring {
+        let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+        tokio::spawn(scheduler::run(client, scoring));
+    }
     tokio::select! {
         _ = apiserver::serve_tls(listener, acceptor, app) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),

@@ -46,6 +46,9 @@ struct ServerArgs {
         default_value = "least-allocated"
     )]
     scheduler_scoring: Scoring,
+    /// Run without the built-in scheduler (another scheduler, or API-only benchmarks).
+    #[arg(long, env = "SHOAL_DISABLE_SCHEDULER")]
+    disable_scheduler: bool,
 }
 
 /// Logs go to stderr; `SHOAL_LOG` (or `RUST_LOG`) sets the filter.
@@ -66,7 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: a.data_dir,
                 listen: a.listen,
                 watch_history: a.watch_history,
-                scoring: a.scheduler_scoring,
+                scoring: (!a.disable_scheduler).then_some(a.scheduler_scoring),
             })
             .await
         }
