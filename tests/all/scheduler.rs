@@ -44,6 +44,28 @@ async fn node_of(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
     .await
 }
 
+/// The message of the first FailedScheduling Event for pod `name`.
+async fn failed_scheduling(events: &Api<Event>, name: &str) -> anyhow::Result<String> {
+    wait_for(
+        &format!("FailedScheduling for {name}"),
+        Duration::from_secs(30),
+        || async {
+            let lp = ListParams::default().fields(&format!(
+                "involvedObject.name={name},reason=FailedScheduling"
+            ));
+            events
+                .list(&lp)
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+                .and_then(|e| e.message)
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn places_pods_and_explains_refusals() -> anyhow::Result<()> {
     let s = Server::start()?;
@@ -87,23 +109,7 @@ async fn places_pods_and_explains_refusals() -> anyhow::Result<()> {
     )
     .await?;
     let events: Api<Event> = Api::namespaced(c.clone(), "default");
-    let msg = wait_for(
-        "FailedScheduling for big",
-        Duration::from_secs(30),
-        || async {
-            let lp =
-                ListParams::default().fields("involvedObject.name=big,reason=FailedScheduling");
-            events
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .next()
-                .and_then(|e| e.message)
-        },
-    )
-    .await?;
+    let msg = failed_scheduling(&events, "big").await?;
     assert_eq!(msg, "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: edge}.");
     let cond = pods
         .get("big")
@@ -143,24 +149,7 @@ async fn places_pods_and_explains_refusals() -> anyhow::Result<()> {
         ("oci", "didn't match Pod's node affinity/selector"),
         ("nosuch", "RuntimeClass \"gvisor\" not found"),
     ] {
-        let msg = wait_for(
-            &format!("FailedScheduling for {name}"),
-            Duration::from_secs(30),
-            || async {
-                let lp = ListParams::default().fields(&format!(
-                    "involvedObject.name={name},reason=FailedScheduling"
-                ));
-                events
-                    .list(&lp)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .next()
-                    .and_then(|e| e.message)
-            },
-        )
-        .await?;
+        let msg = failed_scheduling(&events, name).await?;
         assert!(msg.contains(needle), "{name}: {msg}");
     }
     s.kubectl(&["label", "node", "node-a", "runtime.shoal.dev/runc=true"])?;

@@ -132,10 +132,7 @@ async fn pass(
             continue;
         };
         if let Some(left) = free.get_mut(&node) {
-            let used = plugins::requests(pod);
-            left.cpu_millis -= used.cpu_millis;
-            left.memory -= used.memory;
-            left.pods -= used.pods;
+            left.take(&plugins::requests(pod));
         }
     }
     let pending: Vec<&Pod> = pods.items.iter().filter(|p| wants_us(p)).collect();
@@ -167,10 +164,7 @@ async fn pass(
             Ok(node) => {
                 if bind(client, pod, &node).await? {
                     if let Some(left) = free.get_mut(&node) {
-                        let used = plugins::requests(pod);
-                        left.cpu_millis -= used.cpu_millis;
-                        left.memory -= used.memory;
-                        left.pods -= used.pods;
+                        left.take(&plugins::requests(pod));
                     }
                 }
             }

@@ -14,6 +14,15 @@ pub struct Usage {
     pub pods: i64,
 }
 
+impl Usage {
+    /// What is left after `used` is placed here.
+    pub fn take(&mut self, used: &Usage) {
+        self.cpu_millis -= used.cpu_millis;
+        self.memory -= used.memory;
+        self.pods -= used.pods;
+    }
+}
+
 /// A pod's requests: explicit requests, else limits (Kubernetes defaults
 /// requests to limits), summed over its containers; init containers count
 /// by their maximum, since they run one at a time.

@@ -63,6 +63,16 @@ impl Selection {
     }
 }
 
+/// A list's metadata: its revision and, when cut short, how to go on.
+fn list_meta(rv: u64, continue_after: Option<&str>, remaining: u64) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(after) = continue_after {
+        meta["continue"] = json!(encode_continue(rv, after));
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    meta
+}
+
 fn encode_continue(rv: u64, key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(json!({"rv": rv, "start": key}).to_string())
@@ -114,11 +124,7 @@ pub async fn list(st: &ApiState, t: &Target<'_>, q: &Query, as_table: bool) -> A
         .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), ""))?;
     // Pages after the first report the revision the listing began at.
     let rv = start.as_ref().map(|(rv, _)| *rv).unwrap_or(page.rv);
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(after) = &page.continue_after {
-        meta["continue"] = json!(encode_continue(rv, after));
-        meta["remainingItemCount"] = json!(page.remaining);
-    }
+    let meta = list_meta(rv, page.continue_after.as_deref(), page.remaining);
     if as_table {
         let objs: Vec<&Value> = page.items.iter().map(|o| &*o.value).collect();
         let include = IncludeObject::parse(q.include_object.as_deref());
@@ -153,11 +159,7 @@ async fn list_raw(
         .await
         .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), ""))?;
     let rv = start.as_ref().map(|(rv, _)| *rv).unwrap_or(page.rv);
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(after) = &page.continue_after {
-        meta["continue"] = json!(encode_continue(rv, after));
-        meta["remainingItemCount"] = json!(page.remaining);
-    }
+    let meta = list_meta(rv, page.continue_after.as_deref(), page.remaining);
     let head = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": meta});
     let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
     let size: usize = page.items.iter().map(|(_, b)| b.len() + 1).sum();
