@@ -16,6 +16,12 @@ pub const RUNTIME_CLASS_RUNC: &str = "runc";
 pub fn runtime_label(runtime_class: &str) -> String {
     format!("runtime.shoal.dev/{runtime_class}")
 }
+/// Now, as Kubernetes writes timestamps (RFC 3339, whole seconds, UTC).
+pub fn now_rfc3339() -> String {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_default()
+}
+
 /// Prefix of Shoal's annotations.
 pub const ANNOTATION_PREFIX: &str = "shoal.dev/";
 

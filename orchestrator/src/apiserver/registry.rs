@@ -176,12 +176,6 @@ impl Registry {
             .map(|i| &self.resources[*i])
     }
 
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&ResourceInfo> {
-        self.resources
-            .iter()
-            .find(|r| r.group == group && r.kind == kind)
-    }
-
     /// Groups in the order discovery lists them (core first).
     pub fn groups(&self) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<(&'static str, &'static str)> = Vec::new();

@@ -16,6 +16,7 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::Client;
 use serde_json::json;
+use shoal_sdk::now_rfc3339 as now;
 use tracing::{debug, info, warn};
 
 pub use plugins::Scoring;
@@ -48,7 +49,7 @@ async fn wait_for_change(client: &Client, pods_rv: &str, nodes_rv: &str) {
     let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let wp = WatchParams::default().timeout(30).disable_bookmarks();
-    let (p, n) = match (
+    let (mut p, mut n) = match (
         pods.watch(&wp, pods_rv).await,
         nodes.watch(&wp, nodes_rv).await,
     ) {
@@ -58,7 +59,6 @@ async fn wait_for_change(client: &Client, pods_rv: &str, nodes_rv: &str) {
             return;
         }
     };
-    let (mut p, mut n) = (p, n);
     tokio::select! {
         _ = p.next() => {}
         _ = n.next() => {}
@@ -252,11 +252,6 @@ async fn report_unschedulable(
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_default()
 }
 
 /// Best effort: an Event that fails to write must not stop scheduling.

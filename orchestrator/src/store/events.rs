@@ -13,11 +13,12 @@ use tokio::sync::broadcast;
 
 use super::{Revision, StoreError};
 
+/// The discriminants index `Fanout::frames`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
-    Added,
-    Modified,
-    Deleted,
+    Added = 0,
+    Modified = 1,
+    Deleted = 2,
 }
 
 impl EventType {
@@ -26,15 +27,6 @@ impl EventType {
             EventType::Added => "ADDED",
             EventType::Modified => "MODIFIED",
             EventType::Deleted => "DELETED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ADDED" => Some(EventType::Added),
-            "MODIFIED" => Some(EventType::Modified),
-            "DELETED" => Some(EventType::Deleted),
-            _ => None,
         }
     }
 }
@@ -177,10 +169,6 @@ impl EventLog {
             prefix: prefix.to_string(),
             after: from,
         })
-    }
-
-    pub fn watchers(&self) -> usize {
-        self.tx.receiver_count()
     }
 }
 

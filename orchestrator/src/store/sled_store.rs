@@ -126,10 +126,6 @@ impl SledStore {
         }
         Ok((*guard, raw))
     }
-
-    pub fn watchers(&self) -> usize {
-        self.log.watchers()
-    }
 }
 
 fn load_history(tree: &sled::Tree) -> Result<Vec<Arc<Event>>, StoreError> {

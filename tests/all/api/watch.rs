@@ -62,23 +62,20 @@ async fn kubectl_get_pods_watch_sees_events() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates an empty ConfigMap; returns the revision it was written at.
+async fn create_cm(cms: &Api<ConfigMap>, name: &str) -> anyhow::Result<String> {
+    let cm = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    let created = cms.create(&PostParams::default(), &cm).await?;
+    Ok(created.metadata.resource_version.unwrap_or_default())
+}
+
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version() -> anyhow::Result<()> {
     let s = Server::start()?;
     let c = s.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(c, "default");
-    let a = cms
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "a"}}))?,
-        )
-        .await?;
-    let rv = a.metadata.resource_version.clone().unwrap_or_default();
-    cms.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "b"}}))?,
-    )
-    .await?;
+    let rv = create_cm(&cms, "a").await?;
+    create_cm(&cms, "b").await?;
     cms.patch(
         "a",
         &PatchParams::default(),
@@ -124,11 +121,7 @@ async fn compacted_history_answers_410_gone() -> anyhow::Result<()> {
     let c = s.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
     for i in 0..12 {
-        cms.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}}))?,
-        )
-        .await?;
+        create_cm(&cms, &format!("c{i}")).await?;
     }
     match cms.watch(&WatchParams::default(), "1").await {
         Err(kube::Error::Api(st)) => assert_eq!((st.code, st.reason.as_str()), (410, "Expired")),
@@ -146,15 +139,7 @@ async fn selector_watch_sees_objects_enter_and_leave() -> anyhow::Result<()> {
     let s = Server::start()?;
     let c = s.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(c, "default");
-    let rv = cms
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "m"}}))?,
-        )
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let rv = create_cm(&cms, "m").await?;
     let label = |v: &str| kube::api::Patch::Merge(json!({"metadata": {"labels": {"tier": v}}}));
     cms.patch("m", &PatchParams::default(), &label("gold"))
         .await?;
@@ -180,15 +165,7 @@ async fn bookmarks_carry_the_current_revision() -> anyhow::Result<()> {
     let s = Server::start()?;
     let c = s.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(c, "default");
-    let rv = cms
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "bm"}}))?,
-        )
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let rv = create_cm(&cms, "bm").await?;
     let mut stream = cms
         .watch(&WatchParams::default().timeout(10), &rv)
         .await?

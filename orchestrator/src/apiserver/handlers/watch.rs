@@ -42,17 +42,12 @@ struct Line<'a> {
 impl Framer {
     /// Plain JSON frames are the same for every watcher: encode once per
     /// event and type. Table frames depend on the watcher's options.
-    fn shared_frame(&self, ty: &'static str, ev: &Event) -> Bytes {
-        let slot = match ty {
-            "ADDED" => 0,
-            "MODIFIED" => 1,
-            _ => 2,
-        };
+    fn shared_frame(&self, ty: EventType, ev: &Event) -> Bytes {
         if self.table.is_some() {
-            return self.frame(ty, &ev.object);
+            return self.frame(ty.as_str(), &ev.object);
         }
-        ev.fanout.frames[slot]
-            .get_or_init(|| self.frame(ty, &ev.object))
+        ev.fanout.frames[ty as usize]
+            .get_or_init(|| self.frame(ty.as_str(), &ev.object))
             .clone()
     }
 
@@ -186,17 +181,16 @@ fn translate(
     obj: &Value,
     prev: Option<&Value>,
     sel: &Selection,
-) -> Option<&'static str> {
+) -> Option<EventType> {
     let now = sel.matches(obj);
     match kind {
-        EventType::Added => now.then_some("ADDED"),
-        EventType::Deleted => now.then_some("DELETED"),
+        EventType::Added | EventType::Deleted => now.then_some(kind),
         EventType::Modified => {
             let before = prev.map(|p| sel.matches(p)).unwrap_or(false);
             match (before, now) {
-                (true, true) => Some("MODIFIED"),
-                (false, true) => Some("ADDED"),
-                (true, false) => Some("DELETED"),
+                (true, true) => Some(EventType::Modified),
+                (false, true) => Some(EventType::Added),
+                (true, false) => Some(EventType::Deleted),
                 (false, false) => None,
             }
         }

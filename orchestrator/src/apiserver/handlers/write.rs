@@ -5,7 +5,6 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use k8s_openapi::jiff::Timestamp;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
@@ -17,10 +16,7 @@ use crate::apiserver::request::{self, Query, Target};
 use crate::apiserver::ApiState;
 use crate::store::{Revision, StoreError};
 
-pub fn now() -> String {
-    let t = Timestamp::now();
-    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_default()
-}
+pub use shoal_sdk::now_rfc3339 as now;
 
 /// Which part of the object a write may change.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -324,7 +320,6 @@ pub fn merge_for_update(res: &ResourceInfo, new: Value, old: &Value, part: Part)
 /// finalizer of an object being deleted completes its deletion.
 pub async fn store_update(
     st: &ApiState,
-    t: &Target<'_>,
     key: &str,
     obj: Value,
     old: &Value,
@@ -341,7 +336,13 @@ pub async fn store_update(
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    if terminating && !finalizers_left && t.res.kind != "Pod" {
+    // Kubernetes' rule: a graceful deletion still running (a pod its node is
+    // stopping) is finished by its owner's delete, not by this update.
+    let grace_left = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g > 0);
+    if terminating && !finalizers_left && !grace_left {
         let gone = st.store.delete(key, Some(expected)).await?;
         return Ok((*gone.value).clone());
     }
@@ -428,7 +429,7 @@ pub async fn write_with_retry(
         if dry_run {
             return Ok(merged);
         }
-        match store_update(st, t, &key, merged, &cur.value, cur.rv).await {
+        match store_update(st, &key, merged, &cur.value, cur.rv).await {
             Ok(v) => return Ok(v),
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, &gr, &name)),
