@@ -1,5 +1,42 @@
 //! Executes workloads for a node agent, knowing nothing of the API server.
 //!
-//! Empty until the node-agent work lands: the `Backend` trait and its Wasm
-//! (wasmtime) and OCI (runc) implementations live here, keeping wasmtime's
-//! types out of the orchestrator.
+//! The node agent speaks to every runtime through [`Backend`]: prepare an
+//! image once (fetch, verify, compile), then start any number of containers
+//! from it. wasmtime's types stay inside this crate.
+
+pub mod backend;
+pub mod image;
+pub mod output;
+pub mod wasm;
+
+pub use backend::{Backend, Container, ContainerSpec, ContainerStats, Exit, Mount, Prepared};
+pub use image::{ImageError, ImageRef, ImageStore};
+pub use output::{OutputSink, StdStream};
+pub use wasm::{WasmBackend, WasmConfig};
+
+/// Why a container could not be prepared or started, in the words kubelet
+/// uses for the waiting reason.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    /// The image is fine as bytes but cannot become a running sandbox: not
+    /// Wasm, imports the host does not provide, an unusable limit.
+    #[error("cannot create a container from {image}: {reason}")]
+    Create { image: String, reason: String },
+}
+
+impl RuntimeError {
+    /// The Kubernetes waiting reason for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::Image(ImageError::InvalidName { .. }) => "InvalidImageName",
+            RuntimeError::Image(_) => "ErrImagePull",
+            RuntimeError::Create { .. } => "CreateContainerError",
+        }
+    }
+}
+
+/// The wasmtime release this crate is built on (reported as the node's
+/// container runtime version).
+pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -1,0 +1,130 @@
+//! The one boundary between the node agent and anything that runs code.
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::output::OutputSink;
+use crate::RuntimeError;
+
+/// A runtime: Wasm (wasmtime) by default, OCI (runc) as a peer.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The RuntimeClass name this backend serves (`wasmtime`, `runc`).
+    fn runtime_class(&self) -> &'static str;
+
+    /// Fetches, verifies and compiles an image. Cached: preparing the same
+    /// image again costs a map lookup.
+    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError>;
+
+    /// Starts one container from a prepared image. Returns once the sandbox
+    /// exists and the guest has been handed to the executor.
+    async fn start(
+        &self,
+        prepared: &Prepared,
+        spec: ContainerSpec,
+    ) -> Result<Container, RuntimeError>;
+}
+
+/// What `prepare` produced: the image's digest plus backend-private state.
+#[derive(Clone)]
+pub struct Prepared {
+    pub image: String,
+    /// `sha256:<hex>` of the image's bytes, as Kubernetes reports `imageID`.
+    pub digest: String,
+    pub(crate) inner: Arc<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("image", &self.image)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// A directory the guest sees at `guest_path`.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// Everything a container needs beyond its image, already resolved by the
+/// node agent (ConfigMaps and Secrets read, paths created).
+pub struct ContainerSpec {
+    /// Full argv, `argv[0]` included.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    /// Bytes of linear memory the guest may use in all.
+    pub memory_limit: Option<u64>,
+    /// CPU share in millicores; `None` means as much as the node has.
+    pub cpu_limit_millis: Option<u64>,
+    pub output: Arc<dyn OutputSink>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest exited by itself with this code.
+    Code(i32),
+    /// The guest tried to grow memory past its limit.
+    OomKilled,
+    /// The guest trapped (a crash); the message says where.
+    Trap(String),
+    /// Stopped by [`Container::kill`].
+    Killed,
+}
+
+impl Exit {
+    /// The exit code kubelet would report for this ending.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c,
+            // What a container killed by the OOM killer or SIGKILL reports.
+            Exit::OomKilled | Exit::Killed => 137,
+            Exit::Trap(_) => 1,
+        }
+    }
+}
+
+/// Live numbers about one container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerStats {
+    pub memory_bytes: u64,
+}
+
+/// A running container. Dropping it does not stop the guest; call `kill`.
+pub struct Container {
+    pub(crate) exit: Option<oneshot::Receiver<Exit>>,
+    pub(crate) kill: Arc<Notify>,
+    pub(crate) memory: Arc<AtomicU64>,
+}
+
+impl Container {
+    /// Waits for the guest to end. Calling it again after it returned gives
+    /// `Killed`, as there is nothing left to wait for.
+    pub async fn wait(&mut self) -> Exit {
+        match self.exit.take() {
+            Some(rx) => rx.await.unwrap_or(Exit::Killed),
+            None => Exit::Killed,
+        }
+    }
+
+    /// Stops the guest at its next yield point or host call.
+    pub fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    pub fn stats(&self) -> ContainerStats {
+        ContainerStats {
+            memory_bytes: self.memory.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The Wasm backend: WASI preview-1 modules (`_start`) and WASI 0.2 command
+//! components (`wasi:cli/run`) on one pooled, epoch-interrupted engine.
+
+mod cache;
+mod engine;
+mod host;
+mod run;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+use wasmtime::component::Linker as ComponentLinker;
+use wasmtime::{Engine, InstancePre, Linker};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::backend::{Backend, Container, ContainerSpec, Prepared};
+use crate::image::ImageStore;
+use crate::RuntimeError;
+pub use engine::{WasmConfig, EPOCH_TICK};
+use host::{P1Host, P2Host};
+
+/// A compiled image, pre-linked against the host so starting a sandbox is
+/// only an instantiation.
+pub(crate) enum Loaded {
+    Module(InstancePre<P1Host>),
+    Command(CommandPre<P2Host>),
+}
+
+type LoadCell = Arc<OnceCell<Arc<Loaded>>>;
+
+pub struct WasmBackend {
+    engine: Engine,
+    config: WasmConfig,
+    images: ImageStore,
+    cache: Arc<cache::CompileCache>,
+    p1: Linker<P1Host>,
+    p2: ComponentLinker<P2Host>,
+    /// Keyed by digest; a cell per digest so concurrent pods of one image
+    /// compile it once.
+    loaded: Mutex<HashMap<String, LoadCell>>,
+    _ticker: engine::EpochTicker,
+}
+
+/// What can go wrong building the backend itself (not a pod's problem).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("configuring the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Image(#[from] crate::ImageError),
+}
+
+impl WasmBackend {
+    /// `root` holds the image store and the compile cache.
+    pub fn new(root: &Path, config: WasmConfig) -> Result<WasmBackend, SetupError> {
+        let engine = engine::build(&config).map_err(|e| SetupError::Engine(e.to_string()))?;
+        let io = |source| SetupError::Io {
+            path: root.display().to_string(),
+            source,
+        };
+        let cache = Arc::new(cache::CompileCache::new(root, &engine).map_err(io)?);
+        let images = ImageStore::new(root.join("images"))?;
+        let mut p1 = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi)
+            .map_err(|e| SetupError::Engine(e.to_string()))?;
+        let mut p2 = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2)
+            .map_err(|e| SetupError::Engine(e.to_string()))?;
+        let ticker = engine::EpochTicker::start(engine.clone()).map_err(io)?;
+        Ok(WasmBackend {
+            engine,
+            config,
+            images,
+            cache,
+            p1,
+            p2,
+            loaded: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    pub fn config(&self) -> &WasmConfig {
+        &self.config
+    }
+
+    fn cell(&self, digest: &str) -> LoadCell {
+        let mut map = match self.loaded.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(digest.to_string()).or_default().clone()
+    }
+
+    /// Compiles (or loads from the disk cache) and pre-links an image.
+    async fn load(
+        &self,
+        image: &str,
+        digest: &str,
+        path: &Path,
+    ) -> Result<Arc<Loaded>, RuntimeError> {
+        let create = |reason: String| RuntimeError::Create {
+            image: image.to_string(),
+            reason,
+        };
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| create(format!("reading {}: {e}", path.display())))?;
+        let kind = wasm_kind(&bytes).map_err(|r| create(r.to_string()))?;
+        let engine = self.engine.clone();
+        let digest_owned = digest.to_string();
+        let cache = self.cache.clone();
+        // Compiling is CPU work measured in milliseconds to seconds: keep it
+        // off the threads that run guests and answer the API.
+        let compiled = tokio::task::spawn_blocking(move || match kind {
+            WasmKind::Module => cache
+                .module(&engine, &digest_owned, &bytes)
+                .map(Compiled::Module),
+            WasmKind::Component => cache
+                .component(&engine, &digest_owned, &bytes)
+                .map(Compiled::Component),
+        })
+        .await
+        .map_err(|e| create(format!("compiler task failed: {e}")))?
+        .map_err(|e| create(format!("compiling: {}", run::describe(&e))))?;
+        let loaded = match compiled {
+            Compiled::Module(m) => Loaded::Module(
+                self.p1
+                    .instantiate_pre(&m)
+                    .map_err(|e| create(run::describe(&e)))?,
+            ),
+            Compiled::Component(c) => {
+                let pre = self
+                    .p2
+                    .instantiate_pre(&c)
+                    .map_err(|e| create(run::describe(&e)))?;
+                Loaded::Command(CommandPre::new(pre).map_err(|e| {
+                    create(format!(
+                        "not a WASI command component (no wasi:cli/run export): {}",
+                        run::describe(&e)
+                    ))
+                })?)
+            }
+        };
+        Ok(Arc::new(loaded))
+    }
+}
+
+enum Compiled {
+    Module(wasmtime::Module),
+    Component(wasmtime::component::Component),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WasmKind {
+    Module,
+    Component,
+}
+
+/// Tells a core module from a component by the preamble, before handing
+/// bytes to Cranelift.
+fn wasm_kind(bytes: &[u8]) -> Result<WasmKind, &'static str> {
+    match bytes.get(0..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(WasmKind::Module),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(WasmKind::Component),
+        Some([0, b'a', b's', b'm', ..]) => Err("unsupported WebAssembly binary version"),
+        _ => Err("not a WebAssembly module or component (no \\0asm header)"),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for WasmBackend {
+    fn runtime_class(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
+        let blob = self.images.pull(image).await?;
+        let cell = self.cell(&blob.digest);
+        let loaded = cell
+            .get_or_try_init(|| self.load(image, &blob.digest, &blob.path))
+            .await?
+            .clone();
+        Ok(Prepared {
+            image: image.to_string(),
+            digest: format!("sha256:{}", blob.digest),
+            inner: loaded,
+        })
+    }
+
+    async fn start(
+        &self,
+        prepared: &Prepared,
+        spec: ContainerSpec,
+    ) -> Result<Container, RuntimeError> {
+        let loaded =
+            prepared
+                .inner
+                .clone()
+                .downcast::<Loaded>()
+                .map_err(|_| RuntimeError::Create {
+                    image: prepared.image.clone(),
+                    reason: "prepared by a different backend".into(),
+                })?;
+        if let Some(limit) = spec.memory_limit {
+            if limit > self.config.max_memory_bytes {
+                return Err(RuntimeError::Create {
+                    image: prepared.image.clone(),
+                    reason: format!(
+                        "resources.limits.memory {limit} exceeds this node's per-sandbox maximum of {} bytes",
+                        self.config.max_memory_bytes
+                    ),
+                });
+            }
+        }
+        run::start(&self.engine, &loaded, &prepared.image, spec).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

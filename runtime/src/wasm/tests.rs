@@ -1,0 +1,317 @@
+//! The backend against hand-written WAT guests: no toolchain needed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::backend::{ContainerSpec, Exit, Mount};
+use crate::output::{OutputSink, StdStream};
+
+#[derive(Default)]
+struct Capture(Mutex<Vec<u8>>);
+
+impl OutputSink for Capture {
+    fn write(&self, _: StdStream, bytes: &[u8]) {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(bytes);
+        }
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A p1 module that writes `msg` to stdout, then exits with `code`.
+fn printer(msg: &str, code: i32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{msg}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const {len}))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const {code}))))"#,
+        len = msg.replace("\\n", "\n").len()
+    )
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    backend: WasmBackend,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let backend = WasmBackend::new(
+        &root.join("node"),
+        WasmConfig {
+            max_instances: 16,
+            max_memory_bytes: 64 << 20,
+        },
+    )
+    .expect("backend");
+    Fixture {
+        _dir: dir,
+        root,
+        backend,
+    }
+}
+
+impl Fixture {
+    fn image(&self, name: &str, wat_src: &str) -> String {
+        let bytes = wat::parse_str(wat_src).expect("valid wat");
+        let path = self.root.join(name);
+        std::fs::write(&path, bytes).expect("write module");
+        format!("file://{}", path.display())
+    }
+
+    async fn run(&self, image: &str, spec: ContainerSpec) -> Result<Exit, RuntimeError> {
+        let prepared = self.backend.prepare(image).await?;
+        let mut c = self.backend.start(&prepared, spec).await?;
+        Ok(c.wait().await)
+    }
+}
+
+fn spec(out: Arc<Capture>) -> ContainerSpec {
+    ContainerSpec {
+        argv: vec!["guest".into()],
+        env: vec![],
+        mounts: vec![],
+        memory_limit: None,
+        cpu_limit_millis: None,
+        output: out,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p1_output_and_exit_codes() {
+    let f = fixture();
+    let out = Arc::new(Capture::default());
+    let img = f.image("hello.wasm", &printer("hello\\n", 0));
+    assert_eq!(
+        f.run(&img, spec(out.clone())).await.expect("runs"),
+        Exit::Code(0)
+    );
+    assert_eq!(out.text(), "hello\n");
+    let img = f.image("three.wasm", &printer("bye", 3));
+    assert_eq!(f.run(&img, spec(out)).await.expect("runs"), Exit::Code(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_names_the_cause() {
+    let f = fixture();
+    let img = f.image(
+        "trap.wasm",
+        r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
+    );
+    match f.run(&img, spec(Arc::default())).await.expect("runs") {
+        Exit::Trap(msg) => assert!(msg.contains("unreachable"), "{msg}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_is_oom_killed() {
+    let f = fixture();
+    let img = f.image(
+        "hog.wasm",
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start")
+               (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#,
+    );
+    let mut s = spec(Arc::default());
+    s.memory_limit = Some(4 << 20);
+    assert_eq!(f.run(&img, s).await.expect("runs"), Exit::OomKilled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guest_is_killed_and_does_not_starve_a_neighbour() {
+    let f = fixture();
+    let spin = f.image(
+        "spin.wasm",
+        r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#,
+    );
+    let prepared = f.backend.prepare(&spin).await.expect("prepare");
+    // More spinners than executor threads: without epoch yields the
+    // printer below would never get a thread.
+    let mut spinners = Vec::new();
+    for _ in 0..4 {
+        spinners.push(
+            f.backend
+                .start(&prepared, spec(Arc::default()))
+                .await
+                .expect("start"),
+        );
+    }
+    let out = Arc::new(Capture::default());
+    let img = f.image("hello.wasm", &printer("alive", 0));
+    let exit = tokio::time::timeout(Duration::from_secs(20), f.run(&img, spec(out.clone())))
+        .await
+        .expect("neighbour ran despite spinners")
+        .expect("runs");
+    assert_eq!(exit, Exit::Code(0));
+    assert_eq!(out.text(), "alive");
+    for mut s in spinners {
+        s.kill();
+        assert_eq!(s.wait().await, Exit::Killed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_fail_with_reasons() {
+    let f = fixture();
+    let not_wasm = f.root.join("text.wasm");
+    std::fs::write(&not_wasm, "hello").expect("write");
+    let err = f
+        .backend
+        .prepare(&format!("file://{}", not_wasm.display()))
+        .await
+        .expect_err("not wasm");
+    assert_eq!(err.reason(), "CreateContainerError");
+    assert!(err.to_string().contains("not a WebAssembly"), "{err}");
+
+    let img = f.image(
+        "imports.wasm",
+        r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
+    );
+    let err = f.backend.prepare(&img).await.expect_err("unknown import");
+    assert_eq!(err.reason(), "CreateContainerError");
+    assert!(err.to_string().contains("launch_missiles"), "{err}");
+
+    let err = f
+        .backend
+        .prepare("file:///no/such/module.wasm")
+        .await
+        .expect_err("missing");
+    assert_eq!(err.reason(), "ErrImagePull");
+    let err = f
+        .backend
+        .prepare("nginx:1.27")
+        .await
+        .expect_err("not a url");
+    assert_eq!(err.reason(), "InvalidImageName");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_args_and_read_only_mounts_reach_the_guest() {
+    let f = fixture();
+    // environ_sizes_get then path_open of "cfg/key" under the preopen (fd 3)
+    // and fd_read it to stdout: enough to prove env and the mount arrive.
+    let img = f.image(
+        "reader.wasm",
+        r#"(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $es (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "key")
+  (func (export "_start")
+    (drop (call $es (i32.const 0) (i32.const 4)))
+    ;; exit 9 unless exactly one env var is set
+    (if (i32.ne (i32.load (i32.const 0)) (i32.const 1)) (then (call $exit (i32.const 9))))
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 3) (i32.const 0)
+                    (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8))
+      (then (call $exit (i32.const 8))))
+    (i32.store (i32.const 16) (i32.const 200))
+    (i32.store (i32.const 20) (i32.const 64))
+    (drop (call $read (i32.load (i32.const 8)) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.store (i32.const 20) (i32.load (i32.const 24)))
+    (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 28)))))"#,
+    );
+    let cfg = f.root.join("cfg");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::write(cfg.join("key"), "value-from-file").expect("write");
+    let out = Arc::new(Capture::default());
+    let mut s = spec(out.clone());
+    s.env = vec![("GREETING".into(), "hi".into())];
+    s.mounts = vec![Mount {
+        host_path: cfg,
+        guest_path: "/etc/cfg".into(),
+        read_only: true,
+    }];
+    assert_eq!(f.run(&img, s).await.expect("runs"), Exit::Code(0));
+    assert_eq!(out.text(), "value-from-file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_run_wasi_cli_run() {
+    let f = fixture();
+    let img = f.image(
+        "ok.component.wasm",
+        r#"(component
+  (core module $m (func (export "run") (result i32) (i32.const 1)))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $r (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $r)))"#,
+    );
+    // Discriminant 1 is `err`: a failing command exits 1.
+    assert_eq!(
+        f.run(&img, spec(Arc::default())).await.expect("runs"),
+        Exit::Code(1)
+    );
+    let not_command = f.image("empty.component.wasm", r#"(component)"#);
+    let err = f
+        .backend
+        .prepare(&not_command)
+        .await
+        .expect_err("no run export");
+    assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_prepare_compiles_nothing() {
+    let f = fixture();
+    let img = f.image("hello.wasm", &printer("x", 0));
+    let a = f.backend.prepare(&img).await.expect("prepare");
+    let b = f.backend.prepare(&img).await.expect("prepare");
+    assert!(Arc::ptr_eq(&a.inner, &b.inner));
+    // A fresh backend on the same root loads the artifact from disk.
+    let again =
+        WasmBackend::new(&f.root.join("node"), f.backend.config().clone()).expect("backend");
+    let compiled = std::fs::read_dir(f.root.join("node/compiled"))
+        .expect("cache dir")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .count();
+    assert_eq!(compiled, 1);
+    again.prepare(&img).await.expect("prepare from cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticker_sample_ticks_and_sleeps() {
+    let f = fixture();
+    let img = f.image(
+        "ticker.wasm",
+        include_str!("../../../samples/wat/ticker.wat"),
+    );
+    let out = Arc::new(Capture::default());
+    let prepared = f.backend.prepare(&img).await.expect("prepare");
+    let mut s = spec(out.clone());
+    s.memory_limit = Some(1 << 20);
+    let mut c = f.backend.start(&prepared, s).await.expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !out.text().contains("tick 1\n") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        out.text().starts_with("tick 0\ntick 1\n"),
+        "{:?}",
+        out.text()
+    );
+    c.kill();
+    assert_eq!(c.wait().await, Exit::Killed);
+}
