@@ -122,6 +122,14 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/binding", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "Binding", "verbs": ["create"]})
             }
+            "log" => {
+                json!({"name": format!("{}/log", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": r.kind, "verbs": ["get"]})
+            }
+            "proxy" => {
+                json!({"name": format!("{}/proxy", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": "NodeProxyOptions", "verbs": ["create", "delete", "get", "patch", "update"]})
+            }
             "finalize" => {
                 json!({"name": format!("{}/finalize", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": ["update"]})

@@ -53,7 +53,7 @@ pub fn registry() -> Registry {
         entry::<core::Pod>()
             .short(&["po"])
             .categories(all)
-            .subresources(&["status", "binding"])
+            .subresources(&["status", "binding", "log"])
             .fields(POD_FIELDS)
             .printer(Printer::Pod)
             .admission(Admission {
@@ -66,7 +66,7 @@ pub fn registry() -> Registry {
             .build(),
         entry::<core::Node>()
             .short(&["no"])
-            .subresources(&["status"])
+            .subresources(&["status", "proxy"])
             .fields(&["spec.unschedulable"])
             .printer(Printer::Node)
             .admission(Admission {

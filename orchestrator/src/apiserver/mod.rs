@@ -7,6 +7,7 @@ mod discovery;
 pub mod error;
 mod handlers;
 pub mod kinds;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 mod seed;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub tokens: Vec<(String, &'static str)>,
     /// `host:port` clients are told to use.
     pub advertise: String,
+    /// Reaches node agents for logs and the node proxy.
+    pub nodes: proxy::NodeClient,
 }
 
 impl ApiState {

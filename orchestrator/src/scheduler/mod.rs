@@ -19,6 +19,8 @@ use serde_json::json;
 use shoal_sdk::now_rfc3339 as now;
 use tracing::{debug, info, warn};
 
+use crate::events::{EventRecorder, ObjectRef};
+
 pub use plugins::Scoring;
 use plugins::Usage;
 
@@ -26,10 +28,11 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 
 /// Runs until the process ends; API errors back off and retry.
 pub async fn run(client: Client, scoring: Scoring) {
+    let events = EventRecorder::start(client.clone(), SCHEDULER_NAME, None);
     let mut reported: HashMap<String, String> = HashMap::new();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match pass(&client, scoring, &mut reported).await {
+        match pass(&client, &events, scoring, &mut reported).await {
             Ok((pods_rv, nodes_rv)) => {
                 backoff = Duration::from_millis(50);
                 wait_for_change(&client, &pods_rv, &nodes_rv).await;
@@ -88,6 +91,7 @@ fn wants_us(pod: &Pod) -> bool {
 /// to watch from.
 async fn pass(
     client: &Client,
+    events: &EventRecorder,
     scoring: Scoring,
     reported: &mut HashMap<String, String>,
 ) -> Result<(String, String), kube::Error> {
@@ -154,7 +158,7 @@ async fn pass(
                         "0/{} nodes are available: RuntimeClass \"{rc}\" not found.",
                         nodes.items.len()
                     );
-                    report_unschedulable(client, pod, &msg, reported).await?;
+                    report_unschedulable(client, events, pod, &msg, reported).await?;
                     continue;
                 }
             },
@@ -162,13 +166,13 @@ async fn pass(
         };
         match plugins::pick(pod, &nodes.items, &free, &extra, scoring) {
             Ok(node) => {
-                if bind(client, pod, &node).await? {
+                if bind(client, events, pod, &node).await? {
                     if let Some(left) = free.get_mut(&node) {
                         left.take(&plugins::requests(pod));
                     }
                 }
             }
-            Err(msg) => report_unschedulable(client, pod, &msg, reported).await?,
+            Err(msg) => report_unschedulable(client, events, pod, &msg, reported).await?,
         }
     }
     Ok((
@@ -188,7 +192,12 @@ fn name_ns(pod: &Pod) -> (String, String) {
 }
 
 /// Binds; false when someone else bound or deleted the pod first.
-async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<bool, kube::Error> {
+async fn bind(
+    client: &Client,
+    events: &EventRecorder,
+    pod: &Pod,
+    node: &str,
+) -> Result<bool, kube::Error> {
     let (name, ns) = name_ns(pod);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
@@ -210,20 +219,18 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<bool, kube::Erro
         Err(e) => return Err(e),
     }
     info!(pod = %name, namespace = %ns, node, "scheduled");
-    event(
-        client,
-        pod,
-        "Normal",
+    events.normal(
+        &pod_ref(pod),
         "Scheduled",
-        &format!("Successfully assigned {ns}/{name} to {node}"),
-    )
-    .await;
+        format!("Successfully assigned {ns}/{name} to {node}"),
+    );
     Ok(true)
 }
 
 /// Records FailedScheduling and PodScheduled=False, once per distinct reason.
 async fn report_unschedulable(
     client: &Client,
+    events: &EventRecorder,
     pod: &Pod,
     msg: &str,
     reported: &mut HashMap<String, String>,
@@ -235,7 +242,7 @@ async fn report_unschedulable(
     reported.insert(uid, msg.to_string());
     let (name, ns) = name_ns(pod);
     debug!(pod = %name, namespace = %ns, reason = msg, "unschedulable");
-    event(client, pod, "Warning", "FailedScheduling", msg).await;
+    events.warning(&pod_ref(pod), "FailedScheduling", msg);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     // The revision we decided on is a precondition: if the pod was bound or
     // changed meanwhile, our verdict is stale and the write must not land.
@@ -254,23 +261,14 @@ async fn report_unschedulable(
     }
 }
 
-/// Best effort: an Event that fails to write must not stop scheduling.
-async fn event(client: &Client, pod: &Pod, ty: &str, reason: &str, message: &str) {
-    let (name, ns) = name_ns(pod);
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
-    let ts = now();
-    let ev = json!({
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
-            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-        "reason": reason, "message": message, "type": ty, "count": 1,
-        "firstTimestamp": ts, "lastTimestamp": ts,
-        "source": {"component": SCHEDULER_NAME}, "reportingComponent": SCHEDULER_NAME,
-    });
-    let Ok(ev) = serde_json::from_value(ev) else {
-        return;
-    };
-    if let Err(e) = events.create(&PostParams::default(), &ev).await {
-        warn!(pod = %name, namespace = %ns, error = %e, "could not record event {reason}");
+fn pod_ref(pod: &Pod) -> ObjectRef {
+    let (name, namespace) = name_ns(pod);
+    ObjectRef {
+        kind: "Pod",
+        api_version: "v1",
+        namespace,
+        name,
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        field_path: None,
     }
 }

@@ -96,6 +96,11 @@ async fn dispatch(
     body: Body,
     labels: &mut RequestLabels,
 ) -> ApiResult<Response> {
+    if group.is_empty() {
+        if let Some(sub) = NodeSub::of(rest) {
+            return node_subresource(st, sub, method, uri, body, labels).await;
+        }
+    }
     let t = request::resolve(&st.registry, group, version, rest, uri.path())?;
     let q = Query::parse(uri.query())?;
     labels.resource = match &t.sub {
@@ -122,6 +127,56 @@ async fn dispatch(
             "the server does not allow this method on the requested resource ({method} {})",
             uri.path()
         ))),
+    }
+}
+
+/// Requests the node running a pod answers, not the store.
+enum NodeSub<'a> {
+    PodLog { namespace: &'a str, name: &'a str },
+    NodeProxy { node: &'a str, path: String },
+}
+
+impl<'a> NodeSub<'a> {
+    fn of(rest: &'a str) -> Option<NodeSub<'a>> {
+        let segs: Vec<&str> = rest.split('/').collect();
+        match segs.as_slice() {
+            ["namespaces", namespace, "pods", name, "log"] => {
+                Some(NodeSub::PodLog { namespace, name })
+            }
+            ["nodes", node, "proxy", tail @ ..] => Some(NodeSub::NodeProxy {
+                node,
+                path: tail.join("/"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+async fn node_subresource(
+    st: &ApiState,
+    sub: NodeSub<'_>,
+    method: &Method,
+    uri: &Uri,
+    body: Body,
+    labels: &mut RequestLabels,
+) -> ApiResult<Response> {
+    match sub {
+        NodeSub::PodLog { namespace, name } => {
+            labels.resource = "pods/log".into();
+            labels.verb = "GET";
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {})",
+                    uri.path()
+                )));
+            }
+            super::proxy::pod_log(st, namespace, name, uri.query()).await
+        }
+        NodeSub::NodeProxy { node, path } => {
+            labels.resource = "nodes/proxy".into();
+            labels.verb = "PROXY";
+            super::proxy::node_proxy(st, node, &path, uri.query(), method.clone(), body).await
+        }
     }
 }
 

@@ -423,6 +423,7 @@ pub async fn write_with_retry(
             }
         }
         let client = change(&cur.value)?;
+        check_uid(&client, &cur.value, &gr, &name)?;
         let mut merged = merge_for_update(t.res, client, &cur.value, part);
         crate::store::stamp_revision(&mut merged, cur.rv);
         admit(t.res, &mut merged, Some(&cur.value))?;
@@ -440,6 +441,21 @@ pub async fn write_with_retry(
         &name,
         "too many concurrent writers; try again",
     ))
+}
+
+/// A body naming a uid acts as a precondition, as in Kubernetes: a late
+/// writer cannot land on a different object that reused the name.
+fn check_uid(client: &Value, current: &Value, gr: &str, name: &str) -> ApiResult<()> {
+    let sent = client.pointer("/metadata/uid").and_then(Value::as_str);
+    let stored = current.pointer("/metadata/uid").and_then(Value::as_str);
+    match (sent, stored) {
+        (Some(s), Some(c)) if !s.is_empty() && s != c => Err(ApiError::conflict(
+            gr,
+            name,
+            &format!("Precondition failed: UID in precondition: {s}, UID in object meta: {c}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `POST pods/{name}/binding`: assigns a node, once, and records

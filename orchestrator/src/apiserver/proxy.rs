@@ -1,0 +1,196 @@
+//! What the API server forwards to node agents, as it does to kubelets:
+//! `pods/log` and `nodes/{name}/proxy/...`. The node API speaks plain HTTP
+//! on the node's address and trusts only the node token.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+use super::ApiState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct NodeClient {
+    client: Client<HttpConnector, Body>,
+    token: String,
+}
+
+impl NodeClient {
+    pub fn new(token: String) -> NodeClient {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        NodeClient {
+            client: Client::builder(TokioExecutor::new()).build(http),
+            token,
+        }
+    }
+
+    async fn forward(
+        &self,
+        node: &str,
+        base: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+    ) -> ApiResult<Response> {
+        let uri = format!("http://{base}{path_and_query}");
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(body)
+            .map_err(|e| ApiError::internal(format!("building the request to node {node}: {e}")))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("node {node:?} at {base} is unreachable: {}", chain(&e)),
+            )
+        })?;
+        let (parts, incoming) = resp.into_parts();
+        let body = Body::new(incoming.map_err(axum::Error::new));
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+async fn stored(st: &ApiState, plural: &str, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+    let res = st
+        .registry
+        .get("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
+    let key = res.key(ns, Some(name));
+    let obj = st
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(e, plural, name))?
+        .ok_or_else(|| ApiError::not_found(plural, name))?;
+    Ok((*obj.value).clone())
+}
+
+/// `host:port` of a node's API, from its status as the node reported it.
+async fn node_endpoint(st: &ApiState, node: &str) -> ApiResult<String> {
+    let n = stored(st, "nodes", None, node).await?;
+    let ip = n
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|x| x.get("address"))
+        .and_then(Value::as_str);
+    let port = n
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64);
+    match (ip, port) {
+        (Some(ip), Some(port)) if port > 0 => Ok(if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("node {node:?} has not reported an address and port for its API"),
+        )),
+    }
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/log`
+pub async fn pod_log(
+    st: &ApiState,
+    ns: &str,
+    name: &str,
+    query: Option<&str>,
+) -> ApiResult<Response> {
+    let pod = stored(st, "pods", Some(ns), name).await?;
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    };
+    let app = names("containers");
+    let init = names("initContainers");
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let container = match pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone())
+    {
+        Some(c) if app.contains(&c) || init.contains(&c) => c,
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if app.len() == 1 => app[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                app.join(" ")
+            )))
+        }
+    };
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled yet"
+            ))
+        })?
+        .to_string();
+    let base = node_endpoint(st, &node).await?;
+    let rest: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| k != "container")
+        .collect();
+    let qs = serde_urlencoded::to_string(&rest).unwrap_or_default();
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
+    st.nodes
+        .forward(&node, &base, Method::GET, &path, Body::empty())
+        .await
+}
+
+/// `/api/v1/nodes/{name}/proxy/{path}`: any method, passed through.
+pub async fn node_proxy(
+    st: &ApiState,
+    node: &str,
+    path: &str,
+    query: Option<&str>,
+    method: Method,
+    body: Body,
+) -> ApiResult<Response> {
+    let base = node_endpoint(st, node).await?;
+    let pq = match query {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    st.nodes.forward(node, &base, method, &pq, body).await
+}
