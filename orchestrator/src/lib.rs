@@ -1,7 +1,10 @@
-//! Shoal's control plane (API server, store) and, later, node agent.
+//! Shoal's control plane (API server, store, scheduler) and node agent.
 
 pub mod apiserver;
+pub mod demo;
+pub mod events;
 pub mod metrics;
+pub mod node;
 pub mod scheduler;
 pub mod server;
 pub mod store;

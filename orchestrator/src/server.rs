@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::apiserver::{self, bootstrap, kinds, ApiState};
@@ -22,7 +23,18 @@ pub struct ServerConfig {
     pub scoring: Option<Scoring>,
 }
 
-pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+/// A server that is up and serving.
+pub struct Started {
+    pub kubeconfig: PathBuf,
+    /// `https://host:port` nodes and clients use.
+    pub url: String,
+    pub ca_pem: String,
+    pub node_token: String,
+    pub serving: JoinHandle<()>,
+}
+
+/// Prepares everything and starts serving in the background.
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let data_dir = cfg.data_dir.canonicalize().unwrap_or(cfg.data_dir.clone());
@@ -40,38 +52,51 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     } else {
         cfg.listen.ip()
     };
-    let advertise = SocketAddr::new(advertise_ip, cfg.listen.port()).to_string();
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    // The real port, should the caller have asked for port 0.
+    let advertise = SocketAddr::new(advertise_ip, listener.local_addr()?.port()).to_string();
     let state = Arc::new(ApiState {
         store,
         registry: kinds::registry(),
         metrics,
-        tokens: vec![(admin.clone(), "admin"), (node, "node")],
+        tokens: vec![(admin.clone(), "admin"), (node.clone(), "node")],
         advertise: advertise.clone(),
+        nodes: apiserver::proxy::NodeClient::new(node.clone()),
     });
     apiserver::seed(&state)
         .await
         .context("creating built-in namespaces and runtime classes")?;
     let tls = bootstrap::tls(&data_dir, &[advertise_ip])?;
-    let kubeconfig = bootstrap::kubeconfig(
-        &data_dir,
-        &format!("https://{advertise}"),
-        &tls.ca_pem,
-        &admin,
-    )?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let url = format!("https://{advertise}");
+    let kubeconfig = bootstrap::kubeconfig(&data_dir, &url, &tls.ca_pem, &admin)?;
     let acceptor = apiserver::serve::acceptor(&tls)?;
-    info!(listen = %cfg.listen, data_dir = %data_dir.display(), "shoal server ready");
-    println!("export KUBECONFIG={}", kubeconfig.display());
+    info!(listen = %advertise, data_dir = %data_dir.display(), "shoal server ready");
     let app = apiserver::router(state);
+    let serving = tokio::spawn(async move {
+        apiserver::serve_tls(listener, acceptor, app).await;
+    });
     // The scheduler is an API client like any other, here in-process.
     if let Some(scoring) = cfg.scoring {
         let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
         tokio::spawn(scheduler::run(client, scoring));
     }
+    Ok(Started {
+        kubeconfig,
+        url,
+        ca_pem: tls.ca_pem.clone(),
+        node_token: node,
+        serving,
+    })
+}
+
+/// `shoal server`: serve until interrupted.
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let started = start(cfg).await?;
+    println!("export KUBECONFIG={}", started.kubeconfig.display());
     tokio::select! {
-        _ = apiserver::serve_tls(listener, acceptor, app) => {}
+        _ = started.serving => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Command line: one binary, one subcommand per role. Every flag also reads
 //! `SHOAL_<FLAG>` from the environment.
 
+mod node;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -25,16 +27,27 @@ pub struct Cli {
 enum Command {
     /// Run the control plane (API server on an embedded store).
     Server(ServerArgs),
+    /// Run a node agent that joins a server and runs the pods bound to it.
+    Node(node::NodeArgs),
+    /// Run a server and one node in one process: the zero-configuration default.
+    Up(node::UpArgs),
 }
 
 #[derive(Args, Debug)]
-struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Where the store, certificates, tokens and kubeconfig live.
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
     data_dir: PathBuf,
     /// Address the HTTPS API listens on.
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+/// Control-plane tuning shared by `server` and `up`.
+#[derive(Args, Debug)]
+pub(crate) struct ControlArgs {
     /// Events kept for watch resume; older resourceVersions get 410 Gone.
     #[arg(long, env = "SHOAL_WATCH_HISTORY", default_value_t = 20_000)]
     watch_history: usize,
@@ -51,6 +64,17 @@ struct ServerArgs {
     disable_scheduler: bool,
 }
 
+impl ControlArgs {
+    pub(crate) fn config(&self, data_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            listen,
+            watch_history: self.watch_history,
+            scoring: (!self.disable_scheduler).then_some(self.scheduler_scoring),
+        }
+    }
+}
+
 /// Logs go to stderr; `SHOAL_LOG` (or `RUST_LOG`) sets the filter.
 pub fn init_tracing() {
     let filter = std::env::var("SHOAL_LOG")
@@ -64,14 +88,8 @@ pub fn init_tracing() {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server(a) => {
-            server::run(ServerConfig {
-                data_dir: a.data_dir,
-                listen: a.listen,
-                watch_history: a.watch_history,
-                scoring: (!a.disable_scheduler).then_some(a.scheduler_scoring),
-            })
-            .await
-        }
+        Command::Server(a) => server::run(a.control.config(a.data_dir, a.listen)).await,
+        Command::Node(a) => node::run_node(a).await,
+        Command::Up(a) => node::run_up(a).await,
     }
 }

@@ -1,0 +1,337 @@
+//! The node API (kubelet's port): container logs, stats and metrics. Only
+//! the API server talks to it, with the node token; `kubectl logs` and
+//! `/api/v1/nodes/{name}/proxy/...` reach it through the API server.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::logs::{self, ContainerLog};
+use super::NodeCtx;
+
+pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
+    let app = Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/pods", get(pods))
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "node API stopped");
+    }
+}
+
+async fn auth(State(ctx): State<Arc<NodeCtx>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if presented.is_some_and(|t| constant_time_eq(t.as_bytes(), ctx.token.as_bytes())) {
+        return next.run(req).await;
+    }
+    status(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "node API: missing or wrong bearer token",
+    )
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A Kubernetes `Status` body, so the API server can pass errors through.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        Json(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16()}),
+        ),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogQuery {
+    follow: Option<String>,
+    previous: Option<String>,
+    tail_lines: Option<i64>,
+    since_seconds: Option<i64>,
+    since_time: Option<String>,
+    timestamps: Option<String>,
+    limit_bytes: Option<i64>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true") | Some("1") | Some(""))
+}
+
+/// How lines are selected and shown.
+struct Render {
+    since_nanos: Option<i128>,
+    timestamps: bool,
+    /// The previous record was partial: this one continues its line.
+    continuing: bool,
+}
+
+impl Render {
+    /// One CRI record as `kubectl logs` shows it; false if filtered out.
+    fn line(&mut self, raw: &str, out: &mut Vec<u8>) -> bool {
+        let mut parts = raw.splitn(4, ' ');
+        let (Some(ts), Some(_stream), Some(tag), text) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next().unwrap_or(""),
+        ) else {
+            return false;
+        };
+        if let Some(since) = self.since_nanos {
+            if parse_nanos(ts).is_some_and(|t| t < since) {
+                return false;
+            }
+        }
+        if self.timestamps && !self.continuing {
+            out.extend_from_slice(ts.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(text.as_bytes());
+        self.continuing = tag == "P";
+        if !self.continuing {
+            out.push(b'\n');
+        }
+        true
+    }
+}
+
+fn parse_nanos(ts: &str) -> Option<i128> {
+    ts.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_nanosecond())
+}
+
+async fn container_logs(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let Some(key) = ctx.pod(&ns, &pod) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pod {ns}/{pod} is not running on this node"),
+        );
+    };
+    let dir = logs::pod_dir(ctx.logs.root(), &ns, &pod, &key.uid);
+    let starts = logs::starts(&dir, &container);
+    let previous = truthy(&q.previous);
+    let chosen = if previous {
+        starts.len().checked_sub(2).and_then(|i| starts.get(i))
+    } else {
+        starts.last()
+    };
+    let Some((restart, path)) = chosen.cloned() else {
+        let msg = if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
+        };
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &msg);
+    };
+    let since_nanos = match (&q.since_time, q.since_seconds) {
+        (Some(t), _) => parse_nanos(t),
+        (None, Some(s)) => Some(
+            k8s_openapi::jiff::Timestamp::now().as_nanosecond() - i128::from(s) * 1_000_000_000,
+        ),
+        _ => None,
+    };
+    let mut render = Render {
+        since_nanos,
+        timestamps: truthy(&q.timestamps),
+        continuing: false,
+    };
+    let mut files = vec![path.with_extension("log.1"), path.clone()];
+    files.retain(|f| f.exists());
+    let (mut body, offset) = snapshot(&files, &mut render, q.tail_lines);
+    let limit = q.limit_bytes.and_then(|l| usize::try_from(l).ok());
+    if let Some(l) = limit {
+        body.truncate(l);
+    }
+    let live = ctx
+        .logs
+        .current(&key.uid, &container)
+        .filter(|l| l.path() == path && !l.is_finished());
+    match (truthy(&q.follow) && !previous, live) {
+        (true, Some(log)) => follow(body, log, path, offset, render, limit),
+        _ => {
+            tracing::debug!(pod = %pod, container = %container, restart, bytes = body.len(), "serving logs");
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+        }
+    }
+}
+
+/// Everything logged so far (the last `tail` lines, if asked), and where
+/// the current file ended.
+fn snapshot(files: &[PathBuf], render: &mut Render, tail: Option<i64>) -> (Vec<u8>, u64) {
+    let mut text = String::new();
+    let mut offset = 0;
+    for f in files {
+        if let Ok(mut file) = std::fs::File::open(f) {
+            let mut s = String::new();
+            let _ = file.read_to_string(&mut s);
+            offset = s.len() as u64;
+            text.push_str(&s);
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = match tail {
+        Some(t) if t >= 0 => lines.len().saturating_sub(t as usize),
+        _ => 0,
+    };
+    let mut out = Vec::new();
+    for l in &lines[skip..] {
+        render.line(l, &mut out);
+    }
+    (out, offset)
+}
+
+/// Streams what is there, then new lines as the container writes them,
+/// until it ends or the client goes away.
+fn follow(
+    first: Vec<u8>,
+    log: Arc<ContainerLog>,
+    path: PathBuf,
+    mut offset: u64,
+    mut render: Render,
+    limit: Option<usize>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut sent = first.len();
+        if !first.is_empty() && tx.send(Bytes::from(first)).await.is_err() {
+            return;
+        }
+        let mut carry = String::new();
+        loop {
+            let notified = log.changed.notified();
+            let finished = log.is_finished();
+            let fresh = read_from(&path, &mut offset);
+            if !fresh.is_empty() {
+                carry.push_str(&fresh);
+                let mut out = Vec::new();
+                while let Some(nl) = carry.find('\n') {
+                    let line: String = carry.drain(..=nl).collect();
+                    render.line(line.trim_end_matches('\n'), &mut out);
+                }
+                if let Some(l) = limit {
+                    out.truncate(l.saturating_sub(sent));
+                }
+                sent += out.len();
+                if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                    return;
+                }
+                if limit.is_some_and(|l| sent >= l) {
+                    return;
+                }
+                continue;
+            }
+            if finished {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn read_from(path: &std::path::Path, offset: &mut u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < *offset {
+        // Rotated underneath us: start over on the new file.
+        *offset = 0;
+    }
+    if f.seek(SeekFrom::Start(*offset)).is_err() {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    *offset += s.len() as u64;
+    s
+}
+
+async fn stats(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    let pods: Vec<serde_json::Value> = ctx
+        .pods
+        .lock()
+        .map(|p| {
+            p.values()
+                .map(
+                    |k| json!({"podRef": {"name": k.name, "namespace": k.namespace, "uid": k.uid}}),
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({
+        "node": {"nodeName": ctx.name, "runningContainers": ctx.metrics.running_containers()},
+        "pods": pods,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn pods(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    let names: Vec<String> = ctx
+        .pods
+        .lock()
+        .map(|p| {
+            p.values()
+                .map(|k| format!("{}/{}", k.namespace, k.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({"pods": names})).into_response()
+}

@@ -1,0 +1,137 @@
+//! The node agent (`shoal node`): registers a Node, keeps its Lease fresh,
+//! runs the pods bound to it through the runtime backends, and serves the
+//! node API (logs, stats, metrics) that the API server proxies to.
+
+pub mod api;
+pub mod config;
+pub mod logs;
+pub mod metrics;
+pub mod registration;
+pub mod status_sync;
+pub mod sync;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_runtime::{Backend, WasmBackend, WasmConfig};
+use tracing::{info, warn};
+
+use crate::events::EventRecorder;
+use logs::LogStore;
+use metrics::NodeMetrics;
+use status_sync::{PodKey, StatusSync};
+pub use worker::BackoffPolicy;
+
+/// The component name kubectl shows as the source of node Events.
+pub const COMPONENT: &str = "kubelet";
+
+pub struct NodeConfig {
+    /// `https://host:port` of the API server.
+    pub server: String,
+    pub token: String,
+    /// PEM of the CA that signed the API server's certificate.
+    pub ca_pem: String,
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The node's own address: its API binds here and pods report it.
+    pub address: IpAddr,
+    /// Port of the node API; 0 picks a free one.
+    pub port: u16,
+    pub wasm: WasmConfig,
+    pub backoff: BackoffPolicy,
+    pub lease_interval: Duration,
+}
+
+/// What every pod worker and the node API share.
+pub struct NodeCtx {
+    pub client: kube::Client,
+    pub name: String,
+    pub host_ip: String,
+    pub backends: HashMap<&'static str, Arc<dyn Backend>>,
+    pub logs: LogStore,
+    pub status: StatusSync,
+    pub events: EventRecorder,
+    pub backoff: BackoffPolicy,
+    pub metrics: NodeMetrics,
+    pub token: String,
+    /// Pods this node runs, by namespace and name: what the node API needs
+    /// to find a pod's files.
+    pub pods: Mutex<HashMap<(String, String), PodKey>>,
+}
+
+impl NodeCtx {
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodKey> {
+        self.pods
+            .lock()
+            .ok()?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+}
+
+/// Runs the node agent until the process ends.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating node data directory {}", cfg.data_dir.display()))?;
+    registration::raise_map_count(cfg.wasm.max_instances);
+    let kubeconfig = crate::apiserver::bootstrap::kubeconfig(
+        &cfg.data_dir,
+        &cfg.server,
+        &cfg.ca_pem,
+        &cfg.token,
+    )
+    .context("writing the node's kubeconfig")?;
+    let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+    let wasm = WasmBackend::new(&cfg.data_dir.join("wasm"), cfg.wasm.clone())
+        .context("starting the wasmtime backend")?;
+    let mut backends: HashMap<&'static str, Arc<dyn Backend>> = HashMap::new();
+    backends.insert(wasm.runtime_class(), Arc::new(wasm));
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.address, cfg.port))
+        .await
+        .with_context(|| format!("node API listening on {}:{}", cfg.address, cfg.port))?;
+    let port = listener.local_addr()?.port();
+    let ctx = Arc::new(NodeCtx {
+        events: EventRecorder::start(client.clone(), COMPONENT, Some(cfg.name.clone())),
+        status: StatusSync::start(client.clone()),
+        client: client.clone(),
+        name: cfg.name.clone(),
+        host_ip: cfg.address.to_string(),
+        backends,
+        logs: LogStore::new(cfg.data_dir.join("pods")),
+        backoff: cfg.backoff,
+        metrics: NodeMetrics::new().context("registering node metrics")?,
+        token: cfg.token.clone(),
+        pods: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(api::serve(listener, ctx.clone()));
+    let reg = registration::Registration {
+        client,
+        name: cfg.name.clone(),
+        address: cfg.address,
+        port,
+        max_pods: cfg.wasm.max_instances,
+        runtimes: ctx.backends.keys().copied().collect(),
+        lease_interval: cfg.lease_interval,
+    };
+    // Register before taking pods, retrying while the server is away.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match reg.register().await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, "registering the node failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    info!(node = %cfg.name, address = %cfg.address, port, "shoal node ready");
+    tokio::spawn(reg.heartbeat());
+    sync::run(ctx).await;
+    Ok(())
+}

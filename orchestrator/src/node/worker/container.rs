@@ -1,0 +1,277 @@
+//! One container's life inside a pod: start, wait, record the ending,
+//! restart by policy with back-off. Runs as its own task so a pod's
+//! containers live side by side; reports every state change to the pod
+//! worker, which owns the pod status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus,
+};
+use shoal_runtime::{Backend, ContainerSpec, Exit};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, instrument};
+
+use super::backoff::Backoff;
+use super::{now, ReadyContainer};
+use crate::events::ObjectRef;
+use crate::node::status_sync::PodKey;
+use crate::node::NodeCtx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Restart {
+    pub(crate) fn parse(policy: &str) -> Restart {
+        match policy {
+            "OnFailure" => Restart::OnFailure,
+            "Never" => Restart::Never,
+            _ => Restart::Always,
+        }
+    }
+
+    fn again(self, exit: &Exit) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::OnFailure => exit.code() != 0,
+            Restart::Never => false,
+        }
+    }
+}
+
+/// A container's status as reported to the pod worker.
+pub(crate) struct Update {
+    pub init: bool,
+    pub index: usize,
+    pub status: ContainerStatus,
+}
+
+pub(crate) struct ContainerTask {
+    pub ctx: Arc<NodeCtx>,
+    pub pod: PodKey,
+    pub pod_dir: PathBuf,
+    pub backend: Arc<dyn Backend>,
+    pub ready: Arc<ReadyContainer>,
+    pub init: bool,
+    pub index: usize,
+    pub policy: Restart,
+    /// Where the count stands (a node agent restart carries it over).
+    pub status: ContainerStatus,
+    pub object: ObjectRef,
+    pub updates: mpsc::UnboundedSender<Update>,
+    /// Flips to true when the pod is being deleted.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl ContainerTask {
+    fn send(&self) {
+        let _ = self.updates.send(Update {
+            init: self.init,
+            index: self.index,
+            status: self.status.clone(),
+        });
+    }
+
+    fn set_state(&mut self, state: ContainerState) {
+        self.status.ready = state.running.is_some();
+        self.status.started = Some(state.running.is_some());
+        self.status.state = Some(state);
+        self.send();
+    }
+
+    fn waiting(&mut self, reason: &str, message: String) {
+        self.set_state(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.to_string()),
+                message: Some(message),
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// Sleeps unless told to stop first; true when stopped.
+    async fn pause(&mut self, d: Duration) -> bool {
+        if d.is_zero() {
+            return *self.stop.borrow();
+        }
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = stopped(self.stop.clone()) => true,
+        };
+        stopped || *self.stop.borrow()
+    }
+
+    /// Runs the container until it ends for good or the pod stops; returns
+    /// the final status.
+    #[instrument(skip_all, fields(container = %self.ready.spec.name, pod = %self.pod.name))]
+    pub(crate) async fn run(mut self) -> ContainerStatus {
+        let mut backoff = Backoff::default();
+        let name = self.ready.spec.name.clone();
+        self.status.image_id = self.ready.prepared.digest.clone();
+        loop {
+            if *self.stop.borrow() {
+                return self.status;
+            }
+            let ran_from = Instant::now();
+            let exit = match self.start_once().await {
+                Some(exit) => exit,
+                None => {
+                    // Could not create the sandbox: back off, do not count
+                    // it as a restart (kubelet's CreateContainerError).
+                    let delay = backoff
+                        .next_delay(&self.ctx.backoff, Duration::ZERO)
+                        .max(self.ctx.backoff.initial);
+                    if self.pause(delay).await {
+                        return self.status;
+                    }
+                    continue;
+                }
+            };
+            if *self.stop.borrow() || !self.policy.again(&exit) {
+                return self.status;
+            }
+            let delay = backoff.next_delay(&self.ctx.backoff, ran_from.elapsed());
+            self.status.last_state = self.status.state.clone();
+            self.status.restart_count += 1;
+            if !delay.is_zero() {
+                self.waiting(
+                    "CrashLoopBackOff",
+                    format!(
+                        "back-off {} restarting failed container={name} pod={}_{}({})",
+                        human(delay),
+                        self.pod.name,
+                        self.pod.namespace,
+                        self.pod.uid
+                    ),
+                );
+                self.ctx.events.warning(
+                    &self.object,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        self.pod.name, self.pod.namespace, self.pod.uid
+                    ),
+                );
+            }
+            if self.pause(delay).await {
+                return self.status;
+            }
+        }
+    }
+
+    /// Starts the container and waits for it; `None` if it never started.
+    async fn start_once(&mut self) -> Option<Exit> {
+        let name = self.ready.spec.name.clone();
+        let restart = self.status.restart_count;
+        let log = match self
+            .ctx
+            .logs
+            .open(&self.pod_dir, &self.pod.uid, &name, restart)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                self.fail_start(format!("creating the log file: {e}"));
+                return None;
+            }
+        };
+        let r = &self.ready.resolved;
+        let spec = ContainerSpec {
+            argv: r.argv.clone(),
+            env: r.env.clone(),
+            mounts: r.mounts.clone(),
+            memory_limit: r.memory_limit,
+            cpu_limit_millis: r.cpu_limit_millis,
+            output: log.clone(),
+        };
+        let started_clock = Instant::now();
+        let mut running = match self.backend.start(&self.ready.prepared, spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                log.finish();
+                self.fail_start(e.to_string());
+                return None;
+            }
+        };
+        let started_at = now();
+        self.status.container_id = Some(format!(
+            "{}://{}-{name}-{restart}",
+            self.backend.runtime_class(),
+            self.pod.uid
+        ));
+        self.set_state(ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(started_at.clone()),
+            }),
+            ..Default::default()
+        });
+        self.ctx.metrics.container_started(started_clock.elapsed());
+        if restart == 0 {
+            self.ctx
+                .events
+                .normal(&self.object, "Started", format!("Started container {name}"));
+        }
+        let mut killed = false;
+        let exit = tokio::select! {
+            e = running.wait() => e,
+            _ = stopped(self.stop.clone()) => {
+                // A Wasm guest cannot install a SIGTERM handler, so
+                // SIGTERM's default action applies: it ends now.
+                running.kill();
+                killed = true;
+                running.wait().await
+            }
+        };
+        log.finish();
+        let (reason, message) = match &exit {
+            Exit::OomKilled => ("OOMKilled", None),
+            Exit::Trap(m) => ("Error", Some(m.clone())),
+            Exit::Code(0) if !killed => ("Completed", None),
+            _ => ("Error", None),
+        };
+        debug!(container = %name, exit = ?exit, "container ended");
+        self.set_state(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: exit.code(),
+                reason: Some(reason.to_string()),
+                message,
+                started_at: Some(started_at),
+                finished_at: Some(now()),
+                container_id: self.status.container_id.clone(),
+                signal: None,
+            }),
+            ..Default::default()
+        });
+        self.ctx.metrics.container_exited(reason);
+        Some(exit)
+    }
+
+    fn fail_start(&mut self, message: String) {
+        self.waiting("CreateContainerError", message.clone());
+        self.ctx
+            .events
+            .warning(&self.object, "Failed", format!("Error: {message}"));
+    }
+}
+
+/// Resolves once the pod is told to stop (or the worker is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Durations as Go prints them in kubelet messages ("10ms", "2.5s", "5m0s").
+pub(crate) fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{}s", (d.as_millis() as f64 / 1000.0))
+    } else {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}

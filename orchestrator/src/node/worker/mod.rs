@@ -1,0 +1,261 @@
+//! The pod worker: one task per pod, an explicit state machine with one
+//! file per phase (krustlet's shape). Each phase runs until it knows the
+//! next one; all of them stop promptly when the pod is deleted.
+//!
+//! ```text
+//! Pending ──► Initializing ──► Running ──► Finished
+//!    │              │             │           │
+//!    └──────────────┴──────┬──────┴───────────┘
+//!                          ▼
+//!                     Terminating ──► (gone)
+//! ```
+
+mod backoff;
+mod container;
+mod finished;
+mod init;
+mod pending;
+mod running;
+mod status;
+mod terminating;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use shoal_runtime::{Backend, Prepared};
+use tokio::sync::watch;
+use tracing::{info_span, Instrument};
+
+pub use backoff::BackoffPolicy;
+
+use super::config::Resolved;
+use super::status_sync::PodKey;
+use super::NodeCtx;
+use crate::events::ObjectRef;
+
+/// What the sync loop tells a worker: the newest pod, or that it is gone
+/// from the API altogether (force-deleted).
+#[derive(Clone)]
+pub struct PodSignal {
+    pub pod: Arc<Pod>,
+    pub gone: bool,
+}
+
+impl PodSignal {
+    fn stopping(&self) -> bool {
+        self.gone || self.pod.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// A container ready to start: its image prepared and config resolved.
+pub(crate) struct ReadyContainer {
+    pub spec: Container,
+    pub prepared: Prepared,
+    pub resolved: Resolved,
+}
+
+/// Everything `Pending` produced for the later phases.
+pub(crate) struct PreparedPod {
+    pub backend: Arc<dyn Backend>,
+    pub init: Vec<ReadyContainer>,
+    pub app: Vec<ReadyContainer>,
+}
+
+pub(crate) enum Phase {
+    Pending,
+    Initializing(PreparedPod),
+    Running(PreparedPod),
+    Finished,
+    Terminating,
+    Done,
+}
+
+pub struct PodWorker {
+    ctx: Arc<NodeCtx>,
+    key: PodKey,
+    signal: watch::Receiver<PodSignal>,
+    pod: Arc<Pod>,
+    dir: PathBuf,
+    object: ObjectRef,
+    start_time: Time,
+    init: Vec<ContainerStatus>,
+    containers: Vec<ContainerStatus>,
+    initialized: bool,
+    terminal: Option<&'static str>,
+    last: Option<PodStatus>,
+}
+
+impl PodWorker {
+    pub fn new(ctx: Arc<NodeCtx>, signal: watch::Receiver<PodSignal>) -> PodWorker {
+        let pod = signal.borrow().pod.clone();
+        let key = PodKey {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+        };
+        let dir = super::logs::pod_dir(ctx.logs.root(), &key.namespace, &key.name, &key.uid);
+        let object = ObjectRef {
+            kind: "Pod",
+            api_version: "v1",
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            uid: key.uid.clone(),
+            field_path: None,
+        };
+        let previous = pod.status.clone();
+        if let Some(prev) = &previous {
+            // Counted from here on, so the gauge moves with every publish.
+            ctx.metrics.observe_phase(None, prev);
+        }
+        let start_time = previous
+            .as_ref()
+            .and_then(|s| s.start_time.clone())
+            .unwrap_or_else(now);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let waiting = |c: &Container, reason: &str| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.to_string()),
+                    message: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+        let app_reason = if has_init {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        };
+        PodWorker {
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| waiting(c, "PodInitializing"))
+                .collect(),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| waiting(c, app_reason))
+                .collect(),
+            initialized: !has_init,
+            terminal: None,
+            last: previous,
+            ctx,
+            key,
+            signal,
+            pod,
+            dir,
+            object,
+            start_time,
+        }
+    }
+
+    /// Drives the pod from wherever it is to gone.
+    pub async fn run(mut self) {
+        let span = info_span!("pod", namespace = %self.key.namespace, name = %self.key.name);
+        async move {
+            let mut phase = finished::resume_phase(&mut self);
+            loop {
+                phase = match phase {
+                    Phase::Pending => pending::run(&mut self).await,
+                    Phase::Initializing(p) => init::run(&mut self, p).await,
+                    Phase::Running(p) => running::run(&mut self, p).await,
+                    Phase::Finished => finished::run(&mut self).await,
+                    Phase::Terminating => terminating::run(&mut self).await,
+                    Phase::Done => break,
+                };
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn stopping(&self) -> bool {
+        self.signal.borrow().stopping()
+    }
+
+    fn gone(&self) -> bool {
+        self.signal.borrow().gone
+    }
+
+    /// Waits until the pod is being deleted (or gone); keeps `pod` fresh.
+    async fn until_stopping(&mut self) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            if self.signal.changed().await.is_err() {
+                // The sync loop dropped us: the node is shutting down.
+                std::future::pending::<()>().await;
+            }
+            self.pod = self.signal.borrow().pod.clone();
+        }
+    }
+
+    /// Sends the pod's status as it stands now (coalesced by the writer).
+    fn publish(&mut self) {
+        let st = status::pod_status(&status::PodFacts {
+            pod: &self.pod,
+            init: &self.init,
+            containers: &self.containers,
+            initialized: self.initialized,
+            terminal_phase: self.terminal,
+            host_ip: &self.ctx.host_ip,
+            start_time: &self.start_time,
+            now: now(),
+            previous: self.last.as_ref(),
+        });
+        if self.last.as_ref() == Some(&st) {
+            return;
+        }
+        self.ctx.metrics.observe_phase(self.last.as_ref(), &st);
+        self.ctx.status.set(&self.key, st.clone());
+        self.last = Some(st);
+    }
+
+    fn set_waiting(&mut self, init: bool, index: usize, reason: &str, message: Option<String>) {
+        let list = if init {
+            &mut self.init
+        } else {
+            &mut self.containers
+        };
+        if let Some(c) = list.get_mut(index) {
+            c.state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.to_string()),
+                    message,
+                }),
+                ..Default::default()
+            });
+            c.ready = false;
+        }
+    }
+
+    fn container_object(&self, init: bool, name: &str) -> ObjectRef {
+        let mut o = self.object.clone();
+        let list = if init { "initContainers" } else { "containers" };
+        o.field_path = Some(format!("spec.{list}{{{name}}}"));
+        o
+    }
+
+    fn restart_policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+}
+
+pub(crate) fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}

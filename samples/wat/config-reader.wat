@@ -1,0 +1,50 @@
+;; config-reader: prints every environment variable (KEY=VALUE lines), then
+;; the file "message" from its first mounted directory, then exits 0.
+(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 32) "message")
+  (data (i32.const 48) "\n")
+  (data (i32.const 64) "config-reader: no file \"message\" in the first mounted directory\n")
+  ;; Writes $len bytes at $ptr to stdout.
+  (func $print (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func $strlen (param $p i32) (result i32)
+    (local $n i32)
+    (block $end (loop $next
+      (br_if $end (i32.eqz (i32.load8_u (i32.add (local.get $p) (local.get $n)))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $next)))
+    (local.get $n))
+  (func (export "_start")
+    (local $count i32) (local $i i32) (local $s i32) (local $fd i32) (local $read i32)
+    ;; environ pointers at 1024, strings at 8192
+    (drop (call $sizes (i32.const 16) (i32.const 20)))
+    (local.set $count (i32.load (i32.const 16)))
+    (drop (call $environ (i32.const 1024) (i32.const 8192)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
+      (local.set $s (i32.load (i32.add (i32.const 1024) (i32.mul (local.get $i) (i32.const 4)))))
+      (call $print (local.get $s) (call $strlen (local.get $s)))
+      (call $print (i32.const 48) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $each)))
+    ;; open "message" under the first preopen (fd 3) and copy it out
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 32) (i32.const 7) (i32.const 0)
+                    (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 24))
+      (then (call $print (i32.const 64) (i32.const 64)) (return)))
+    (local.set $fd (i32.load (i32.const 24)))
+    (block $eof (loop $chunk
+      (i32.store (i32.const 0) (i32.const 65536))
+      (i32.store (i32.const 4) (i32.const 4096))
+      (drop (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 28)))
+      (local.set $read (i32.load (i32.const 28)))
+      (br_if $eof (i32.eqz (local.get $read)))
+      (call $print (i32.const 65536) (local.get $read))
+      (br $chunk)))))
