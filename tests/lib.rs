@@ -37,8 +37,13 @@ pub struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// `server`, or `up` for a server with its embedded node.
+    role: &'static str,
     extra_args: Vec<String>,
 }
+
+/// The name `Server::up` gives its embedded node.
+pub const UP_NODE: &str = "node-up";
 
 impl Server {
     pub fn start() -> Result<Server> {
@@ -47,16 +52,36 @@ impl Server {
 
     /// Starts a server with extra `shoal server` flags.
     pub fn start_with(extra: &[&str]) -> Result<Server> {
+        Self::launch("server", extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// `shoal up`: a server plus one embedded node named [`UP_NODE`], with
+    /// millisecond back-off so restart tests do not wait.
+    pub fn up(extra: &[&str]) -> Result<Server> {
+        let mut args: Vec<String> = ["--node-port", "0", "--node-name", UP_NODE]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch("up", args)
+    }
+
+    fn launch(role: &'static str, extra_args: Vec<String>) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut s = Server {
             child: None,
             dir,
             addr,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            role,
+            extra_args,
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -84,7 +109,7 @@ impl Server {
             .append(true)
             .open(self.log_path())?;
         let mut child = Command::new(&bin)
-            .arg("server")
+            .arg(self.role)
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
@@ -202,7 +227,8 @@ impl Drop for Server {
         self.kill9();
         if std::thread::panicking() {
             eprintln!(
-                "---- shoal server log ({}) ----\n{}",
+                "---- shoal {} log ({}) ----\n{}",
+                self.role,
                 self.addr,
                 self.logs()
             );
@@ -226,4 +252,138 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One `shoal node` process joined to a server.
+pub struct Node {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub name: String,
+    pub address: String,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts `shoal node` on its own loopback `address` (e.g. 127.0.0.2).
+    pub fn start(server: &Server, name: &str, address: &str, extra: &[&str]) -> Result<Node> {
+        let dir = tempfile::tempdir()?;
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--server".into(),
+            server.url(),
+            "--token-file".into(),
+            server.data_dir().join("node-token").display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--address".into(),
+            address.into(),
+            "--node-port".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = Node {
+            child: None,
+            dir,
+            name: name.into(),
+            address: address.into(),
+            args,
+        };
+        n.spawn()?;
+        Ok(n)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(shoal_bin())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting shoal node")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, as in a crash: every guest in the process dies with it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- shoal node {} log ----\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// The sample guests (`samples/wat`), compiled once per test process into a
+/// directory of `.wasm` files. Returns `file://` image URLs by sample name.
+pub fn sample(name: &str) -> Result<String> {
+    static DIR: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| build_samples().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("building samples: {e}"))?;
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.exists() {
+        bail!("no sample named {name} in {}", dir.display());
+    }
+    Ok(format!("file://{}", path.display()))
+}
+
+fn build_samples() -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/wat");
+    let dir = std::env::temp_dir().join(format!("shoal-test-samples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wat") {
+            continue;
+        }
+        let wasm =
+            wat::parse_file(&path).with_context(|| format!("compiling {}", path.display()))?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        std::fs::write(dir.join(format!("{stem}.wasm")), wasm)?;
+    }
+    Ok(dir)
+}
+
+/// A pod manifest (YAML) with one container running `image`.
+pub fn pod_yaml(name: &str, image: &str, extra_spec: &str, extra_container: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  containers:\n  - name: main\n    image: {image}\n{extra_container}"
+    )
 }

@@ -1,4 +1,6 @@
 //! Shoal's integration tests: one binary, a module per area.
 
 mod api;
+mod multinode;
+mod node;
 mod scheduler;

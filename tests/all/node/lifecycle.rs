@@ -1,0 +1,132 @@
+//! apply → Running → logs → delete, on `shoal up`; and a spinning guest
+//! next to a ticker.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use shoal_tests::{pod_yaml, sample, wait_for, Server, UP_NODE};
+
+use super::{wait_logs, wait_running, PATIENCE};
+
+#[tokio::test]
+async fn apply_run_logs_and_delete() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let yaml = pod_yaml("ticker", &sample("ticker")?, "", "");
+    s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
+    let p = wait_running(&pods, "ticker").await?;
+    let spec = p.spec.clone().unwrap_or_default();
+    assert_eq!(spec.node_name.as_deref(), Some(UP_NODE));
+    let st = p.status.clone().unwrap_or_default();
+    assert!(st.pod_ip.is_some() && st.start_time.is_some(), "{st:?}");
+    let conds: Vec<(String, String)> = st
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            conds.contains(&(t.to_string(), "True".to_string())),
+            "{conds:?}"
+        );
+    }
+    let image_id = super::first_container(&p)
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+
+    let table = s.kubectl(&["get", "pods", "-o", "wide"])?;
+    assert!(
+        table.contains("ticker") && table.contains("Running") && table.contains(UP_NODE),
+        "{table}"
+    );
+
+    wait_logs(&s, &["ticker"], "tick 1\n").await?;
+    let tail = s.kubectl(&["logs", "ticker", "--tail=1"])?;
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("tick "), "{tail}");
+    let stamped = s.kubectl(&["logs", "ticker", "--timestamps", "-c", "main"])?;
+    let first = stamped.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("20") && first.ends_with(" tick 0"),
+        "{first}"
+    );
+    let recent = s.kubectl(&["logs", "ticker", "--since=1h"])?;
+    assert!(recent.contains("tick 0"), "{recent}");
+
+    // -f streams lines as they are written.
+    let mut follow = s
+        .kubectl_cmd(&["logs", "-f", "ticker", "--tail=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = follow
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(out).lines().next().and_then(Result::ok)
+    });
+    let line = tokio::time::timeout(PATIENCE, line)
+        .await??
+        .unwrap_or_default();
+    let _ = follow.kill();
+    assert!(line.starts_with("tick "), "{line}");
+
+    let describe = s.kubectl(&["describe", "pod", "ticker"])?;
+    for needle in ["Started", "Pulled", "Scheduled", "Running"] {
+        assert!(
+            describe.contains(needle),
+            "describe lacks {needle}:\n{describe}"
+        );
+    }
+
+    s.kubectl(&["delete", "pod", "ticker", "--wait=true"])?;
+    let err = s.kubectl_err(&["get", "pod", "ticker"], None)?;
+    assert!(err.contains("NotFound"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spinning_guest_does_not_stop_a_neighbour() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    // Spinners with no CPU limit, more of them than the node has cores.
+    let spin = sample("spinner")?;
+    for i in 0..4 {
+        s.kubectl_in(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml(&format!("spin-{i}"), &spin, "", "")),
+        )?;
+    }
+    let capped = pod_yaml(
+        "spin-capped",
+        &spin,
+        "",
+        "    resources:\n      limits:\n        cpu: 100m\n",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&capped))?;
+    for i in 0..4 {
+        wait_running(&pods, &format!("spin-{i}")).await?;
+    }
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("ticker", &sample("ticker")?, "", "")),
+    )?;
+    wait_running(&pods, "ticker").await?;
+    // A second apart each: three lines means the ticker got the CPU it
+    // needed, repeatedly, while the spinners spun.
+    wait_logs(&s, &["ticker"], "tick 2\n").await?;
+    // The API server (same process) still answers, too.
+    let listed = s.kubectl(&["get", "pods"])?;
+    assert!(listed.contains("spin-capped"), "{listed}");
+    wait_for("spinners to be deleted", PATIENCE, || async {
+        s.kubectl(&["delete", "pods", "--all", "--wait=true"]).ok()
+    })
+    .await?;
+    Ok(())
+}

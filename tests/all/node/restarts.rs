@@ -1,0 +1,97 @@
+//! Restart policies, back-off, OOMKilled.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use shoal_tests::{pod_yaml, sample, Server};
+
+use super::{phase, restarts, terminated, wait_logs, wait_pod};
+
+fn with_policy(name: &str, image: &str, policy: &str) -> String {
+    pod_yaml(name, image, &format!("  restartPolicy: {policy}\n"), "")
+}
+
+#[tokio::test]
+async fn crashers_restart_by_policy_with_backoff() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let crasher = sample("crasher")?;
+    for (name, policy) in [
+        ("always", "Always"),
+        ("onfailure", "OnFailure"),
+        ("never", "Never"),
+    ] {
+        s.kubectl_in(
+            &["apply", "-f", "-"],
+            Some(&with_policy(name, &crasher, policy)),
+        )?;
+    }
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&with_policy("done", &sample("hello")?, "OnFailure")),
+    )?;
+
+    // Always: the count rises, the waits show CrashLoopBackOff, and the
+    // last ending is remembered.
+    let p = wait_pod(&pods, "always", "to restart 3 times", |p| restarts(p) >= 3).await?;
+    let last = super::first_container(&p)
+        .and_then(|c| c.last_state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| (t.exit_code, t.reason.clone()));
+    assert_eq!(last, Some((1, Some("Error".to_string()))));
+    wait_pod(&pods, "always", "to show CrashLoopBackOff", |p| {
+        super::waiting(p).is_some_and(|(r, m)| r == "CrashLoopBackOff" && m.contains("back-off"))
+    })
+    .await?;
+    wait_logs(
+        &s,
+        &["always", "--previous"],
+        "crasher: something went wrong",
+    )
+    .await?;
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=always",
+    ])?;
+    assert!(events.contains("BackOff"), "{events}");
+
+    // OnFailure restarts a failing container too; Never does not.
+    wait_pod(&pods, "onfailure", "to restart", |p| restarts(p) >= 2).await?;
+    let p = wait_pod(&pods, "never", "to fail", |p| phase(p) == "Failed").await?;
+    assert_eq!(restarts(&p), 0);
+    assert_eq!(terminated(&p).map(|t| t.exit_code), Some(1));
+    // OnFailure leaves a successful container done.
+    let p = wait_pod(&pods, "done", "to succeed", |p| phase(p) == "Succeeded").await?;
+    assert_eq!(restarts(&p), 0);
+    assert_eq!(
+        terminated(&p).and_then(|t| t.reason.clone()).as_deref(),
+        Some("Completed")
+    );
+    let table = s.kubectl(&["get", "pod", "done", "never"])?;
+    assert!(
+        table.contains("Completed") && table.contains("Error"),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_limit_ends_in_oomkilled() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let yaml = pod_yaml(
+        "hog",
+        &sample("hog")?,
+        "  restartPolicy: Never\n",
+        "    resources:\n      limits:\n        memory: 16Mi\n",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
+    let p = wait_pod(&pods, "hog", "to be OOMKilled", |p| phase(p) == "Failed").await?;
+    let t = terminated(&p).cloned().unwrap_or_default();
+    assert_eq!(t.reason.as_deref(), Some("OOMKilled"), "{t:?}");
+    assert_eq!(t.exit_code, 137);
+    let table = s.kubectl(&["get", "pod", "hog"])?;
+    assert!(table.contains("OOMKilled"), "{table}");
+    Ok(())
+}
