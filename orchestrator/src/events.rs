@@ -4,6 +4,7 @@
 //! Kubernetes' event correlator does, instead of piling up objects.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -47,7 +48,7 @@ impl EventRecorder {
     /// the node it runs on, if any.
     pub fn start(client: Client, component: &'static str, host: Option<String>) -> EventRecorder {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(client, component, host, rx));
+        spawn_writers(client, component, host, rx);
         EventRecorder { tx }
     }
 
@@ -83,59 +84,102 @@ type SeenKey = (String, String, &'static str, String);
 /// (namespace, Event name, count) of the Event already written.
 type Seen = (String, String, i32);
 
-async fn writer(
+/// Writers working the queue side by side: one would trail behind a burst
+/// of pod starts by seconds.
+const WRITERS: usize = 4;
+
+struct Shared {
     client: Client,
     component: &'static str,
     host: Option<String>,
-    mut rx: mpsc::Receiver<Record>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Record>>,
+    seen: Mutex<HashMap<SeenKey, Seen>>,
+}
+
+fn spawn_writers(
+    client: Client,
+    component: &'static str,
+    host: Option<String>,
+    rx: mpsc::Receiver<Record>,
 ) {
-    // (uid, fieldPath, reason, message) → (namespace, event name, count)
-    let mut seen: HashMap<SeenKey, Seen> = HashMap::new();
-    while let Some(r) = rx.recv().await {
-        let ns = r.object.namespace.clone();
-        let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let ts = now_rfc3339();
-        let key = (
-            r.object.uid.clone(),
-            r.object.field_path.clone().unwrap_or_default(),
-            r.reason,
-            r.message.clone(),
-        );
-        if let Some((ens, name, count)) = seen.get_mut(&key) {
-            *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": ts});
-            let api: Api<Event> = Api::namespaced(client.clone(), ens);
-            if api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .is_ok()
-            {
-                continue;
-            }
-        }
-        let o = &r.object;
-        let ev = json!({
-            "metadata": {"generateName": format!("{}.", o.name), "namespace": ns},
-            "involvedObject": {"apiVersion": o.api_version, "kind": o.kind, "name": o.name,
-                "namespace": o.namespace, "uid": o.uid, "fieldPath": o.field_path},
-            "reason": r.reason, "message": r.message, "type": r.type_, "count": 1,
-            "firstTimestamp": ts, "lastTimestamp": ts,
-            "source": {"component": component, "host": host},
-            "reportingComponent": component, "reportingInstance": host.clone().unwrap_or_default(),
-        });
-        let Ok(ev) = serde_json::from_value::<Event>(ev) else {
-            continue;
+    let shared = Arc::new(Shared {
+        client,
+        component,
+        host,
+        rx: tokio::sync::Mutex::new(rx),
+        seen: Mutex::new(HashMap::new()),
+    });
+    for _ in 0..WRITERS {
+        tokio::spawn(writer(shared.clone()));
+    }
+}
+
+async fn writer(sh: Arc<Shared>) {
+    loop {
+        let Some(r) = sh.rx.lock().await.recv().await else {
+            return;
         };
-        match api.create(&PostParams::default(), &ev).await {
-            Ok(created) => {
+        write_one(&sh, r).await;
+    }
+}
+
+async fn write_one(sh: &Shared, r: Record) {
+    let ts = now_rfc3339();
+    let key = (
+        r.object.uid.clone(),
+        r.object.field_path.clone().unwrap_or_default(),
+        r.reason,
+        r.message.clone(),
+    );
+    let repeat = sh.seen.lock().ok().and_then(|mut seen| {
+        seen.get_mut(&key).map(|(ns, name, count)| {
+            *count += 1;
+            (ns.clone(), name.clone(), *count)
+        })
+    });
+    if let Some((ns, name, count)) = repeat {
+        let patch = json!({"count": count, "lastTimestamp": ts});
+        let api: Api<Event> = Api::namespaced(sh.client.clone(), &ns);
+        if api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let o = &r.object;
+    let ev = json!({
+        "metadata": {"generateName": format!("{}.", o.name), "namespace": o.namespace},
+        "involvedObject": {"apiVersion": o.api_version, "kind": o.kind, "name": o.name,
+            "namespace": o.namespace, "uid": o.uid, "fieldPath": o.field_path},
+        "reason": r.reason, "message": r.message, "type": r.type_, "count": 1,
+        "firstTimestamp": ts, "lastTimestamp": ts,
+        "source": {"component": sh.component, "host": sh.host},
+        "reportingComponent": sh.component, "reportingInstance": sh.host.clone().unwrap_or_default(),
+    });
+    let Ok(ev) = serde_json::from_value::<Event>(ev) else {
+        return;
+    };
+    let api: Api<Event> = Api::namespaced(sh.client.clone(), &o.namespace);
+    match api.create(&PostParams::default(), &ev).await {
+        Ok(created) => {
+            if let Ok(mut seen) = sh.seen.lock() {
                 if seen.len() >= REMEMBERED {
                     seen.clear();
                 }
-                seen.insert(key, (ns, created.metadata.name.unwrap_or_default(), 1));
+                seen.insert(
+                    key,
+                    (
+                        o.namespace.clone(),
+                        created.metadata.name.unwrap_or_default(),
+                        1,
+                    ),
+                );
             }
-            Err(e) => {
-                warn!(object = %o.name, namespace = %o.namespace, reason = r.reason, error = %e, "could not record event")
-            }
+        }
+        Err(e) => {
+            warn!(object = %o.name, namespace = %o.namespace, reason = r.reason, error = %e, "could not record event")
         }
     }
 }
