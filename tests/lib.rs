@@ -84,6 +84,11 @@ impl Server {
         format!("https://{}", self.addr)
     }
 
+    /// The process id, for benchmarks that read its memory.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -334,6 +339,24 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Resident memory of a process in bytes (VmRSS), for benchmarks.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for Node {
@@ -379,6 +402,32 @@ fn build_samples() -> Result<PathBuf> {
         std::fs::write(dir.join(format!("{stem}.wasm")), wasm)?;
     }
     Ok(dir)
+}
+
+/// A Rust sample built by `scripts/build-samples.sh`: `kind` is `p1`
+/// (core module) or `p2` (WASI 0.2 component). `None` when they have not
+/// been built, unless `SHOAL_REQUIRE_RUST_SAMPLES=1` (as the test script
+/// sets after building them) makes that an error.
+pub fn rust_sample(kind: &str, name: &str) -> Result<Option<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm-samples")
+        .join(kind)
+        .join(format!("{name}.wasm"));
+    if path.exists() {
+        let path = path.canonicalize()?;
+        return Ok(Some(format!("file://{}", path.display())));
+    }
+    if std::env::var("SHOAL_REQUIRE_RUST_SAMPLES").as_deref() == Ok("1") {
+        bail!(
+            "{} is missing: run scripts/build-samples.sh",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipping: {} not built (scripts/build-samples.sh builds it)",
+        path.display()
+    );
+    Ok(None)
 }
 
 /// A pod manifest (YAML) with one container running `image`.

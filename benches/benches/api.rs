@@ -15,6 +15,9 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use shoal_tests::Server;
 
+mod common;
+use common::{ms, percentile, server_histogram};
+
 struct Sizes {
     pods: usize,
     gets: usize,
@@ -31,18 +34,6 @@ fn pod(i: usize) -> Pod {
             "resources": {"limits": {"memory": "32Mi", "cpu": "100m"}}}]},
     }))
     .expect("the benchmark pod is valid")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn creates(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<f64> {
@@ -150,50 +141,6 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     d.sort_by(f64::total_cmp);
     create_ms.sort_by(f64::total_cmp);
     Ok((d, create_ms))
-}
-
-/// Reads a histogram from the server's /metrics and returns the upper
-/// bounds (ms) of the buckets holding the 50th and 99th percentiles.
-async fn server_histogram(
-    client: &kube::Client,
-    name: &str,
-    labels: &str,
-) -> anyhow::Result<(f64, f64, u64)> {
-    let text = client
-        .request_text(http::Request::get("/metrics").body(vec![])?)
-        .await?;
-    let mut buckets: Vec<(f64, u64)> = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket")) && l.contains(labels))
-    {
-        let le = line
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("+Inf");
-        let bound = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().unwrap_or(f64::INFINITY)
-        };
-        let count = line
-            .rsplit(' ')
-            .next()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        buckets.push((bound, count));
-    }
-    let total = buckets.last().map(|b| b.1).unwrap_or(0);
-    let at = |q: f64| {
-        let want = (total as f64 * q).ceil() as u64;
-        buckets
-            .iter()
-            .find(|b| b.1 >= want)
-            .map(|b| b.0 * 1000.0)
-            .unwrap_or(f64::INFINITY)
-    };
-    Ok((at(0.5), at(0.99), total))
 }
 
 #[tokio::main]

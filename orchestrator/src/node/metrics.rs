@@ -13,13 +13,14 @@ pub struct NodeMetrics {
     pods: IntGaugeVec,
     running_containers: IntGauge,
     start_latency: Histogram,
+    restart_latency: Histogram,
     exits: IntCounterVec,
 }
 
 /// Sandbox starts take microseconds to milliseconds.
 const START_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
-    1.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002,
+    0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.25, 1.0,
 ];
 
 impl NodeMetrics {
@@ -40,6 +41,13 @@ impl NodeMetrics {
             )
             .buckets(START_BUCKETS.to_vec()),
         )?;
+        let restart_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "shoal_container_restart_seconds",
+                "From a container's guest ending to its next guest running, back-off included",
+            )
+            .buckets(START_BUCKETS.to_vec()),
+        )?;
         let exits = IntCounterVec::new(
             Opts::new("shoal_container_exits_total", "Container endings by reason"),
             &["reason"],
@@ -47,12 +55,14 @@ impl NodeMetrics {
         registry.register(Box::new(pods.clone()))?;
         registry.register(Box::new(running_containers.clone()))?;
         registry.register(Box::new(start_latency.clone()))?;
+        registry.register(Box::new(restart_latency.clone()))?;
         registry.register(Box::new(exits.clone()))?;
         Ok(NodeMetrics {
             registry,
             pods,
             running_containers,
             start_latency,
+            restart_latency,
             exits,
         })
     }
@@ -75,6 +85,10 @@ impl NodeMetrics {
     pub fn container_started(&self, took: Duration) {
         self.running_containers.inc();
         self.start_latency.observe(took.as_secs_f64());
+    }
+
+    pub fn container_restarted(&self, took: Duration) {
+        self.restart_latency.observe(took.as_secs_f64());
     }
 
     pub fn container_exited(&self, reason: &str) {

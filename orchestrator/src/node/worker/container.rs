@@ -113,6 +113,7 @@ impl ContainerTask {
     #[instrument(skip_all, fields(container = %self.ready.spec.name, pod = %self.pod.name))]
     pub(crate) async fn run(mut self) -> ContainerStatus {
         let mut backoff = Backoff::default();
+        let mut exited_at: Option<Instant> = None;
         let name = self.ready.spec.name.clone();
         self.status.image_id = self.ready.prepared.digest.clone();
         loop {
@@ -120,7 +121,7 @@ impl ContainerTask {
                 return self.status;
             }
             let ran_from = Instant::now();
-            let exit = match self.start_once().await {
+            let exit = match self.start_once(exited_at.take()).await {
                 Some(exit) => exit,
                 None => {
                     // Could not create the sandbox: back off, do not count
@@ -137,6 +138,7 @@ impl ContainerTask {
             if *self.stop.borrow() || !self.policy.again(&exit) {
                 return self.status;
             }
+            exited_at = Some(Instant::now());
             let delay = backoff.next_delay(&self.ctx.backoff, ran_from.elapsed());
             self.status.last_state = self.status.state.clone();
             self.status.restart_count += 1;
@@ -167,7 +169,9 @@ impl ContainerTask {
     }
 
     /// Starts the container and waits for it; `None` if it never started.
-    async fn start_once(&mut self) -> Option<Exit> {
+    /// `exited_at` is when the previous guest of this container ended, for
+    /// the restart-latency metric.
+    async fn start_once(&mut self, exited_at: Option<Instant>) -> Option<Exit> {
         let name = self.ready.spec.name.clone();
         let restart = self.status.restart_count;
         let log = match self
@@ -212,6 +216,9 @@ impl ContainerTask {
             ..Default::default()
         });
         self.ctx.metrics.container_started(started_clock.elapsed());
+        if let Some(t) = exited_at {
+            self.ctx.metrics.container_restarted(t.elapsed());
+        }
         if restart == 0 {
             self.ctx
                 .events
