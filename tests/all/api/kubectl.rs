@@ -2,7 +2,7 @@
 
 use shoal_tests::Server;
 
-const MANIFEST: &str = include_str!("../../../samples/manifests/demo.yaml");
+const MANIFEST: &str = include_str!("../../fixtures/app.yaml");
 
 #[tokio::test]
 async fn apply_get_reapply_patch_delete() -> anyhow::Result<()> {

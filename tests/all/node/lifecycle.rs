@@ -130,3 +130,49 @@ async fn a_spinning_guest_does_not_stop_a_neighbour() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// Serves one file over plain HTTP on loopback, for image pulls.
+fn serve_file(bytes: Vec<u8>) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/wasm\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&bytes);
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test]
+async fn images_over_http_are_pulled_and_verified() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let path = sample("ticker")?.trim_start_matches("file://").to_string();
+    let bytes = std::fs::read(&path)?;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let port = serve_file(bytes)?;
+    let image = format!("http://127.0.0.1:{port}/ticker.wasm@sha256:{digest}");
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("fetched", &image, "", "")),
+    )?;
+    let p = wait_running(&pods, "fetched").await?;
+    let id = super::first_container(&p)
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default();
+    assert_eq!(id, format!("sha256:{digest}"));
+    wait_logs(&s, &["fetched"], "tick 0\n").await?;
+    Ok(())
+}

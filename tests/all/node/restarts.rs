@@ -95,3 +95,62 @@ async fn memory_limit_ends_in_oomkilled() -> anyhow::Result<()> {
     assert!(table.contains("OOMKilled"), "{table}");
     Ok(())
 }
+
+#[tokio::test]
+async fn init_containers_run_in_order_first() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let hello = sample("hello")?;
+    let ticker = sample("ticker")?;
+    let crasher = sample("crasher")?;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: staged\nspec:\n  initContainers:\n  - name: first\n    image: {hello}\n  - name: second\n    image: {hello}\n  containers:\n  - name: main\n    image: {ticker}\n"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
+    let p = super::wait_running(&pods, "staged").await?;
+    let inits = p
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.clone())
+        .unwrap_or_default();
+    let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    for c in &inits {
+        let t = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(t.map(|t| t.exit_code), Some(0), "{c:?}");
+    }
+    let first_done = inits[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.finished_at.clone());
+    let second_start = inits[1]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.started_at.clone());
+    assert!(
+        first_done <= second_start,
+        "second started before first finished: {inits:?}"
+    );
+    assert_eq!(
+        s.kubectl(&["logs", "staged", "-c", "first"])?
+            .lines()
+            .count(),
+        1
+    );
+
+    // A failing init container under Never fails the pod; the app never runs.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: blocked\nspec:\n  restartPolicy: Never\n  initContainers:\n  - name: broken\n    image: {crasher}\n  containers:\n  - name: main\n    image: {ticker}\n"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
+    let p = wait_pod(&pods, "blocked", "to fail", |p| phase(p) == "Failed").await?;
+    let main_ran = super::first_container(&p)
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+    assert!(!main_ran, "{:?}", p.status);
+    let table = s.kubectl(&["get", "pod", "blocked"])?;
+    assert!(table.contains("Init:"), "{table}");
+    Ok(())
+}
