@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod demo;
 pub mod events;
+pub mod informer;
 pub mod metrics;
 pub mod node;
 pub mod scheduler;
