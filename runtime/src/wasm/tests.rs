@@ -315,3 +315,47 @@ async fn ticker_sample_ticks_and_sleeps() {
     c.kill();
     assert_eq!(c.wait().await, Exit::Killed);
 }
+
+/// The WAT config-reader (a preview-1 core module) wrapped as a WASI 0.2
+/// command component with wasmtime's own preview-1 adapter: the component
+/// path, files in a mounted directory included, without a guest toolchain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapted_component_reads_env_and_mounted_files() {
+    let f = fixture();
+    let core = wat::parse_str(include_str!("../../../samples/wat/config-reader.wat")).expect("wat");
+    let component = wit_component::ComponentEncoder::default()
+        .module(&core)
+        .expect("module")
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        )
+        .expect("adapter")
+        .validate(true)
+        .encode()
+        .expect("encode");
+    let path = f.root.join("reader.component.wasm");
+    std::fs::write(&path, component).expect("write");
+    let cfg = f.root.join("cfg");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::write(cfg.join("message"), "from a read-only mount").expect("write");
+    let out = Arc::new(Capture::default());
+    let mut s = spec(out.clone());
+    s.env = vec![("GREETING".into(), "hi".into())];
+    s.mounts = vec![Mount {
+        host_path: cfg,
+        guest_path: "/etc/config".into(),
+        read_only: true,
+    }];
+    let exit = f
+        .run(&format!("file://{}", path.display()), s)
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Code(0), "{}", out.text());
+    assert!(out.text().contains("GREETING=hi"), "{}", out.text());
+    assert!(
+        out.text().contains("from a read-only mount"),
+        "{}",
+        out.text()
+    );
+}
