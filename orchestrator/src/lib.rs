@@ -3,7 +3,6 @@
 pub mod apiserver;
 pub mod demo;
 pub mod events;
-pub mod informer;
 pub mod metrics;
 pub mod node;
 pub mod scheduler;

@@ -1,95 +1,72 @@
 //! The scheduler: a client of the API like any other. It keeps every
 //! unbound pod placed on a node that can take it, binding through
 //! `pods/binding` and telling the story in Events (`Scheduled`,
-//! `FailedScheduling`). Each pass works from informer caches of pods,
-//! nodes and RuntimeClasses (no API reads); any change to them wakes the
-//! next pass, so a pod that did not fit is retried as soon as a node joins
-//! or capacity frees up.
+//! `FailedScheduling`). Each pass works from a fresh list; watches on pods
+//! and nodes wake the next pass the moment anything changes, so a pod that
+//! did not fit is retried as soon as a node joins or capacity frees up.
 
 pub mod plugins;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::Client;
 use serde_json::json;
 use shoal_sdk::now_rfc3339 as now;
 use tracing::{debug, info, warn};
 
-use tokio::sync::Notify;
-
 use crate::events::{EventRecorder, ObjectRef};
-use crate::informer::Informer;
 
 pub use plugins::Scoring;
 use plugins::Usage;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
-/// Pods bound by this scheduler whose binding the pod cache has not shown
-/// yet, with what they take: counted as placed so a pass that runs before
-/// the watch catches up does not oversubscribe a node (kube-scheduler's
-/// "assume").
-type Assumed = HashMap<String, (String, Usage)>;
-
 /// Runs until the process ends; API errors back off and retry.
 pub async fn run(client: Client, scoring: Scoring) {
     let events = EventRecorder::start(client.clone(), SCHEDULER_NAME, None);
-    let changed = Arc::new(Notify::new());
-    let pods = Informer::<Pod>::start(Api::all(client.clone()), changed.clone());
-    let nodes = Informer::<Node>::start(Api::all(client.clone()), changed.clone());
-    let classes = Informer::<RuntimeClass>::start(Api::all(client.clone()), changed.clone());
-    pods.wait_synced().await;
-    nodes.wait_synced().await;
-    classes.wait_synced().await;
     let mut reported: HashMap<String, String> = HashMap::new();
-    let mut assumed: Assumed = HashMap::new();
     let mut backoff = Duration::from_millis(50);
     loop {
-        // Registered before the pass, so a change during it wakes the next.
-        let woken = changed.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let snapshot = Snapshot {
-            pods: pods.list(),
-            nodes: nodes.list(),
-            classes: classes.list(),
-        };
-        match pass(
-            &client,
-            &events,
-            scoring,
-            &snapshot,
-            &mut reported,
-            &mut assumed,
-        )
-        .await
-        {
-            Ok(()) => backoff = Duration::from_millis(50),
+        match pass(&client, &events, scoring, &mut reported).await {
+            Ok((pods_rv, nodes_rv)) => {
+                backoff = Duration::from_millis(50);
+                wait_for_change(&client, &pods_rv, &nodes_rv).await;
+            }
             Err(e) => {
                 warn!(error = %e, "scheduling pass failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
             }
-        }
-        tokio::select! {
-            _ = &mut woken => {}
-            // Time-based conditions (none yet) and safety against a lost wake-up.
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
 }
 
-/// What one pass decides from: the informers' caches at one moment.
-struct Snapshot {
-    pods: Vec<Arc<Pod>>,
-    nodes: Vec<Arc<Node>>,
-    classes: Vec<Arc<RuntimeClass>>,
+/// Returns once pods or nodes change (or after a while, for RuntimeClass
+/// changes, which are not watched).
+async fn wait_for_change(client: &Client, pods_rv: &str, nodes_rv: &str) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let wp = WatchParams::default().timeout(30).disable_bookmarks();
+    let (mut p, mut n) = match (
+        pods.watch(&wp, pods_rv).await,
+        nodes.watch(&wp, nodes_rv).await,
+    ) {
+        (Ok(p), Ok(n)) => (p.boxed(), n.boxed()),
+        _ => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = p.next() => {}
+        _ = n.next() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
 }
 
 fn is_terminal(pod: &Pod) -> bool {
@@ -110,18 +87,25 @@ fn wants_us(pod: &Pod) -> bool {
         && !is_terminal(pod)
 }
 
-/// One scheduling pass over everything pending.
+/// One scheduling pass over everything pending; returns the list revisions
+/// to watch from.
 async fn pass(
     client: &Client,
     events: &EventRecorder,
     scoring: Scoring,
-    snap: &Snapshot,
     reported: &mut HashMap<String, String>,
-    assumed: &mut Assumed,
-) -> Result<(), kube::Error> {
-    let nodes: Vec<Node> = snap.nodes.iter().map(|n| (**n).clone()).collect();
-    let class_selectors: HashMap<String, BTreeMap<String, String>> = snap
-        .classes
+) -> Result<(String, String), kube::Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let classes = Api::<RuntimeClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let class_selectors: HashMap<String, BTreeMap<String, String>> = classes
+        .items
         .iter()
         .map(|rc| {
             let sel = rc
@@ -133,6 +117,7 @@ async fn pass(
         })
         .collect();
     let mut free: HashMap<String, Usage> = nodes
+        .items
         .iter()
         .map(|n| {
             (
@@ -141,12 +126,7 @@ async fn pass(
             )
         })
         .collect();
-    let by_uid: HashMap<&str, &Pod> = snap
-        .pods
-        .iter()
-        .filter_map(|p| Some((p.metadata.uid.as_deref()?, &**p)))
-        .collect();
-    for pod in snap.pods.iter().filter(|p| !is_terminal(p)) {
+    for pod in pods.items.iter().filter(|p| !is_terminal(p)) {
         let Some(node) = pod
             .spec
             .as_ref()
@@ -159,26 +139,7 @@ async fn pass(
             left.take(&plugins::requests(pod));
         }
     }
-    // Our own binds the cache has not caught up with still take room; once
-    // the cache shows them bound (or gone) they are counted above.
-    assumed.retain(|uid, _| by_uid.get(uid.as_str()).is_some_and(|p| wants_us(p)));
-    for (node, used) in assumed.values() {
-        if let Some(left) = free.get_mut(node) {
-            left.take(used);
-        }
-    }
-    let pending: Vec<&Pod> = snap
-        .pods
-        .iter()
-        .map(|p| &**p)
-        .filter(|p| wants_us(p))
-        .filter(|p| {
-            !p.metadata
-                .uid
-                .as_ref()
-                .is_some_and(|u| assumed.contains_key(u))
-        })
-        .collect();
+    let pending: Vec<&Pod> = pods.items.iter().filter(|p| wants_us(p)).collect();
     let live: std::collections::HashSet<String> = pending
         .iter()
         .filter_map(|p| p.metadata.uid.clone())
@@ -195,7 +156,7 @@ async fn pass(
                 None => {
                     let msg = format!(
                         "0/{} nodes are available: RuntimeClass \"{rc}\" not found.",
-                        nodes.len()
+                        nodes.items.len()
                     );
                     report_unschedulable(client, events, pod, &msg, reported).await?;
                     continue;
@@ -203,22 +164,21 @@ async fn pass(
             },
             None => BTreeMap::new(),
         };
-        match plugins::pick(pod, &nodes, &free, &extra, scoring) {
+        match plugins::pick(pod, &nodes.items, &free, &extra, scoring) {
             Ok(node) => {
                 if bind(client, events, pod, &node).await? {
-                    let used = plugins::requests(pod);
                     if let Some(left) = free.get_mut(&node) {
-                        left.take(&used);
-                    }
-                    if let Some(uid) = pod.metadata.uid.clone() {
-                        assumed.insert(uid, (node, used));
+                        left.take(&plugins::requests(pod));
                     }
                 }
             }
             Err(msg) => report_unschedulable(client, events, pod, &msg, reported).await?,
         }
     }
-    Ok(())
+    Ok((
+        pods.metadata.resource_version.unwrap_or_default(),
+        nodes.metadata.resource_version.unwrap_or_default(),
+    ))
 }
 
 fn name_ns(pod: &Pod) -> (String, String) {
