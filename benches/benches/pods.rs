@@ -76,10 +76,14 @@ async fn cold_start(pods: &Api<Pod>, image: &str, n: usize) -> anyhow::Result<(f
                 .await
                 .with_context(|| format!("{name} did not become Ready within 60s"))??
                 .context("watch ended")?;
-            if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
-                if p.metadata.name.as_deref() == Some(name.as_str()) && ready(&p) {
+            match ev {
+                WatchEvent::Added(p) | WatchEvent::Modified(p)
+                    if p.metadata.name.as_deref() == Some(name.as_str()) && ready(&p) =>
+                {
                     break;
                 }
+                WatchEvent::Error(e) => anyhow::bail!("watch failed at {name}: {e:?}"),
+                _ => {}
             }
         }
         if i == 0 {
@@ -288,7 +292,14 @@ async fn main() -> anyhow::Result<()> {
     let up = Server::up(&["--backoff-initial-ms", "0", "--backoff-max-seconds", "0"])?;
     let client = up.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let (first_ms, cold) = cold_start(&pods, &ticker, sizes.cold_pods).await?;
+    let (first_ms, cold) = match cold_start(&pods, &ticker, sizes.cold_pods).await {
+        Ok(r) => r,
+        Err(e) => {
+            let saved = std::env::temp_dir().join("shoal-pods-bench-up.log");
+            let _ = std::fs::write(&saved, up.logs());
+            return Err(e.context(format!("the server's log is in {}", saved.display())));
+        }
+    };
     let (restart_p50, restart_p99, restart_n) = restarts(&client, &crasher, &sizes).await?;
     drop(up);
     let dense = density(&ticker, sizes.density_pods).await?;
