@@ -247,40 +247,22 @@ async fn value_from(
     host_ip: &str,
 ) -> Result<Option<String>, ConfigError> {
     if let Some(r) = &from.config_map_key_ref {
-        let optional = r.optional == Some(true);
-        let Some(data) = sources.config_map_data(&r.name).await? else {
-            return if optional {
-                Ok(None)
-            } else {
-                Err(ConfigError(format!("configmap {:?} not found", r.name)))
-            };
+        let data = sources.config_map_data(&r.name).await?;
+        let source = KeySource {
+            kind: "ConfigMap",
+            namespace: &sources.namespace,
+            name: &r.name,
         };
-        return match data.get(&r.key) {
-            Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
-            None if optional => Ok(None),
-            None => Err(ConfigError(format!(
-                "couldn't find key {} in ConfigMap {}/{}",
-                r.key, sources.namespace, r.name
-            ))),
-        };
+        return source.value(data, &r.key, r.optional == Some(true));
     }
     if let Some(r) = &from.secret_key_ref {
-        let optional = r.optional == Some(true);
-        let Some(data) = sources.secret_data(&r.name).await? else {
-            return if optional {
-                Ok(None)
-            } else {
-                Err(ConfigError(format!("secret {:?} not found", r.name)))
-            };
+        let data = sources.secret_data(&r.name).await?;
+        let source = KeySource {
+            kind: "Secret",
+            namespace: &sources.namespace,
+            name: &r.name,
         };
-        return match data.get(&r.key) {
-            Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
-            None if optional => Ok(None),
-            None => Err(ConfigError(format!(
-                "couldn't find key {} in Secret {}/{}",
-                r.key, sources.namespace, r.name
-            ))),
-        };
+        return source.value(data, &r.key, r.optional == Some(true));
     }
     if let Some(f) = &from.field_ref {
         return field_value(pod, &f.field_path, host_ip).map(Some);
@@ -300,6 +282,44 @@ async fn value_from(
         return Ok(Some(q.map(|q| q.0.clone()).unwrap_or_default()));
     }
     Ok(None)
+}
+
+/// A ConfigMap or Secret an env var takes one key from.
+struct KeySource<'a> {
+    kind: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl KeySource<'_> {
+    /// The key's value; `None` when the source or key is missing but the
+    /// reference is optional. Messages are kubelet's.
+    fn value(
+        &self,
+        data: Option<BTreeMap<String, Vec<u8>>>,
+        key: &str,
+        optional: bool,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(data) = data else {
+            return if optional {
+                Ok(None)
+            } else {
+                Err(ConfigError(format!(
+                    "{} {:?} not found",
+                    self.kind.to_ascii_lowercase(),
+                    self.name
+                )))
+            };
+        };
+        match data.get(key) {
+            Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+            None if optional => Ok(None),
+            None => Err(ConfigError(format!(
+                "couldn't find key {key} in {} {}/{}",
+                self.kind, self.namespace, self.name
+            ))),
+        }
+    }
 }
 
 /// The downward API's field paths.
