@@ -1,6 +1,7 @@
 //! Shoal's control plane (API server, store, scheduler) and node agent.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod demo;
 pub mod events;
 pub mod metrics;

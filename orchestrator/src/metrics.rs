@@ -1,8 +1,8 @@
 //! Prometheus metrics of the control plane, rendered at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -12,6 +12,50 @@ pub struct Metrics {
     pub watches: IntGauge,
     pub watch_delivery: Histogram,
     pub store_latency: HistogramVec,
+    pub controllers: ControllerMetrics,
+}
+
+/// What each controller's loop reports, labelled by controller name.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub queue_depth: IntGaugeVec,
+    pub reconcile_latency: HistogramVec,
+    pub reconcile_errors: IntCounterVec,
+}
+
+impl ControllerMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "workqueue_depth",
+                "Keys waiting in a controller's work queue",
+            ),
+            &["name"],
+        )?;
+        let reconcile_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "controller_reconcile_duration_seconds",
+                "Time one reconcile of one object takes, API calls included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["controller"],
+        )?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "controller_reconcile_errors_total",
+                "Reconciles that failed and were retried with backoff",
+            ),
+            &["controller"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(reconcile_latency.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        Ok(ControllerMetrics {
+            queue_depth,
+            reconcile_latency,
+            reconcile_errors,
+        })
+    }
 }
 
 /// Buckets from 50µs to 10s: API calls on loopback are sub-millisecond.
@@ -64,7 +108,9 @@ impl Metrics {
         registry.register(Box::new(watches.clone()))?;
         registry.register(Box::new(watch_delivery.clone()))?;
         registry.register(Box::new(store_latency.clone()))?;
+        let controllers = ControllerMetrics::register(&registry)?;
         Ok(Metrics {
+            controllers,
             registry,
             requests,
             request_latency,

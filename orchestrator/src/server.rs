@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::apiserver::{self, bootstrap, kinds, ApiState};
+use crate::controllers;
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Scoring};
 use crate::store::{SledStore, SledStoreConfig};
@@ -21,6 +22,8 @@ pub struct ServerConfig {
     pub watch_history: usize,
     /// How the built-in scheduler scores nodes; None runs no scheduler.
     pub scoring: Option<Scoring>,
+    /// Whether to run the controller manager in this process.
+    pub controllers: bool,
 }
 
 /// A server that is up and serving.
@@ -60,7 +63,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     let state = Arc::new(ApiState {
         store,
         registry: kinds::registry(),
-        metrics,
+        metrics: metrics.clone(),
         tokens: vec![(admin.clone(), "admin"), (node.clone(), "node")],
         advertise: advertise.clone(),
         nodes: apiserver::proxy::NodeClient::new(node.clone()),
@@ -81,6 +84,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     if let Some(scoring) = cfg.scoring {
         let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
         tokio::spawn(scheduler::run(client, scoring));
+    }
+    if cfg.controllers {
+        let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+        let identity = controllers::leader::identity(&data_dir);
+        tokio::spawn(controllers::run(client, metrics.controllers.clone(), identity));
     }
     Ok(Started {
         kubeconfig,

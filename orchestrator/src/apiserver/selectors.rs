@@ -170,42 +170,58 @@ impl LabelSelector {
 /// Does a structured `LabelSelector` (matchLabels + matchExpressions) select `labels`?
 pub fn label_selector_matches(sel: &Value, labels: &Map<String, Value>) -> Result<bool, String> {
     let get = |k: &str| labels.get(k).and_then(Value::as_str).map(String::from);
-    if let Some(Value::Object(ml)) = sel.get("matchLabels") {
-        for (k, v) in ml {
-            if get(k).as_deref() != v.as_str() {
-                return Ok(false);
+    Ok(LabelSelector::from_structured(sel)?.matches_by(&get))
+}
+
+impl LabelSelector {
+    /// Compiles a structured selector (matchLabels + matchExpressions), so
+    /// a controller checks many objects against it without re-reading JSON.
+    pub fn from_structured(sel: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        if let Some(Value::Object(ml)) = sel.get("matchLabels") {
+            for (k, v) in ml {
+                let value = v.as_str().unwrap_or_default().to_string();
+                reqs.push(Requirement {
+                    key: k.clone(),
+                    op: Op::Eq(value),
+                });
             }
         }
-    }
-    if let Some(Value::Array(exprs)) = sel.get("matchExpressions") {
-        for e in exprs {
-            let key = e
-                .get("key")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let values: Vec<String> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|vs| {
-                    vs.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let op = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-                "In" => Op::In(values),
-                "NotIn" => Op::NotIn(values),
-                "Exists" => Op::Exists,
-                "DoesNotExist" => Op::NotExists,
-                other => return Err(format!("{other:?} is not a valid label selector operator")),
-            };
-            if !(Requirement { key, op }).matches(&get) {
-                return Ok(false);
+        if let Some(Value::Array(exprs)) = sel.get("matchExpressions") {
+            for e in exprs {
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let values: Vec<String> = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|vs| {
+                        vs.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let op = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                    "In" => Op::In(values),
+                    "NotIn" => Op::NotIn(values),
+                    "Exists" => Op::Exists,
+                    "DoesNotExist" => Op::NotExists,
+                    other => {
+                        return Err(format!("{other:?} is not a valid label selector operator"))
+                    }
+                };
+                reqs.push(Requirement { key, op });
             }
         }
+        Ok(LabelSelector(reqs))
     }
-    Ok(true)
+
+    /// Matches labels looked up through `get`.
+    pub fn matches_by(&self, get: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.0.iter().all(|r| r.matches(get))
+    }
 }
 
 /// A parsed `fieldSelector`: `=`, `==` and `!=` on dotted field paths.

@@ -62,6 +62,9 @@ pub(crate) struct ControlArgs {
     /// Run without the built-in scheduler (another scheduler, or API-only benchmarks).
     #[arg(long, env = "SHOAL_DISABLE_SCHEDULER")]
     disable_scheduler: bool,
+    /// Run without the workload controllers (ReplicaSet, Deployment, garbage collector, ...).
+    #[arg(long, env = "SHOAL_DISABLE_CONTROLLERS")]
+    disable_controllers: bool,
 }
 
 impl ControlArgs {
@@ -71,6 +74,7 @@ impl ControlArgs {
             listen,
             watch_history: self.watch_history,
             scoring: (!self.disable_scheduler).then_some(self.scheduler_scoring),
+            controllers: !self.disable_controllers,
         }
     }
 }

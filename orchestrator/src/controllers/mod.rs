@@ -1,0 +1,211 @@
+//! The controller manager: workload controllers as reconcile functions over
+//! shared informer caches, each fed by a keyed work queue with per-object
+//! backoff. It is an API client like any other, and runs only while it
+//! holds the controller-manager Lease, so a second server can take over.
+
+pub mod deployment;
+pub mod gc;
+pub mod informer;
+pub mod leader;
+pub mod owners;
+pub mod pods;
+pub mod queue;
+pub mod replicaset;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::events::EventRecorder;
+use crate::metrics::ControllerMetrics;
+use informer::Informer;
+use queue::WorkQueue;
+
+pub const MANAGER_NAME: &str = "shoal-controller-manager";
+
+/// What to do with an object after a successful reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this long even if nothing changes (a deadline, a
+    /// pod becoming available after `minReadySeconds`).
+    Requeue(Duration),
+    /// Nothing to do until the object or something it watches changes.
+    AwaitChange,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: {message}")]
+    Invalid { object: String, message: String },
+}
+
+impl ControllerError {
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControllerError {
+        let action = action.into();
+        move |source| ControllerError::Api { action, source }
+    }
+}
+
+/// The status code of an API error, if the server answered with one.
+pub fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// One controller: reconciles the object behind a queue key.
+#[async_trait]
+pub trait Reconciler: Send + Sync + 'static {
+    /// The name on metrics, logs and Events (`replicaset-controller`).
+    fn name(&self) -> &'static str;
+    async fn reconcile(&self, key: &str) -> Result<Action, ControllerError>;
+}
+
+/// The caches every controller shares.
+pub struct Informers {
+    pub pods: Arc<Informer<Pod>>,
+    pub replicasets: Arc<Informer<ReplicaSet>>,
+    pub deployments: Arc<Informer<Deployment>>,
+}
+
+impl Informers {
+    fn new() -> Informers {
+        Informers {
+            pods: Informer::new("pods"),
+            replicasets: Informer::new("replicasets"),
+            deployments: Informer::new("deployments"),
+        }
+    }
+
+    fn start(&self, client: &Client) {
+        self.pods.start(Api::all(client.clone()));
+        self.replicasets.start(Api::all(client.clone()));
+        self.deployments.start(Api::all(client.clone()));
+    }
+
+    async fn wait_synced(&self) {
+        self.pods.wait_synced().await;
+        self.replicasets.wait_synced().await;
+        self.deployments.wait_synced().await;
+    }
+}
+
+/// What a controller is built from.
+pub struct Ctx {
+    pub client: Client,
+    pub informers: Informers,
+    pub events: EventRecorder,
+    pub metrics: ControllerMetrics,
+}
+
+/// Runs the controller manager until the process ends: waits for the
+/// Lease, runs every controller while holding it, and starts over if it is
+/// lost.
+pub async fn run(client: Client, metrics: ControllerMetrics, identity: String) {
+    loop {
+        let lease = leader::acquire(&client, MANAGER_NAME, &identity).await;
+        info!(identity = %lease.identity(), "controller manager is leader");
+        let mut controllers = start_all(client.clone(), metrics.clone());
+        lease.lost().await;
+        warn!("controller manager lost its lease; stopping controllers");
+        controllers.abort_all();
+        while controllers.join_next().await.is_some() {}
+    }
+}
+
+fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
+    let ctx = Arc::new(Ctx {
+        events: EventRecorder::start(client.clone(), MANAGER_NAME, None),
+        client: client.clone(),
+        informers: Informers::new(),
+        metrics,
+    });
+    let mut set = JoinSet::new();
+    let rs = replicaset::ReplicaSetController::register(&ctx);
+    let deploy = deployment::DeploymentController::register(&ctx);
+    let gc = gc::GarbageCollector::register(&ctx);
+    ctx.informers.start(&client);
+    let ready = ctx.clone();
+    set.spawn(async move {
+        ready.informers.wait_synced().await;
+        debug!("controller caches synced");
+    });
+    set.spawn(run_loop(rs.0, rs.1, 8, ctx.clone()));
+    set.spawn(run_loop(deploy.0, deploy.1, 4, ctx.clone()));
+    set.spawn(run_loop(gc.0, gc.1, 4, ctx.clone()));
+    set
+}
+
+/// Runs `workers` concurrent reconcilers over `queue` once caches synced.
+pub async fn run_loop<R: Reconciler>(
+    r: Arc<R>,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    ctx: Arc<Ctx>,
+) {
+    // Every controller's series exist from the start, at zero.
+    let name = r.name();
+    ctx.metrics.reconcile_errors.with_label_values(&[name]);
+    ctx.metrics.reconcile_latency.with_label_values(&[name]);
+    ctx.informers.wait_synced().await;
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        let (r, queue, metrics) = (r.clone(), queue.clone(), ctx.metrics.clone());
+        set.spawn(async move {
+            loop {
+                let key = queue.next().await;
+                work(r.as_ref(), &queue, &metrics, &key).await;
+                queue.done(&key);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn work<R: Reconciler>(r: &R, queue: &Arc<WorkQueue>, m: &ControllerMetrics, key: &str) {
+    let name = r.name();
+    let started = Instant::now();
+    let span = tracing::debug_span!("reconcile", controller = name, object = key);
+    let out = r.reconcile(key).instrument(span).await;
+    m.reconcile_latency
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    match out {
+        Ok(Action::AwaitChange) => queue.forget(key),
+        Ok(Action::Requeue(d)) => {
+            queue.forget(key);
+            queue.add_after(key.to_string(), d);
+        }
+        Err(e) => {
+            m.reconcile_errors.with_label_values(&[name]).inc();
+            let delay = queue.backoff(key);
+            // Conflicts are routine (a cache a step behind); say so quietly.
+            let conflict =
+                matches!(&e, ControllerError::Api { source, .. } if api_code(source) == Some(409));
+            if conflict {
+                debug!(controller = name, object = key, error = %e, ?delay, "reconcile conflicted; retrying");
+            } else {
+                warn!(controller = name, object = key, error = %e, ?delay, "reconcile failed; retrying");
+            }
+            queue.add_after(key.to_string(), delay);
+        }
+    }
+}
+
+/// A work queue whose depth is reported under `name`.
+pub fn new_queue(ctx: &Ctx, name: &str) -> Arc<WorkQueue> {
+    WorkQueue::new(ctx.metrics.queue_depth.with_label_values(&[name]))
+}
