@@ -88,7 +88,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     if cfg.controllers {
         let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
         let identity = controllers::leader::identity(&data_dir);
-        tokio::spawn(controllers::run(client, metrics.controllers.clone(), identity));
+        tokio::spawn(controllers::run(
+            client,
+            metrics.controllers.clone(),
+            identity,
+        ));
     }
     Ok(Started {
         kubeconfig,

@@ -1,6 +1,7 @@
 //! Shoal's integration tests: one binary, a module per area.
 
 mod api;
+mod controllers;
 mod multinode;
 mod node;
 mod scheduler;

@@ -337,7 +337,10 @@ mod tests {
         let inf = Informer::<Pod>::new("pods");
         inf.replace(vec![], 1);
         let waited = tokio::time::timeout(Duration::from_secs(1), inf.wait_synced()).await;
-        assert!(waited.is_ok(), "a first list nobody was waiting for still counts");
+        assert!(
+            waited.is_ok(),
+            "a first list nobody was waiting for still counts"
+        );
     }
 
     #[test]

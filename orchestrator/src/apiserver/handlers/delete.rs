@@ -189,8 +189,10 @@ fn mark_for_deletion(t: &Target<'_>, cur: &Value, o: &DeleteOptions) -> Option<V
             "deletionGracePeriodSeconds".into(),
             json!(if graceful_pod { grace } else { 0 }),
         );
-    } else if graceful_pod {
-        // A second delete may shorten the grace period, never lengthen it.
+    } else if bound_pod {
+        // A second delete may shorten the grace period, never lengthen it;
+        // the node's final delete (grace 0) of a pod still held by a
+        // finalizer must land, or the pod waits for a node that is done.
         let current = meta
             .get("deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
