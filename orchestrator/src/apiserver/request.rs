@@ -31,6 +31,8 @@ pub fn resolve<'a>(
 ) -> ApiResult<Target<'a>> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (namespace, segs) = match segs.as_slice() {
+        // A namespace's own subresources, not a resource inside it.
+        ["namespaces", _, "status" | "finalize"] => (None, segs),
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail.to_vec()),
         _ => (None, segs),
     };
@@ -188,4 +190,31 @@ pub fn decode_object(ct: &str, bytes: &[u8]) -> ApiResult<Value> {
         ));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::apiserver::kinds;
+
+    #[test]
+    fn namespace_subresources_are_not_namespaced_resources() {
+        let reg = kinds::registry();
+        let t = resolve(&reg, "", "v1", "namespaces/scratch/finalize", "/x").expect("resolves");
+        assert_eq!(
+            (
+                t.res.plural,
+                t.namespace,
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("namespaces", None, Some("scratch"), Some("finalize"))
+        );
+        let t =
+            resolve(&reg, "", "v1", "namespaces/scratch/pods/p/status", "/x").expect("resolves");
+        assert_eq!(
+            (t.res.plural, t.namespace.as_deref(), t.sub.as_deref()),
+            ("pods", Some("scratch"), Some("status"))
+        );
+    }
 }

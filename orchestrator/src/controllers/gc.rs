@@ -6,21 +6,27 @@
 //!   finalizer comes off and the owner goes.
 //! - Orphan: an owner with the `orphan` finalizer has its references
 //!   removed from every dependent, then the finalizer comes off.
+//!
+//! It tracks the kinds the controllers create (pods, ReplicaSets,
+//! Deployments, Jobs, CronJobs, DaemonSets, StatefulSets) from the shared
+//! caches; owners of other kinds are looked up through the API.
 
+use std::collections::HashMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
-use kube::Api;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::informer::{key_of, split_key};
-use super::owners;
+use super::informer::{key_of, split_key, Informer};
 use super::queue::WorkQueue;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 
@@ -28,35 +34,36 @@ pub const NAME: &str = "garbage-collector";
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
-/// The kinds the collector tracks, as dependents and as owners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Pod,
-    ReplicaSet,
-    Deployment,
+type MetaOf = Box<dyn Fn(&str) -> Option<ObjectMeta> + Send + Sync>;
+type MetasIn = Arc<dyn Fn(&str) -> Vec<ObjectMeta> + Send + Sync>;
+
+/// One kind the collector reads from a shared cache.
+struct Tracked {
+    resource: ApiResource,
+    get: MetaOf,
+    in_namespace: MetasIn,
 }
 
-impl Kind {
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "Pod" => Some(Kind::Pod),
-            "ReplicaSet" => Some(Kind::ReplicaSet),
-            "Deployment" => Some(Kind::Deployment),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Pod => "Pod",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::Deployment => "Deployment",
-        }
+fn tracked<K>(inf: &Arc<Informer<K>>) -> Tracked
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (a, b) = (inf.clone(), inf.clone());
+    Tracked {
+        resource: ApiResource::erase::<K>(&()),
+        get: Box::new(move |key| a.get(key).map(|o| o.meta().clone())),
+        in_namespace: Arc::new(move |ns| {
+            b.list_namespace(ns)
+                .iter()
+                .map(|o| o.meta().clone())
+                .collect()
+        }),
     }
 }
 
 pub struct GarbageCollector {
     ctx: Arc<Ctx>,
+    kinds: HashMap<String, Tracked>,
 }
 
 fn has_owners(m: &ObjectMeta) -> bool {
@@ -71,57 +78,117 @@ fn gc_finalizer(m: &ObjectMeta) -> bool {
             .any(|f| f == FOREGROUND || f == ORPHAN)
 }
 
-/// Queue key: `Kind|namespace/name`.
-fn qkey(kind: Kind, key: String) -> String {
-    format!("{}|{key}", kind.name())
+fn meta_key(m: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Queue keys: `Kind|ns/name` for a dependent to check, `owner:Kind|ns/name`
+/// for an owner with a GC finalizer.
+fn dependent_key(kind: &str, key: &str) -> String {
+    format!("{kind}|{key}")
+}
+
+fn owner_key(kind: &str, key: &str) -> String {
+    format!("owner:{kind}|{key}")
+}
+
+/// Feeds the queue from one kind's cache: objects with owners are checked
+/// as dependents; owners with a GC finalizer are finalized; a deletion
+/// brings the dependents it may have orphaned and the owners that may be
+/// waiting for it.
+fn watch<K>(inf: &Arc<Informer<K>>, queue: &Arc<WorkQueue>, all: Arc<Vec<(String, MetasIn)>>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let q = queue.clone();
+    let kind = K::kind(&()).into_owned();
+    inf.on_change(move |old, new| {
+        if let Some(o) = new {
+            let m = o.meta();
+            if has_owners(m) {
+                q.add(dependent_key(&kind, &key_of(o)));
+            }
+            if gc_finalizer(m) {
+                q.add(owner_key(&kind, &key_of(o)));
+            }
+        }
+        if let (Some(o), None) = (old, new) {
+            let m = o.meta();
+            let ns = m.namespace.as_deref().unwrap_or_default();
+            let uid = m.uid.as_deref().unwrap_or_default();
+            for (k, list) in all.iter() {
+                for d in list(ns) {
+                    if d.owner_references.iter().flatten().any(|r| r.uid == uid) {
+                        q.add(dependent_key(k, &meta_key(&d)));
+                    }
+                }
+            }
+            for r in m.owner_references.iter().flatten() {
+                q.add(owner_key(&r.kind, &format!("{ns}/{}", r.name)));
+            }
+        }
+    });
 }
 
 impl GarbageCollector {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
         let i = &ctx.informers;
-        watch_kind(&i.pods, Kind::Pod, &queue, ctx);
-        watch_kind(&i.replicasets, Kind::ReplicaSet, &queue, ctx);
-        watch_kind(&i.deployments, Kind::Deployment, &queue, ctx);
-        (Arc::new(GarbageCollector { ctx: ctx.clone() }), queue)
+        let list: Vec<Tracked> = vec![
+            tracked(&i.pods),
+            tracked(&i.replicasets),
+            tracked(&i.deployments),
+            tracked(&i.jobs),
+            tracked(&i.cronjobs),
+            tracked(&i.daemonsets),
+            tracked(&i.statefulsets),
+        ];
+        // Each watcher needs every kind's namespace listing, to find the
+        // dependents of whatever it saw deleted.
+        let listers: Arc<Vec<(String, MetasIn)>> = Arc::new(
+            list.iter()
+                .map(|t| (t.resource.kind.clone(), t.in_namespace.clone()))
+                .collect(),
+        );
+        watch(&i.pods, &queue, listers.clone());
+        watch(&i.replicasets, &queue, listers.clone());
+        watch(&i.deployments, &queue, listers.clone());
+        watch(&i.jobs, &queue, listers.clone());
+        watch(&i.cronjobs, &queue, listers.clone());
+        watch(&i.daemonsets, &queue, listers.clone());
+        watch(&i.statefulsets, &queue, listers);
+        let kinds = list
+            .into_iter()
+            .map(|t| (t.resource.kind.clone(), t))
+            .collect();
+        (
+            Arc::new(GarbageCollector {
+                ctx: ctx.clone(),
+                kinds,
+            }),
+            queue,
+        )
     }
 
-    fn meta_of(&self, kind: Kind, key: &str) -> Option<ObjectMeta> {
-        let i = &self.ctx.informers;
-        match kind {
-            Kind::Pod => i.pods.get(key).map(|o| o.metadata.clone()),
-            Kind::ReplicaSet => i.replicasets.get(key).map(|o| o.metadata.clone()),
-            Kind::Deployment => i.deployments.get(key).map(|o| o.metadata.clone()),
-        }
+    fn api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.ctx.client.clone(), ns, ar)
     }
 
     /// Every tracked object in `ns` with a reference to `uid`.
-    fn dependents(&self, ns: &str, uid: &str) -> Vec<(Kind, ObjectMeta)> {
-        let refers = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|r| r.uid == uid);
-        let i = &self.ctx.informers;
-        let mut out: Vec<(Kind, ObjectMeta)> = Vec::new();
-        out.extend(
-            i.pods
-                .list_namespace(ns)
-                .iter()
-                .filter(|o| refers(&o.metadata))
-                .map(|o| (Kind::Pod, o.metadata.clone())),
-        );
-        out.extend(
-            i.replicasets
-                .list_namespace(ns)
-                .iter()
-                .filter(|o| refers(&o.metadata))
-                .map(|o| (Kind::ReplicaSet, o.metadata.clone())),
-        );
-        out.extend(
-            i.deployments
-                .list_namespace(ns)
-                .iter()
-                .filter(|o| refers(&o.metadata))
-                .map(|o| (Kind::Deployment, o.metadata.clone())),
-        );
-        out
+    fn dependents(&self, ns: &str, uid: &str) -> Vec<(&Tracked, ObjectMeta)> {
+        self.kinds
+            .values()
+            .flat_map(|t| {
+                (t.in_namespace)(ns)
+                    .into_iter()
+                    .filter(|m| m.owner_references.iter().flatten().any(|r| r.uid == uid))
+                    .map(move |m| (t, m))
+            })
+            .collect()
     }
 
     /// Does the owner a reference names still exist (same uid)? The cache
@@ -129,23 +196,18 @@ impl GarbageCollector {
     /// have seen a new owner yet.
     async fn owner_exists(&self, ns: &str, r: &OwnerReference) -> Result<bool, ControllerError> {
         let key = format!("{ns}/{}", r.name);
-        if let Some(kind) = Kind::parse(&r.kind) {
-            if self
-                .meta_of(kind, &key)
-                .is_some_and(|m| m.uid.as_deref() == Some(r.uid.as_str()))
-            {
+        if let Some(t) = self.kinds.get(&r.kind) {
+            if (t.get)(&key).is_some_and(|m| m.uid.as_deref() == Some(r.uid.as_str())) {
                 return Ok(true);
             }
         }
-        let Some(ar) = api_resource(r) else {
-            // A kind Shoal does not serve cannot own anything.
-            return Ok(false);
+        let ar = match self.kinds.get(&r.kind) {
+            Some(t) => t.resource.clone(),
+            None => resource_of(r),
         };
-        let api: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(self.ctx.client.clone(), ns, &ar);
-        match api.get(&r.name).await {
+        match self.api(&ar, ns).get(&r.name).await {
             Ok(o) => Ok(o.metadata.uid.as_deref() == Some(r.uid.as_str())),
-            Err(e) if api_code(&e) == Some(404) => Ok(false),
+            Err(e) if matches!(api_code(&e), Some(404)) => Ok(false),
             Err(e) => Err(ControllerError::Api {
                 action: format!("looking up owner {} {key}", r.kind),
                 source: e,
@@ -154,8 +216,8 @@ impl GarbageCollector {
     }
 
     /// A dependent: deleted once all its owners are gone.
-    async fn collect(&self, kind: Kind, key: &str) -> Result<Action, ControllerError> {
-        let Some(m) = self.meta_of(kind, key) else {
+    async fn collect(&self, t: &Tracked, key: &str) -> Result<Action, ControllerError> {
+        let Some(m) = (t.get)(key) else {
             return Ok(Action::AwaitChange);
         };
         if m.deletion_timestamp.is_some() || !has_owners(&m) {
@@ -167,21 +229,14 @@ impl GarbageCollector {
                 return Ok(Action::AwaitChange);
             }
         }
-        // An owner being deleted in the foreground asks its dependents to
-        // go the same way, so it can wait for them.
-        info!(
-            kind = kind.name(),
-            object = key,
-            "all owners gone; deleting"
-        );
-        self.delete(kind, key, &m, PropagationPolicy::Background)
-            .await?;
+        info!(kind = %t.resource.kind, object = key, "all owners gone; deleting");
+        self.delete(t, &m, PropagationPolicy::Background).await?;
         Ok(Action::AwaitChange)
     }
 
     /// An owner being deleted with a GC finalizer.
-    async fn finalize(&self, kind: Kind, key: &str) -> Result<Action, ControllerError> {
-        let Some(m) = self.meta_of(kind, key) else {
+    async fn finalize(&self, t: &Tracked, key: &str) -> Result<Action, ControllerError> {
+        let Some(m) = (t.get)(key) else {
             return Ok(Action::AwaitChange);
         };
         if !gc_finalizer(&m) {
@@ -189,15 +244,14 @@ impl GarbageCollector {
         }
         let (ns, _) = split_key(key);
         let uid = m.uid.clone().unwrap_or_default();
-        let finalizers: Vec<String> = m.finalizers.clone().unwrap_or_default();
         let deps = self.dependents(ns, &uid);
-        if finalizers.iter().any(|f| f == ORPHAN) {
-            for (k, dm) in &deps {
-                self.release(*k, dm, &uid).await?;
+        if m.finalizers.iter().flatten().any(|f| f == ORPHAN) {
+            for (dt, dm) in &deps {
+                self.release(dt, dm, &uid).await?;
             }
-            return self.drop_finalizer(kind, key, &m, ORPHAN).await;
+            return self.drop_finalizer(t, &m, ORPHAN).await;
         }
-        let blocking: Vec<&(Kind, ObjectMeta)> = deps
+        let blocking: Vec<&(&Tracked, ObjectMeta)> = deps
             .iter()
             .filter(|(_, dm)| {
                 dm.owner_references
@@ -207,12 +261,11 @@ impl GarbageCollector {
             })
             .collect();
         if blocking.is_empty() {
-            return self.drop_finalizer(kind, key, &m, FOREGROUND).await;
+            return self.drop_finalizer(t, &m, FOREGROUND).await;
         }
-        for (k, dm) in &blocking {
+        for (dt, dm) in &blocking {
             if dm.deletion_timestamp.is_none() {
-                self.delete(*k, &meta_key(dm), dm, PropagationPolicy::Foreground)
-                    .await?;
+                self.delete(dt, dm, PropagationPolicy::Foreground).await?;
             }
         }
         debug!(
@@ -226,12 +279,10 @@ impl GarbageCollector {
 
     async fn delete(
         &self,
-        kind: Kind,
-        key: &str,
+        t: &Tracked,
         m: &ObjectMeta,
         policy: PropagationPolicy,
     ) -> Result<(), ControllerError> {
-        let (ns, name) = split_key(key);
         let dp = DeleteParams {
             propagation_policy: Some(policy),
             preconditions: Some(Preconditions {
@@ -240,26 +291,13 @@ impl GarbageCollector {
             }),
             ..DeleteParams::default()
         };
-        let c = self.ctx.client.clone();
-        let out = match kind {
-            Kind::Pod => Api::<Pod>::namespaced(c, ns)
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            Kind::ReplicaSet => Api::<ReplicaSet>::namespaced(c, ns)
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            Kind::Deployment => Api::<Deployment>::namespaced(c, ns)
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-        };
-        match out {
-            Ok(()) => Ok(()),
+        let ns = m.namespace.as_deref().unwrap_or_default();
+        let name = m.name.as_deref().unwrap_or_default();
+        match self.api(&t.resource, ns).delete(name, &dp).await {
+            Ok(_) => Ok(()),
             Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => Ok(()),
             Err(e) => Err(ControllerError::Api {
-                action: format!("deleting {} {key}", kind.name()),
+                action: format!("deleting {} {}", t.resource.kind, meta_key(m)),
                 source: e,
             }),
         }
@@ -267,105 +305,70 @@ impl GarbageCollector {
 
     async fn release(
         &self,
-        kind: Kind,
+        t: &Tracked,
         m: &ObjectMeta,
         owner_uid: &str,
     ) -> Result<(), ControllerError> {
-        let i = &self.ctx.informers;
-        let key = meta_key(m);
-        let c = &self.ctx.client;
-        let out = match kind {
-            Kind::Pod => match i.pods.get(&key) {
-                Some(o) => owners::release(c, o.as_ref(), owner_uid)
-                    .await
-                    .map(|o| i.pods.assume(o)),
-                None => Ok(()),
-            },
-            Kind::ReplicaSet => match i.replicasets.get(&key) {
-                Some(o) => owners::release(c, o.as_ref(), owner_uid)
-                    .await
-                    .map(|o| i.replicasets.assume(o)),
-                None => Ok(()),
-            },
-            Kind::Deployment => match i.deployments.get(&key) {
-                Some(o) => owners::release(c, o.as_ref(), owner_uid)
-                    .await
-                    .map(|o| i.deployments.assume(o)),
-                None => Ok(()),
-            },
-        };
-        match out {
-            Ok(()) => Ok(()),
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("orphaning {} {key}", kind.name()),
-                source: e,
-            }),
-        }
+        let refs: Vec<&OwnerReference> = m
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| r.uid != owner_uid)
+            .collect();
+        self.patch_meta(
+            t,
+            m,
+            json!({"metadata": {"uid": m.uid, "ownerReferences": refs}}),
+            "orphaning",
+        )
+        .await
     }
 
     async fn drop_finalizer(
         &self,
-        kind: Kind,
-        key: &str,
+        t: &Tracked,
         m: &ObjectMeta,
         which: &str,
     ) -> Result<Action, ControllerError> {
-        let (ns, name) = split_key(key);
         let left: Vec<&String> = m
             .finalizers
             .iter()
             .flatten()
             .filter(|f| *f != which)
             .collect();
-        let patch = Patch::Merge(
-            json!({"metadata": {"uid": m.uid, "resourceVersion": m.resource_version, "finalizers": left}}),
-        );
-        let pp = PatchParams::default();
-        let c = self.ctx.client.clone();
-        let out = match kind {
-            Kind::Pod => Api::<Pod>::namespaced(c, ns)
-                .patch(name, &pp, &patch)
-                .await
-                .map(|_| ()),
-            Kind::ReplicaSet => Api::<ReplicaSet>::namespaced(c, ns)
-                .patch(name, &pp, &patch)
-                .await
-                .map(|_| ()),
-            Kind::Deployment => Api::<Deployment>::namespaced(c, ns)
-                .patch(name, &pp, &patch)
-                .await
-                .map(|_| ()),
-        };
-        match out {
-            Ok(()) => {
-                info!(
-                    kind = kind.name(),
-                    object = key,
-                    finalizer = which,
-                    "finalizer done"
-                );
-                Ok(Action::AwaitChange)
-            }
-            Err(e) if api_code(&e) == Some(404) => Ok(Action::AwaitChange),
+        let body = json!({"metadata": {"uid": m.uid, "resourceVersion": m.resource_version, "finalizers": left}});
+        self.patch_meta(t, m, body, "removing a finalizer from")
+            .await?;
+        info!(kind = %t.resource.kind, object = %meta_key(m), finalizer = which, "finalizer done");
+        Ok(Action::AwaitChange)
+    }
+
+    async fn patch_meta(
+        &self,
+        t: &Tracked,
+        m: &ObjectMeta,
+        body: serde_json::Value,
+        what: &str,
+    ) -> Result<(), ControllerError> {
+        let ns = m.namespace.as_deref().unwrap_or_default();
+        let name = m.name.as_deref().unwrap_or_default();
+        match self
+            .api(&t.resource, ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(404) => Ok(()),
             Err(e) => Err(ControllerError::Api {
-                action: format!("removing finalizer {which} from {} {key}", kind.name()),
+                action: format!("{what} {} {}", t.resource.kind, meta_key(m)),
                 source: e,
             }),
         }
     }
 }
 
-fn meta_key(m: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// The API resource for an owner of a kind the collector does not cache.
-fn api_resource(r: &OwnerReference) -> Option<kube::api::ApiResource> {
+fn resource_of(r: &OwnerReference) -> ApiResource {
     let (group, version) = match r.api_version.split_once('/') {
         Some((g, v)) => (g.to_string(), v.to_string()),
         None => (String::new(), r.api_version.clone()),
@@ -378,61 +381,13 @@ fn api_resource(r: &OwnerReference) -> Option<kube::api::ApiResource> {
     } else {
         format!("{lower}s")
     };
-    Some(kube::api::ApiResource {
+    ApiResource {
         group,
         version,
         api_version: r.api_version.clone(),
         kind: r.kind.clone(),
         plural,
-    })
-}
-
-/// Feeds the queue from one kind's informer: objects with owners are
-/// checked as dependents; owners that disappear or start a GC-finalized
-/// deletion bring their dependents and themselves.
-fn watch_kind<K>(
-    inf: &Arc<super::informer::Informer<K>>,
-    kind: Kind,
-    queue: &Arc<WorkQueue>,
-    ctx: &Arc<Ctx>,
-) where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let q = queue.clone();
-    let weak = Arc::downgrade(ctx);
-    inf.on_change(move |old, new| {
-        if let Some(o) = new {
-            let m = o.meta();
-            if has_owners(m) {
-                q.add(qkey(kind, key_of(o)));
-            }
-            if gc_finalizer(m) {
-                q.add(format!("owner:{}", qkey(kind, key_of(o))));
-            }
-        }
-        // An object deleted: its dependents may now be garbage, and a
-        // foreground owner may be waiting on it.
-        if let (Some(o), None) = (old, new) {
-            let m = o.meta();
-            let Some(ctx) = weak.upgrade() else { return };
-            let gc = GarbageCollector { ctx };
-            let ns = m.namespace.as_deref().unwrap_or_default();
-            for (k, dm) in gc.dependents(ns, m.uid.as_deref().unwrap_or_default()) {
-                q.add(qkey(k, meta_key(&dm)));
-            }
-            for r in m.owner_references.iter().flatten() {
-                if let Some(k) = Kind::parse(&r.kind) {
-                    q.add(format!("owner:{}", qkey(k, format!("{ns}/{}", r.name))));
-                }
-            }
-        }
-    });
+    }
 }
 
 #[async_trait]
@@ -449,13 +404,13 @@ impl Reconciler for GarbageCollector {
         let Some((kind, obj)) = rest.split_once('|') else {
             return Ok(Action::AwaitChange);
         };
-        let Some(kind) = Kind::parse(kind) else {
+        let Some(t) = self.kinds.get(kind) else {
             return Ok(Action::AwaitChange);
         };
         if owner {
-            self.finalize(kind, obj).await
+            self.finalize(t, obj).await
         } else {
-            self.collect(kind, obj).await
+            self.collect(t, obj).await
         }
     }
 }

@@ -3,21 +3,27 @@
 //! backoff. It is an API client like any other, and runs only while it
 //! holds the controller-manager Lease, so a second server can take over.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod owners;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -77,29 +83,53 @@ pub trait Reconciler: Send + Sync + 'static {
 /// The caches every controller shares.
 pub struct Informers {
     pub pods: Arc<Informer<Pod>>,
+    pub nodes: Arc<Informer<Node>>,
+    pub namespaces: Arc<Informer<Namespace>>,
     pub replicasets: Arc<Informer<ReplicaSet>>,
     pub deployments: Arc<Informer<Deployment>>,
+    pub daemonsets: Arc<Informer<DaemonSet>>,
+    pub statefulsets: Arc<Informer<StatefulSet>>,
+    pub jobs: Arc<Informer<Job>>,
+    pub cronjobs: Arc<Informer<CronJob>>,
 }
 
 impl Informers {
     fn new() -> Informers {
         Informers {
             pods: Informer::new("pods"),
+            nodes: Informer::new("nodes"),
+            namespaces: Informer::new("namespaces"),
             replicasets: Informer::new("replicasets"),
             deployments: Informer::new("deployments"),
+            daemonsets: Informer::new("daemonsets"),
+            statefulsets: Informer::new("statefulsets"),
+            jobs: Informer::new("jobs"),
+            cronjobs: Informer::new("cronjobs"),
         }
     }
 
     fn start(&self, client: &Client) {
         self.pods.start(Api::all(client.clone()));
+        self.nodes.start(Api::all(client.clone()));
+        self.namespaces.start(Api::all(client.clone()));
         self.replicasets.start(Api::all(client.clone()));
         self.deployments.start(Api::all(client.clone()));
+        self.daemonsets.start(Api::all(client.clone()));
+        self.statefulsets.start(Api::all(client.clone()));
+        self.jobs.start(Api::all(client.clone()));
+        self.cronjobs.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
         self.pods.wait_synced().await;
+        self.nodes.wait_synced().await;
+        self.namespaces.wait_synced().await;
         self.replicasets.wait_synced().await;
         self.deployments.wait_synced().await;
+        self.daemonsets.wait_synced().await;
+        self.statefulsets.wait_synced().await;
+        self.jobs.wait_synced().await;
+        self.cronjobs.wait_synced().await;
     }
 }
 
@@ -134,9 +164,16 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
         metrics,
     });
     let mut set = JoinSet::new();
+    // Handlers must be registered before the caches start, so that every
+    // controller sees the first list.
     let rs = replicaset::ReplicaSetController::register(&ctx);
     let deploy = deployment::DeploymentController::register(&ctx);
+    let ds = daemonset::DaemonSetController::register(&ctx);
+    let sts = statefulset::StatefulSetController::register(&ctx);
+    let job = job::JobController::register(&ctx);
+    let cron = cronjob::CronJobController::register(&ctx);
     let gc = gc::GarbageCollector::register(&ctx);
+    let ns = namespace::NamespaceController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -145,7 +182,12 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     });
     set.spawn(run_loop(rs.0, rs.1, 8, ctx.clone()));
     set.spawn(run_loop(deploy.0, deploy.1, 4, ctx.clone()));
+    set.spawn(run_loop(ds.0, ds.1, 2, ctx.clone()));
+    set.spawn(run_loop(sts.0, sts.1, 2, ctx.clone()));
+    set.spawn(run_loop(job.0, job.1, 4, ctx.clone()));
+    set.spawn(run_loop(cron.0, cron.1, 2, ctx.clone()));
     set.spawn(run_loop(gc.0, gc.1, 4, ctx.clone()));
+    set.spawn(run_loop(ns.0, ns.1, 2, ctx.clone()));
     set
 }
 

@@ -125,6 +125,27 @@ pub fn filter(
     if !ready {
         return Err("node(s) were not ready".into());
     }
+    matches_node(pod, node, extra_selector)?;
+    let want = requests(pod);
+    if free.pods < want.pods {
+        return Err("Too many pods".into());
+    }
+    if free.cpu_millis < want.cpu_millis {
+        return Err("Insufficient cpu".into());
+    }
+    if free.memory < want.memory {
+        return Err("Insufficient memory".into());
+    }
+    Ok(())
+}
+
+/// Whether a pod may run on a node at all, readiness and room aside:
+/// unschedulable, taints, node selector and required node affinity.
+pub fn matches_node(
+    pod: &Pod,
+    node: &Node,
+    extra_selector: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let spec = pod.spec.clone().unwrap_or_default();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
         && !tolerates(
@@ -190,16 +211,6 @@ pub fn filter(
         if !any {
             return Err("node(s) didn't match Pod's node affinity/selector".into());
         }
-    }
-    let want = requests(pod);
-    if free.pods < want.pods {
-        return Err("Too many pods".into());
-    }
-    if free.cpu_millis < want.cpu_millis {
-        return Err("Insufficient cpu".into());
-    }
-    if free.memory < want.memory {
-        return Err("Insufficient memory".into());
     }
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! Workload controllers on `shoal up`, driven by the real kubectl: scaling,
 //! self-healing, rolling updates and rollback, and garbage collection.
 
+mod daemonsets;
 mod deployments;
 mod gc;
+mod jobs;
+mod namespaces;
 mod replicasets;
+mod statefulsets;
 
 use std::time::Duration;
 

@@ -61,6 +61,73 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    fn day_matches(&self, d: k8s_openapi::jiff::civil::Date) -> bool {
+        let dom = self.days_of_month & (1 << d.day()) != 0;
+        let dow = self.days_of_week & (1 << d.weekday().to_sunday_zero_offset()) != 0;
+        // Cron's rule: a `*` in either day field leaves the other to
+        // decide; two restricted fields match when either does.
+        if self.dom_star || self.dow_star {
+            dom && dow
+        } else {
+            dom || dow
+        }
+    }
+
+    /// The first time strictly after `after` that the schedule fires, read
+    /// on the wall clock of `tz`. None if it never fires (Feb 30th).
+    pub fn next_after(
+        &self,
+        after: k8s_openapi::jiff::Timestamp,
+        tz: &k8s_openapi::jiff::tz::TimeZone,
+    ) -> Option<k8s_openapi::jiff::Timestamp> {
+        use k8s_openapi::jiff::civil::Time;
+        use k8s_openapi::jiff::ToSpan;
+        let start = tz.to_datetime(after);
+        let mut dt = start
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?
+            .checked_add(1.minute())
+            .ok()?;
+        // Skipping whole months, days and hours, five years of searching
+        // takes a few thousand steps at most.
+        let limit = start.year() + 5;
+        while dt.year() <= limit {
+            if self.months & (1 << dt.month()) == 0 {
+                dt = dt
+                    .first_of_month()
+                    .date()
+                    .to_datetime(Time::midnight())
+                    .checked_add(1.month())
+                    .ok()?;
+            } else if !self.day_matches(dt.date()) {
+                dt = dt.date().tomorrow().ok()?.to_datetime(Time::midnight());
+            } else if self.hours & (1 << dt.hour()) == 0 {
+                dt = dt
+                    .with()
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.hour())
+                    .ok()?;
+            } else if self.minutes & (1 << dt.minute()) == 0 {
+                dt = dt.checked_add(1.minute()).ok()?;
+            } else {
+                let ts = tz.to_ambiguous_zoned(dt).compatible().ok()?.timestamp();
+                // A wall-clock time repeated by a DST change fires once.
+                if ts > after {
+                    return Some(ts);
+                }
+                dt = dt.checked_add(1.minute()).ok()?;
+            }
+        }
+        None
+    }
+}
+
 fn value(s: &str, min: u32, max: u32, names: &[&str], what: &str) -> Result<u32, String> {
     let lower = s.to_ascii_lowercase();
     if let Some(i) = names.iter().position(|n| *n == lower) {
@@ -127,6 +194,42 @@ mod tests {
         assert_eq!(s.days_of_week, 1 << 1 | 1 << 5);
         assert!(Schedule::parse("@hourly").is_ok());
         assert_eq!(Schedule::parse("0 0 * * 7").expect("parse").days_of_week, 1);
+    }
+
+    #[test]
+    fn next_times_follow_the_fields_and_the_time_zone() {
+        use k8s_openapi::jiff::tz::TimeZone;
+        use k8s_openapi::jiff::Timestamp;
+        let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+        let utc = TimeZone::UTC;
+        let every = Schedule::parse("* * * * *").expect("parse");
+        assert_eq!(
+            every.next_after(at("2026-01-01T10:00:30Z"), &utc),
+            Some(at("2026-01-01T10:01:00Z"))
+        );
+        let quarter = Schedule::parse("*/15 9 * * mon").expect("parse");
+        // Thursday 2026-01-01 → Monday 2026-01-05 09:00.
+        assert_eq!(
+            quarter.next_after(at("2026-01-01T10:00:00Z"), &utc),
+            Some(at("2026-01-05T09:00:00Z"))
+        );
+        assert_eq!(
+            quarter.next_after(at("2026-01-05T09:00:00Z"), &utc),
+            Some(at("2026-01-05T09:15:00Z"))
+        );
+        let yearly = Schedule::parse("@yearly").expect("parse");
+        assert_eq!(
+            yearly.next_after(at("2026-03-01T00:00:00Z"), &utc),
+            Some(at("2027-01-01T00:00:00Z"))
+        );
+        let never = Schedule::parse("0 0 30 2 *").expect("parse");
+        assert_eq!(never.next_after(at("2026-03-01T00:00:00Z"), &utc), None);
+        let fixed = TimeZone::fixed(k8s_openapi::jiff::tz::offset(2));
+        let nine = Schedule::parse("0 9 * * *").expect("parse");
+        assert_eq!(
+            nine.next_after(at("2026-01-01T00:00:00Z"), &fixed),
+            Some(at("2026-01-01T07:00:00Z"))
+        );
     }
 
     #[test]

@@ -179,7 +179,13 @@ fn mark_for_deletion(t: &Target<'_>, cur: &Value, o: &DeleteOptions) -> Option<V
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
     let graceful_pod = bound_pod && grace > 0;
-    let namespace = t.res.kind == "Namespace";
+    // A namespace waits for its own finalizers (the namespace controller
+    // empties it first); without any it goes at once.
+    let namespace = t.res.kind == "Namespace"
+        && cur
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
     if !has_finalizers && !graceful_pod && !namespace {
         return None;
     }

@@ -25,14 +25,16 @@ pub enum Part {
     Main,
     /// The status subresource: only `status`.
     Status,
+    /// A namespace's `finalize` subresource: only `spec.finalizers`.
+    Finalize,
 }
 
 impl Part {
     pub fn of(t: &Target) -> Part {
-        if t.sub.as_deref() == Some("status") {
-            Part::Status
-        } else {
-            Part::Main
+        match t.sub.as_deref() {
+            Some("status") => Part::Status,
+            Some("finalize") => Part::Finalize,
+            _ => Part::Main,
         }
     }
 }
@@ -267,6 +269,16 @@ pub fn merge_for_update(res: &ResourceInfo, new: Value, old: &Value, part: Part)
             }
             o
         }
+        Part::Finalize => {
+            let mut o = old.clone();
+            let finalizers = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            crate::apiserver::admission::obj_mut(&mut o, "spec")
+                .insert("finalizers".into(), finalizers);
+            o
+        }
         Part::Main => {
             let mut n = new;
             if res.has_status() {
@@ -332,10 +344,16 @@ pub async fn store_update(
     let terminating = obj
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|v| !v.is_null());
-    let finalizers_left = obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let non_empty = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    };
+    // A namespace also waits for its own finalizers (`spec.finalizers`),
+    // which the namespace controller removes once the namespace is empty.
+    let namespace = obj.get("kind").and_then(Value::as_str) == Some("Namespace");
+    let finalizers_left =
+        non_empty("/metadata/finalizers") || (namespace && non_empty("/spec/finalizers"));
     // Kubernetes' rule: a graceful deletion still running (a pod its node is
     // stopping) is finished by its owner's delete, not by this update.
     let grace_left = obj

@@ -1,0 +1,408 @@
+//! The StatefulSet controller: pods with stable names `name-0..N-1`,
+//! created in order (each after the one before is Ready) under
+//! `OrderedReady` or all at once under `Parallel`, removed from the highest
+//! ordinal down, and updated from the highest ordinal down to `partition`,
+//! one pod at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+use tracing::debug;
+
+use super::daemonset::HASH_LABEL;
+use super::deployment::revision::template_hash;
+use super::informer::{key_of, split_key};
+use super::owners::{self, controller_of, Selector};
+use super::pods::{self, object_ref, PodControl};
+use super::queue::WorkQueue;
+use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+
+pub const NAME: &str = "statefulset-controller";
+const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+pub struct StatefulSetController {
+    ctx: Arc<Ctx>,
+    pods: PodControl,
+}
+
+fn ordinal(set: &str, pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .name
+        .as_deref()?
+        .strip_prefix(set)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+fn revision_of(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()?
+        .get(HASH_LABEL)
+        .map(String::as_str)
+}
+
+fn running_ready(p: &Pod) -> bool {
+    pods::is_active(p)
+        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && pods::is_ready(p)
+}
+
+/// What one pass decided to do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub create: Vec<i32>,
+    pub delete: Vec<i32>,
+}
+
+/// The next steps for `pods` (by ordinal), pure. `ordered` is
+/// `OrderedReady`; `update` is the ordinal floor of a rolling update
+/// (`partition`), None for `OnDelete`.
+pub fn plan(
+    pods: &BTreeMap<i32, Arc<Pod>>,
+    replicas: i32,
+    ordered: bool,
+    revision: &str,
+    update: Option<i32>,
+) -> Plan {
+    let mut out = Plan::default();
+    // Failed pods are replaced under the same name.
+    for (i, p) in pods {
+        if *i < replicas
+            && p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        {
+            out.delete.push(*i);
+            if ordered {
+                return out;
+            }
+        }
+    }
+    for i in 0..replicas {
+        match pods.get(&i) {
+            None => {
+                out.create.push(i);
+                if ordered {
+                    return out;
+                }
+            }
+            Some(p) if ordered && !running_ready(p) => return out,
+            Some(_) => {}
+        }
+    }
+    let extra: Vec<i32> = pods
+        .keys()
+        .copied()
+        .filter(|i| *i >= replicas)
+        .rev()
+        .collect();
+    if !extra.is_empty() {
+        if ordered {
+            // One at a time, highest first, once every other pod is ready.
+            let settled = pods
+                .values()
+                .all(|p| p.metadata.deletion_timestamp.is_none() && running_ready(p));
+            if settled {
+                out.delete.push(extra[0]);
+            }
+        } else {
+            out.delete.extend(extra.iter().filter(|i| {
+                pods.get(i)
+                    .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+            }));
+        }
+        return out;
+    }
+    // A rolling update replaces one pod at a time, highest ordinal first,
+    // and only while all are running and ready.
+    if let Some(floor) = update {
+        let all_ready = (0..replicas).all(|i| pods.get(&i).is_some_and(|p| running_ready(p)));
+        if all_ready {
+            if let Some(i) = (floor.max(0)..replicas)
+                .rev()
+                .find(|i| pods.get(i).and_then(|p| revision_of(p)) != Some(revision))
+            {
+                out.delete.push(i);
+            }
+        }
+    }
+    out
+}
+
+impl StatefulSetController {
+    pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
+        let queue = new_queue(ctx, NAME);
+        let q = queue.clone();
+        ctx.informers.statefulsets.on_change(move |_, new| {
+            if let Some(s) = new {
+                q.add(key_of(s));
+            }
+        });
+        let q = queue.clone();
+        ctx.informers.pods.on_change(move |old, new| {
+            for p in [old, new].into_iter().flatten() {
+                if let Some(r) = controller_of(&p.metadata).filter(|r| r.kind == "StatefulSet") {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    q.add(format!("{ns}/{}", r.name));
+                }
+            }
+        });
+        let pods = PodControl {
+            client: ctx.client.clone(),
+            cache: ctx.informers.pods.clone(),
+            events: ctx.events.clone(),
+        };
+        (
+            Arc::new(StatefulSetController {
+                ctx: ctx.clone(),
+                pods,
+            }),
+            queue,
+        )
+    }
+
+    fn owned(&self, sts: &StatefulSet, sel: &Selector) -> BTreeMap<i32, Arc<Pod>> {
+        let uid = sts.metadata.uid.as_deref().unwrap_or_default();
+        let ns = sts.metadata.namespace.as_deref().unwrap_or_default();
+        let name = sts.metadata.name.as_deref().unwrap_or_default();
+        self.ctx
+            .informers
+            .pods
+            .list_namespace(ns)
+            .into_iter()
+            .filter(|p| {
+                owners::controlled_by(&p.metadata, uid) && sel.matches(p.metadata.labels.as_ref())
+            })
+            .filter_map(|p| Some((ordinal(name, &p)?, p)))
+            .collect()
+    }
+
+    fn pod(&self, sts: &StatefulSet, i: i32, hash: &str) -> Pod {
+        let spec = sts.spec.clone().unwrap_or_default();
+        let ns = sts.metadata.namespace.as_deref().unwrap_or("default");
+        let set = sts.metadata.name.as_deref().unwrap_or_default();
+        let name = format!("{set}-{i}");
+        let mut p = pods::from_template(
+            &spec.template,
+            owners::controller_ref(sts),
+            ns,
+            "",
+            Some(name.clone()),
+        );
+        p.metadata.generate_name = None;
+        let labels = p.metadata.labels.get_or_insert_with(BTreeMap::new);
+        labels.insert(HASH_LABEL.into(), hash.into());
+        labels.insert(POD_NAME_LABEL.into(), name.clone());
+        labels.insert(POD_INDEX_LABEL.into(), i.to_string());
+        if let Some(s) = p.spec.as_mut() {
+            s.hostname = Some(name);
+            if !spec.service_name.clone().unwrap_or_default().is_empty() {
+                s.subdomain = spec.service_name.clone();
+            }
+        }
+        p
+    }
+
+    async fn sync(&self, sts: Arc<StatefulSet>) -> Result<Action, ControllerError> {
+        if sts.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::AwaitChange);
+        }
+        let key = key_of(sts.as_ref());
+        let spec = sts.spec.clone().unwrap_or_default();
+        let sel = Selector::new(&spec.selector).map_err(|message| ControllerError::Invalid {
+            object: format!("statefulset {key}"),
+            message,
+        })?;
+        let hash = template_hash(
+            &spec.template,
+            sts.status.as_ref().and_then(|s| s.collision_count),
+        );
+        let pods = self.owned(&sts, &sel);
+        let replicas = spec.replicas.unwrap_or(1).max(0);
+        let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        let update = match strategy.type_.as_deref() {
+            Some("OnDelete") => None,
+            _ => Some(
+                strategy
+                    .rolling_update
+                    .and_then(|r| r.partition)
+                    .unwrap_or(0),
+            ),
+        };
+        let p = plan(&pods, replicas, ordered, &hash, update);
+        debug!(statefulset = %key, ?p, "plan");
+        let owner = object_ref(sts.as_ref());
+        let fresh: Vec<Pod> = p.create.iter().map(|i| self.pod(&sts, *i, &hash)).collect();
+        let (_, err) = self.pods.create_all(&owner, fresh).await;
+        // A name still held by a pod on its way out: the next pass retries.
+        let err = err.filter(
+            |e| !matches!(e, ControllerError::Api { source, .. } if api_code(source) == Some(409)),
+        );
+        for i in &p.delete {
+            if let Some(pod) = pods.get(i) {
+                self.pods.delete(&owner, pod).await?;
+            }
+        }
+        self.write_status(&sts, &sel, &hash).await?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(Action::AwaitChange),
+        }
+    }
+
+    async fn write_status(
+        &self,
+        sts: &StatefulSet,
+        sel: &Selector,
+        hash: &str,
+    ) -> Result<(), ControllerError> {
+        let pods = self.owned(sts, sel);
+        let name = sts.metadata.name.as_deref().unwrap_or_default();
+        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let min_ready = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let live: Vec<&Arc<Pod>> = pods.values().filter(|p| pods::is_active(p)).collect();
+        let update_revision = format!("{name}-{hash}");
+        let updated = live.iter().filter(|p| revision_of(p) == Some(hash)).count() as i32;
+        let prev = sts.status.clone().unwrap_or_default();
+        // The current revision catches up once every pod runs the update.
+        let current_revision = if updated == replicas && live.len() as i32 == replicas {
+            update_revision.clone()
+        } else {
+            prev.current_revision
+                .clone()
+                .unwrap_or_else(|| update_revision.clone())
+        };
+        let current_hash = current_revision
+            .strip_prefix(&format!("{name}-"))
+            .unwrap_or_default()
+            .to_string();
+        let st = StatefulSetStatus {
+            observed_generation: sts.metadata.generation,
+            replicas: live.len() as i32,
+            ready_replicas: Some(live.iter().filter(|p| pods::is_ready(p)).count() as i32),
+            available_replicas: Some(
+                live.iter()
+                    .filter(|p| pods::availability(p, min_ready, now).0)
+                    .count() as i32,
+            ),
+            current_replicas: Some(
+                live.iter()
+                    .filter(|p| revision_of(p) == Some(current_hash.as_str()))
+                    .count() as i32,
+            ),
+            updated_replicas: Some(updated),
+            current_revision: Some(current_revision),
+            update_revision: Some(update_revision),
+            collision_count: prev.collision_count,
+            conditions: prev.conditions.clone(),
+        };
+        if sts.status.as_ref() == Some(&st) {
+            return Ok(());
+        }
+        let key = key_of(sts);
+        let (ns, n) = split_key(&key);
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), ns);
+        let patch = json!({"metadata": {"uid": sts.metadata.uid}, "status": st});
+        match api
+            .patch_status(n, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(out) => {
+                self.ctx.informers.statefulsets.assume(out);
+                Ok(())
+            }
+            Err(e) if api_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(ControllerError::Api {
+                action: format!("updating status of statefulset {key}"),
+                source: e,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Reconciler for StatefulSetController {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn reconcile(&self, key: &str) -> Result<Action, ControllerError> {
+        match self.ctx.informers.statefulsets.get(key) {
+            Some(s) => self.sync(s).await,
+            None => Ok(Action::AwaitChange),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(i: i32, ready: bool, rev: &str) -> (i32, Arc<Pod>) {
+        let p = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("db-{i}")),
+                labels: Some([(HASH_LABEL.to_string(), rev.to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        };
+        (i, Arc::new(p))
+    }
+
+    #[test]
+    fn ordered_creation_waits_for_each_pod() {
+        let none = BTreeMap::new();
+        assert_eq!(plan(&none, 3, true, "a", Some(0)).create, vec![0]);
+        let one_not_ready: BTreeMap<_, _> = [pod(0, false, "a")].into();
+        assert_eq!(plan(&one_not_ready, 3, true, "a", Some(0)), Plan::default());
+        let one_ready: BTreeMap<_, _> = [pod(0, true, "a")].into();
+        assert_eq!(plan(&one_ready, 3, true, "a", Some(0)).create, vec![1]);
+        assert_eq!(plan(&none, 3, false, "a", Some(0)).create, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn scale_down_goes_from_the_top_and_updates_respect_the_partition() {
+        let three: BTreeMap<_, _> =
+            [pod(0, true, "a"), pod(1, true, "a"), pod(2, true, "a")].into();
+        assert_eq!(plan(&three, 1, true, "a", Some(0)).delete, vec![2]);
+        assert_eq!(plan(&three, 1, false, "a", Some(0)).delete, vec![2, 1]);
+        assert_eq!(plan(&three, 3, true, "b", Some(0)).delete, vec![2]);
+        assert_eq!(
+            plan(&three, 3, true, "b", Some(3)).delete,
+            Vec::<i32>::new()
+        );
+        let mixed: BTreeMap<_, _> =
+            [pod(0, true, "a"), pod(1, true, "b"), pod(2, true, "b")].into();
+        assert_eq!(
+            plan(&mixed, 3, true, "b", Some(1)).delete,
+            Vec::<i32>::new()
+        );
+        assert_eq!(plan(&mixed, 3, true, "b", None).delete, Vec::<i32>::new());
+    }
+}

@@ -1,0 +1,149 @@
+//! StatefulSets: stable names created in order, each after the previous
+//! is Ready; scale-down from the highest ordinal; rolling update from the
+//! top; Parallel creates at once.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::Api;
+use shoal_tests::{sample, wait_for, Server};
+
+use super::{image_copy, is_ready, wait_ready_pods, PATIENCE};
+
+fn sts_yaml(name: &str, replicas: i32, image: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {name}
+spec:
+  serviceName: {name}
+  replicas: {replicas}
+  podManagementPolicy: {policy}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: main
+        image: {image}
+"
+    )
+}
+
+#[tokio::test]
+async fn ordered_names_scale_down_and_update() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let v1 = sample("ticker")?;
+    let rv = pods
+        .list_metadata(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut events = pods
+        .watch(&WatchParams::default().labels("app=db"), &rv)
+        .await?
+        .boxed();
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&sts_yaml("db", 3, &v1, "OrderedReady")),
+    )?;
+    // Every pod is created only once all lower ordinals are Ready.
+    let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+    let mut created = Vec::new();
+    while ready.len() < 3 || ready.values().any(|r| !r) {
+        let ev = tokio::time::timeout(PATIENCE, events.try_next()).await??;
+        let (p, added) = match ev {
+            Some(WatchEvent::Added(p)) => (p, true),
+            Some(WatchEvent::Modified(p)) => (p, false),
+            Some(_) => continue,
+            None => anyhow::bail!("watch ended"),
+        };
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if added {
+            let ordinal: usize = name.trim_start_matches("db-").parse()?;
+            for lower in 0..ordinal {
+                assert_eq!(
+                    ready.get(&format!("db-{lower}")),
+                    Some(&true),
+                    "{name} created before db-{lower} was ready"
+                );
+            }
+            created.push(name.clone());
+        }
+        ready.insert(name, is_ready(&p));
+    }
+    assert_eq!(created, ["db-0", "db-1", "db-2"]);
+    let db0 = pods.get("db-0").await?;
+    assert_eq!(
+        db0.spec.as_ref().and_then(|s| s.hostname.as_deref()),
+        Some("db-0")
+    );
+    assert_eq!(
+        db0.spec.as_ref().and_then(|s| s.subdomain.as_deref()),
+        Some("db")
+    );
+
+    // Scale down: the highest ordinal goes first.
+    s.kubectl(&["scale", "statefulset", "db", "--replicas=1"])?;
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let ev = tokio::time::timeout(PATIENCE, events.try_next()).await??;
+        if let Some(WatchEvent::Modified(p)) | Some(WatchEvent::Deleted(p)) = ev {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if p.metadata.deletion_timestamp.is_some() && !order.contains(&name) {
+                order.push(name);
+            }
+        }
+    }
+    assert_eq!(order, ["db-2", "db-1"]);
+    wait_ready_pods(&pods, "db", 1).await?;
+
+    // A rolling update replaces pods from the top, ending with all on v2.
+    s.kubectl(&["scale", "statefulset", "db", "--replicas=3"])?;
+    wait_ready_pods(&pods, "db", 3).await?;
+    let v2 = image_copy(&s, &v1, "ticker-v2.wasm")?;
+    s.kubectl(&["set", "image", "statefulset/db", &format!("main={v2}")])?;
+    let out = s.kubectl(&["rollout", "status", "statefulset/db", "--timeout=90s"])?;
+    assert!(
+        out.contains("complete") || out.contains("rolling update complete"),
+        "{out}"
+    );
+    let now = wait_ready_pods(&pods, "db", 3).await?;
+    for p in &now {
+        let image = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        assert_eq!(image.as_deref(), Some(v2.as_str()), "{:?}", p.metadata.name);
+    }
+
+    // Parallel: all at once, no waiting on each other.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&sts_yaml("cache", 3, &v1, "Parallel")),
+    )?;
+    let names = wait_for("three cache pods", PATIENCE, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=cache"))
+            .await
+            .ok()?;
+        let mut names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        names.sort();
+        (names.len() == 3).then_some(names)
+    })
+    .await?;
+    assert_eq!(names, ["cache-0", "cache-1", "cache-2"]);
+    Ok(())
+}
