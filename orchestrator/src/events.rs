@@ -150,7 +150,9 @@ async fn write_one(sh: &Shared, r: Record) {
     }
     let o = &r.object;
     let ev = json!({
-        "metadata": {"generateName": format!("{}.", o.name), "namespace": o.namespace},
+        // Named as Kubernetes' recorder names them: object name and a
+        // unique suffix (a generated five-letter one collides in bursts).
+        "metadata": {"name": format!("{}.{}", o.name, &uuid::Uuid::new_v4().simple().to_string()[..16]), "namespace": o.namespace},
         "involvedObject": {"apiVersion": o.api_version, "kind": o.kind, "name": o.name,
             "namespace": o.namespace, "uid": o.uid, "fieldPath": o.field_path},
         "reason": r.reason, "message": r.message, "type": r.type_, "count": 1,

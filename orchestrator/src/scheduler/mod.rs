@@ -1,72 +1,105 @@
 //! The scheduler: a client of the API like any other. It keeps every
 //! unbound pod placed on a node that can take it, binding through
 //! `pods/binding` and telling the story in Events (`Scheduled`,
-//! `FailedScheduling`). Each pass works from a fresh list; watches on pods
-//! and nodes wake the next pass the moment anything changes, so a pod that
-//! did not fit is retried as soon as a node joins or capacity frees up.
+//! `FailedScheduling`).
+//!
+//! It works from informer caches of pods, nodes and RuntimeClasses: a pass
+//! costs no API call, and any change that could matter (a pod to place, a
+//! node joining, capacity freed) wakes the next one. Placement is decided
+//! in memory, one pod after another against the capacity left; the binds
+//! then go out concurrently. Pods bound but not yet seen bound in the
+//! cache are "assumed", so a pass that runs before the watch catches up
+//! cannot oversubscribe a node.
 
 pub mod plugins;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use shoal_sdk::now_rfc3339 as now;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::controllers::informer::Informer;
 use crate::events::{EventRecorder, ObjectRef};
 
 pub use plugins::Scoring;
 use plugins::Usage;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// Binds in flight at once.
+const BINDS: usize = 64;
 
-/// Runs until the process ends; API errors back off and retry.
+struct Caches {
+    pods: Arc<Informer<Pod>>,
+    nodes: Arc<Informer<Node>>,
+    classes: Arc<Informer<RuntimeClass>>,
+}
+
+/// Runs until the process ends.
 pub async fn run(client: Client, scoring: Scoring) {
     let events = EventRecorder::start(client.clone(), SCHEDULER_NAME, None);
-    let mut reported: HashMap<String, String> = HashMap::new();
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match pass(&client, &events, scoring, &mut reported).await {
-            Ok((pods_rv, nodes_rv)) => {
-                backoff = Duration::from_millis(50);
-                wait_for_change(&client, &pods_rv, &nodes_rv).await;
-            }
-            Err(e) => {
-                warn!(error = %e, "scheduling pass failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    let wake = Arc::new(Notify::new());
+    let caches = Caches {
+        pods: Informer::new("pods"),
+        nodes: Informer::new("nodes"),
+        classes: Informer::new("runtimeclasses"),
+    };
+    let w = wake.clone();
+    caches.pods.on_change(move |old, new| {
+        // A pod to place, or capacity that may have freed up.
+        let freed = old.is_some_and(|o| bound(o) && new.is_none_or(|n| is_terminal(n) || !bound(n)));
+        if new.is_some_and(wants_us) || freed {
+            w.notify_one();
         }
+    });
+    let w = wake.clone();
+    caches.nodes.on_change(move |_, _| w.notify_one());
+    let w = wake.clone();
+    caches.classes.on_change(move |_, _| w.notify_one());
+    caches.pods.start(Api::all(client.clone()));
+    caches.nodes.start(Api::all(client.clone()));
+    caches.classes.start(Api::all(client.clone()));
+    caches.pods.wait_synced().await;
+    caches.nodes.wait_synced().await;
+    caches.classes.wait_synced().await;
+    let mut s = Scheduler {
+        client,
+        events,
+        scoring,
+        reported: HashMap::new(),
+        assumed: Arc::new(Mutex::new(HashMap::new())),
+        wake: wake.clone(),
+    };
+    loop {
+        s.pass(&caches).await;
+        wake.notified().await;
     }
 }
 
-/// Returns once pods or nodes change (or after a while, for RuntimeClass
-/// changes, which are not watched).
-async fn wait_for_change(client: &Client, pods_rv: &str, nodes_rv: &str) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let nodes: Api<Node> = Api::all(client.clone());
-    let wp = WatchParams::default().timeout(30).disable_bookmarks();
-    let (mut p, mut n) = match (
-        pods.watch(&wp, pods_rv).await,
-        nodes.watch(&wp, nodes_rv).await,
-    ) {
-        (Ok(p), Ok(n)) => (p.boxed(), n.boxed()),
-        _ => {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = p.next() => {}
-        _ = n.next() => {}
-        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-    }
+struct Scheduler {
+    client: Client,
+    events: EventRecorder,
+    scoring: Scoring,
+    /// The last FailedScheduling reason told per pod uid.
+    reported: HashMap<String, String>,
+    /// Pods bound by us (uid → node) that the cache still shows unbound.
+    assumed: Arc<Mutex<HashMap<String, String>>>,
+    wake: Arc<Notify>,
+}
+
+fn bound(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
 }
 
 fn is_terminal(pod: &Pod) -> bool {
@@ -77,138 +110,159 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 fn wants_us(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref();
-    spec.and_then(|s| s.node_name.as_deref())
-        .is_none_or(str::is_empty)
-        && spec
+    !bound(pod)
+        && pod
+            .spec
+            .as_ref()
             .and_then(|s| s.scheduler_name.as_deref())
             .is_none_or(|n| n.is_empty() || n == SCHEDULER_NAME)
         && pod.metadata.deletion_timestamp.is_none()
         && !is_terminal(pod)
 }
 
-/// One scheduling pass over everything pending; returns the list revisions
-/// to watch from.
-async fn pass(
-    client: &Client,
-    events: &EventRecorder,
-    scoring: Scoring,
-    reported: &mut HashMap<String, String>,
-) -> Result<(String, String), kube::Error> {
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let classes = Api::<RuntimeClass>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let class_selectors: HashMap<String, BTreeMap<String, String>> = classes
-        .items
-        .iter()
-        .map(|rc| {
-            let sel = rc
-                .scheduling
-                .as_ref()
-                .and_then(|s| s.node_selector.clone())
-                .unwrap_or_default();
-            (rc.metadata.name.clone().unwrap_or_default(), sel)
-        })
-        .collect();
-    let mut free: HashMap<String, Usage> = nodes
-        .items
-        .iter()
-        .map(|n| {
-            (
-                n.metadata.name.clone().unwrap_or_default(),
-                plugins::allocatable(n),
-            )
-        })
-        .collect();
-    for pod in pods.items.iter().filter(|p| !is_terminal(p)) {
-        let Some(node) = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+impl Scheduler {
+    /// One pass over everything pending.
+    async fn pass(&mut self, c: &Caches) {
+        let nodes: Vec<Node> = c.nodes.list().iter().map(|n| (**n).clone()).collect();
+        let pods = c.pods.list();
+        let class_selectors: HashMap<String, BTreeMap<String, String>> = c
+            .classes
+            .list()
+            .iter()
+            .map(|rc| {
+                let sel = rc.scheduling.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
+                (rc.metadata.name.clone().unwrap_or_default(), sel)
+            })
+            .collect();
+        let assumed: HashMap<String, String> = {
+            let Ok(mut a) = self.assumed.lock() else { return };
+            // Once the cache shows a pod bound (or gone), it speaks for itself.
+            let unbound: HashSet<String> = pods.iter().filter(|p| !bound(p)).map(|p| uid(p)).collect();
+            a.retain(|u, _| unbound.contains(u));
+            a.clone()
         };
-        if let Some(left) = free.get_mut(&node) {
-            left.take(&plugins::requests(pod));
+        let mut free: HashMap<String, Usage> = nodes
+            .iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), plugins::allocatable(n)))
+            .collect();
+        for pod in pods.iter().filter(|p| !is_terminal(p)) {
+            let node = match pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) {
+                Some(n) => n,
+                None => match assumed.get(&uid(pod)) {
+                    Some(n) => n.clone(),
+                    None => continue,
+                },
+            };
+            if let Some(left) = free.get_mut(&node) {
+                left.take(&plugins::requests(pod));
+            }
         }
-    }
-    let pending: Vec<&Pod> = pods.items.iter().filter(|p| wants_us(p)).collect();
-    let live: std::collections::HashSet<String> = pending
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
-    reported.retain(|uid, _| live.contains(uid));
-    for pod in pending {
-        let extra = match pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.runtime_class_name.as_deref())
-        {
-            Some(rc) => match class_selectors.get(rc) {
-                Some(sel) => sel.clone(),
-                None => {
-                    let msg = format!(
-                        "0/{} nodes are available: RuntimeClass \"{rc}\" not found.",
-                        nodes.items.len()
-                    );
-                    report_unschedulable(client, events, pod, &msg, reported).await?;
-                    continue;
-                }
-            },
-            None => BTreeMap::new(),
-        };
-        match plugins::pick(pod, &nodes.items, &free, &extra, scoring) {
-            Ok(node) => {
-                if bind(client, events, pod, &node).await? {
+        let mut pending: Vec<&Arc<Pod>> = pods.iter().filter(|p| wants_us(p) && !assumed.contains_key(&uid(p))).collect();
+        // Oldest first, as the scheduling queue orders by arrival.
+        pending.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let live: HashSet<String> = pending.iter().map(|p| uid(p)).collect();
+        self.reported.retain(|u, _| live.contains(u));
+        let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
+        for pod in pending {
+            let extra = match pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) {
+                Some(rc) => match class_selectors.get(rc) {
+                    Some(sel) => sel.clone(),
+                    None => {
+                        let msg = format!("0/{} nodes are available: RuntimeClass \"{rc}\" not found.", nodes.len());
+                        self.report_unschedulable(pod, &msg).await;
+                        continue;
+                    }
+                },
+                None => BTreeMap::new(),
+            };
+            match plugins::pick(pod, &nodes, &free, &extra, self.scoring) {
+                Ok(node) => {
                     if let Some(left) = free.get_mut(&node) {
                         left.take(&plugins::requests(pod));
                     }
+                    if let Ok(mut a) = self.assumed.lock() {
+                        a.insert(uid(pod), node.clone());
+                    }
+                    binds.push((pod.clone(), node));
                 }
+                Err(msg) => self.report_unschedulable(pod, &msg).await,
             }
-            Err(msg) => report_unschedulable(client, events, pod, &msg, reported).await?,
         }
+        let (client, events, assumed, wake) = (&self.client, &self.events, &self.assumed, &self.wake);
+        futures::stream::iter(binds)
+            .for_each_concurrent(BINDS, |(pod, node)| async move {
+                match bind(client, events, &pod, &node).await {
+                    Ok(true) => {}
+                    Ok(false) => forget(assumed, &pod),
+                    Err(e) => {
+                        warn!(pod = %name_ns(&pod).0, error = %e, "binding failed; retrying");
+                        forget(assumed, &pod);
+                        let w = wake.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            w.notify_one();
+                        });
+                    }
+                }
+            })
+            .await;
     }
-    Ok((
-        pods.metadata.resource_version.unwrap_or_default(),
-        nodes.metadata.resource_version.unwrap_or_default(),
-    ))
+
+    /// Records FailedScheduling and PodScheduled=False, once per distinct
+    /// reason.
+    async fn report_unschedulable(&mut self, pod: &Pod, msg: &str) {
+        let u = uid(pod);
+        if self.reported.get(&u).map(String::as_str) == Some(msg) {
+            return;
+        }
+        self.reported.insert(u, msg.to_string());
+        let (name, ns) = name_ns(pod);
+        debug!(pod = %name, namespace = %ns, reason = msg, "unschedulable");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        // The revision we decided on is a precondition: if the pod was bound
+        // or changed meanwhile, our verdict is stale and the write must not land.
+        let patch = json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": msg, "lastTransitionTime": now()}]},
+        });
+        match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => warn!(pod = %name, namespace = %ns, error = %e, "recording PodScheduled=False failed"),
+        }
+        // The Event after the condition, so whoever reads the story finds
+        // the status already saying it.
+        self.events.warning(&pod_ref(pod), "FailedScheduling", msg);
+    }
+}
+
+fn forget(assumed: &Mutex<HashMap<String, String>>, pod: &Pod) {
+    if let Ok(mut a) = assumed.lock() {
+        a.remove(&uid(pod));
+    }
 }
 
 fn name_ns(pod: &Pod) -> (String, String) {
     (
         pod.metadata.name.clone().unwrap_or_default(),
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
     )
 }
 
 /// Binds; false when someone else bound or deleted the pod first.
-async fn bind(
-    client: &Client,
-    events: &EventRecorder,
-    pod: &Pod,
-    node: &str,
-) -> Result<bool, kube::Error> {
+async fn bind(client: &Client, events: &EventRecorder, pod: &Pod, node: &str) -> Result<bool, kube::Error> {
     let (name, ns) = name_ns(pod);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
     match pods
-        .create_subresource::<serde_json::Value, serde_json::Value>(
-            "binding",
-            &name,
-            &PostParams::default(),
-            &binding,
-        )
+        .create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
         .await
     {
         Ok(_) => {}
@@ -219,46 +273,8 @@ async fn bind(
         Err(e) => return Err(e),
     }
     info!(pod = %name, namespace = %ns, node, "scheduled");
-    events.normal(
-        &pod_ref(pod),
-        "Scheduled",
-        format!("Successfully assigned {ns}/{name} to {node}"),
-    );
+    events.normal(&pod_ref(pod), "Scheduled", format!("Successfully assigned {ns}/{name} to {node}"));
     Ok(true)
-}
-
-/// Records FailedScheduling and PodScheduled=False, once per distinct reason.
-async fn report_unschedulable(
-    client: &Client,
-    events: &EventRecorder,
-    pod: &Pod,
-    msg: &str,
-    reported: &mut HashMap<String, String>,
-) -> Result<(), kube::Error> {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    if reported.get(&uid).map(String::as_str) == Some(msg) {
-        return Ok(());
-    }
-    reported.insert(uid, msg.to_string());
-    let (name, ns) = name_ns(pod);
-    debug!(pod = %name, namespace = %ns, reason = msg, "unschedulable");
-    events.warning(&pod_ref(pod), "FailedScheduling", msg);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    // The revision we decided on is a precondition: if the pod was bound or
-    // changed meanwhile, our verdict is stale and the write must not land.
-    let patch = json!({
-        "metadata": {"resourceVersion": pod.metadata.resource_version},
-        "status": {"conditions": [{"type": "PodScheduled", "status": "False",
-            "reason": "Unschedulable", "message": msg, "lastTransitionTime": now()}]},
-    });
-    match pods
-        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 fn pod_ref(pod: &Pod) -> ObjectRef {

@@ -186,6 +186,7 @@ pub async fn create(
     check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
     let dry_run = q.dry_run()?;
+    let mut generated_from: Option<String> = None;
     {
         let meta = crate::apiserver::admission::obj_mut(&mut obj, "metadata");
         let has_name = meta
@@ -198,6 +199,7 @@ pub async fn create(
                 .and_then(Value::as_str)
                 .filter(|p| !p.is_empty())
             {
+                generated_from = Some(prefix.to_string());
                 let name = generate_name(prefix);
                 meta.insert("name".into(), json!(name));
             }
@@ -236,13 +238,24 @@ pub async fn create(
     if dry_run {
         return Ok(respond(StatusCode::CREATED, &obj, &warnings));
     }
-    let key = t.res.key(t.namespace.as_deref(), Some(&name));
-    let stored = st
-        .store
-        .create(&key, obj)
-        .await
-        .map_err(|e| ApiError::from_store(e, &t.res.group_resource(), &name))?;
-    Ok(respond(StatusCode::CREATED, &stored.value, &warnings))
+    let mut name = name;
+    // A generated name that happens to be taken is generated again, as
+    // Kubernetes does since 1.31: five letters collide now and then when a
+    // ReplicaSet creates a thousand pods.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let key = t.res.key(t.namespace.as_deref(), Some(&name));
+        match st.store.create(&key, obj.clone()).await {
+            Ok(stored) => return Ok(respond(StatusCode::CREATED, &stored.value, &warnings)),
+            Err(StoreError::AlreadyExists { .. }) if attempt < 8 && generated_from.is_some() => {
+                name = generate_name(generated_from.as_deref().unwrap_or_default());
+                crate::apiserver::admission::obj_mut(&mut obj, "metadata")
+                    .insert("name".into(), json!(name));
+            }
+            Err(e) => return Err(ApiError::from_store(e, &t.res.group_resource(), &name)),
+        }
+    }
 }
 
 /// Spec-ish content: what `metadata.generation` counts changes of.
