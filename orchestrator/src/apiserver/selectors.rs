@@ -22,13 +22,15 @@ struct Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, get: &dyn Fn(&str) -> Option<String>) -> bool {
+    /// `get` looks a label up by reference: selectors run over every pod
+    /// on every reconcile, so nothing is copied.
+    fn matches<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         let v = get(&self.key);
         match &self.op {
-            Op::Eq(x) => v.as_deref() == Some(x),
-            Op::NotEq(x) => v.as_deref() != Some(x),
-            Op::In(xs) => v.is_some_and(|v| xs.contains(&v)),
-            Op::NotIn(xs) => v.is_none_or(|v| !xs.contains(&v)),
+            Op::Eq(x) => v == Some(x.as_str()),
+            Op::NotEq(x) => v != Some(x.as_str()),
+            Op::In(xs) => v.is_some_and(|v| xs.iter().any(|x| x == v)),
+            Op::NotIn(xs) => v.is_none_or(|v| !xs.iter().any(|x| x == v)),
             Op::Exists => v.is_some(),
             Op::NotExists => v.is_none(),
             Op::Gt(n) => v
@@ -157,19 +159,14 @@ impl LabelSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
-        let get = |k: &str| {
-            labels
-                .and_then(|l| l.get(k))
-                .and_then(Value::as_str)
-                .map(String::from)
-        };
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| r.matches(&get))
     }
 }
 
 /// Does a structured `LabelSelector` (matchLabels + matchExpressions) select `labels`?
 pub fn label_selector_matches(sel: &Value, labels: &Map<String, Value>) -> Result<bool, String> {
-    let get = |k: &str| labels.get(k).and_then(Value::as_str).map(String::from);
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
     Ok(LabelSelector::from_structured(sel)?.matches_by(&get))
 }
 
@@ -219,7 +216,7 @@ impl LabelSelector {
     }
 
     /// Matches labels looked up through `get`.
-    pub fn matches_by(&self, get: &dyn Fn(&str) -> Option<String>) -> bool {
+    pub fn matches_by<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| r.matches(get))
     }
 }

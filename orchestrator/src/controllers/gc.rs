@@ -11,9 +11,9 @@
 //! Deployments, Jobs, CronJobs, DaemonSets, StatefulSets) from the shared
 //! caches; owners of other kinds are looked up through the API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,35 +35,28 @@ const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
 type MetaOf = Box<dyn Fn(&str) -> Option<ObjectMeta> + Send + Sync>;
-type MetasIn = Arc<dyn Fn(&str) -> Vec<ObjectMeta> + Send + Sync>;
 
 /// One kind the collector reads from a shared cache.
 struct Tracked {
     resource: ApiResource,
     get: MetaOf,
-    in_namespace: MetasIn,
 }
 
 fn tracked<K>(inf: &Arc<Informer<K>>) -> Tracked
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (a, b) = (inf.clone(), inf.clone());
+    let inf = inf.clone();
     Tracked {
         resource: ApiResource::erase::<K>(&()),
-        get: Box::new(move |key| a.get(key).map(|o| o.meta().clone())),
-        in_namespace: Arc::new(move |ns| {
-            b.list_namespace(ns)
-                .iter()
-                .map(|o| o.meta().clone())
-                .collect()
-        }),
+        get: Box::new(move |key| inf.get(key).map(|o| o.meta().clone())),
     }
 }
 
 pub struct GarbageCollector {
     ctx: Arc<Ctx>,
     kinds: HashMap<String, Tracked>,
+    index: OwnerIndex,
 }
 
 fn has_owners(m: &ObjectMeta) -> bool {
@@ -96,21 +89,53 @@ fn owner_key(kind: &str, key: &str) -> String {
     format!("owner:{kind}|{key}")
 }
 
+/// Owner uid → the dependents (queue keys) referring to it, kept from
+/// the caches' change events so a deletion finds its dependents without
+/// scanning every object.
+type OwnerIndex = Arc<Mutex<HashMap<String, HashSet<String>>>>;
+
+fn owner_uids(m: &ObjectMeta) -> HashSet<String> {
+    m.owner_references
+        .iter()
+        .flatten()
+        .map(|r| r.uid.clone())
+        .collect()
+}
+
 /// Feeds the queue from one kind's cache: objects with owners are checked
 /// as dependents; owners with a GC finalizer are finalized; a deletion
 /// brings the dependents it may have orphaned and the owners that may be
 /// waiting for it.
-fn watch<K>(inf: &Arc<Informer<K>>, queue: &Arc<WorkQueue>, all: Arc<Vec<(String, MetasIn)>>)
+fn watch<K>(inf: &Arc<Informer<K>>, queue: &Arc<WorkQueue>, index: OwnerIndex)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let q = queue.clone();
     let kind = K::kind(&()).into_owned();
     inf.on_change(move |old, new| {
+        let Some(obj) = new.or(old) else { return };
+        let me = dependent_key(&kind, &key_of(obj));
+        let before = old.map(|o| owner_uids(o.meta())).unwrap_or_default();
+        let after = new.map(|o| owner_uids(o.meta())).unwrap_or_default();
+        if before != after {
+            if let Ok(mut ix) = index.lock() {
+                for u in before.difference(&after) {
+                    if let Some(set) = ix.get_mut(u) {
+                        set.remove(&me);
+                        if set.is_empty() {
+                            ix.remove(u);
+                        }
+                    }
+                }
+                for u in after.difference(&before) {
+                    ix.entry(u.clone()).or_default().insert(me.clone());
+                }
+            }
+        }
         if let Some(o) = new {
             let m = o.meta();
             if has_owners(m) {
-                q.add(dependent_key(&kind, &key_of(o)));
+                q.add(me.clone());
             }
             if gc_finalizer(m) {
                 q.add(owner_key(&kind, &key_of(o)));
@@ -119,13 +144,13 @@ where
         if let (Some(o), None) = (old, new) {
             let m = o.meta();
             let ns = m.namespace.as_deref().unwrap_or_default();
-            let uid = m.uid.as_deref().unwrap_or_default();
-            for (k, list) in all.iter() {
-                for d in list(ns) {
-                    if d.owner_references.iter().flatten().any(|r| r.uid == uid) {
-                        q.add(dependent_key(k, &meta_key(&d)));
-                    }
-                }
+            let dependents = m
+                .uid
+                .as_deref()
+                .and_then(|u| index.lock().ok()?.get(u).cloned())
+                .unwrap_or_default();
+            for d in dependents {
+                q.add(d);
             }
             for r in m.owner_references.iter().flatten() {
                 q.add(owner_key(&r.kind, &format!("{ns}/{}", r.name)));
@@ -147,20 +172,14 @@ impl GarbageCollector {
             tracked(&i.daemonsets),
             tracked(&i.statefulsets),
         ];
-        // Each watcher needs every kind's namespace listing, to find the
-        // dependents of whatever it saw deleted.
-        let listers: Arc<Vec<(String, MetasIn)>> = Arc::new(
-            list.iter()
-                .map(|t| (t.resource.kind.clone(), t.in_namespace.clone()))
-                .collect(),
-        );
-        watch(&i.pods, &queue, listers.clone());
-        watch(&i.replicasets, &queue, listers.clone());
-        watch(&i.deployments, &queue, listers.clone());
-        watch(&i.jobs, &queue, listers.clone());
-        watch(&i.cronjobs, &queue, listers.clone());
-        watch(&i.daemonsets, &queue, listers.clone());
-        watch(&i.statefulsets, &queue, listers);
+        let index: OwnerIndex = Arc::default();
+        watch(&i.pods, &queue, index.clone());
+        watch(&i.replicasets, &queue, index.clone());
+        watch(&i.deployments, &queue, index.clone());
+        watch(&i.jobs, &queue, index.clone());
+        watch(&i.cronjobs, &queue, index.clone());
+        watch(&i.daemonsets, &queue, index.clone());
+        watch(&i.statefulsets, &queue, index.clone());
         let kinds = list
             .into_iter()
             .map(|t| (t.resource.kind.clone(), t))
@@ -169,6 +188,7 @@ impl GarbageCollector {
             Arc::new(GarbageCollector {
                 ctx: ctx.clone(),
                 kinds,
+                index,
             }),
             queue,
         )
@@ -178,15 +198,19 @@ impl GarbageCollector {
         Api::namespaced_with(self.ctx.client.clone(), ns, ar)
     }
 
-    /// Every tracked object in `ns` with a reference to `uid`.
-    fn dependents(&self, ns: &str, uid: &str) -> Vec<(&Tracked, ObjectMeta)> {
-        self.kinds
-            .values()
-            .flat_map(|t| {
-                (t.in_namespace)(ns)
-                    .into_iter()
-                    .filter(|m| m.owner_references.iter().flatten().any(|r| r.uid == uid))
-                    .map(move |m| (t, m))
+    /// Every tracked object with a reference to `uid`.
+    fn dependents(&self, uid: &str) -> Vec<(&Tracked, ObjectMeta)> {
+        let keys = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|ix| ix.get(uid).cloned())
+            .unwrap_or_default();
+        keys.iter()
+            .filter_map(|k| {
+                let (kind, key) = k.split_once('|')?;
+                let t = self.kinds.get(kind)?;
+                Some((t, (t.get)(key)?))
             })
             .collect()
     }
@@ -242,9 +266,8 @@ impl GarbageCollector {
         if !gc_finalizer(&m) {
             return Ok(Action::AwaitChange);
         }
-        let (ns, _) = split_key(key);
         let uid = m.uid.clone().unwrap_or_default();
-        let deps = self.dependents(ns, &uid);
+        let deps = self.dependents(&uid);
         if m.finalizers.iter().flatten().any(|f| f == ORPHAN) {
             for (dt, dm) in &deps {
                 self.release(dt, dm, &uid).await?;

@@ -53,7 +53,7 @@ impl Selector {
     }
 
     pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).cloned();
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
         self.0.matches_by(&get)
     }
 }

@@ -280,10 +280,10 @@ pub fn status_of(
     let mut fully_labeled = 0;
     let mut wake: Option<Duration> = None;
     for p in active {
-        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let labels = p.metadata.labels.as_ref();
         if template_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         {
             fully_labeled += 1;
         }

@@ -55,7 +55,8 @@ pub async fn run(client: Client, scoring: Scoring) {
     let w = wake.clone();
     caches.pods.on_change(move |old, new| {
         // A pod to place, or capacity that may have freed up.
-        let freed = old.is_some_and(|o| bound(o) && new.is_none_or(|n| is_terminal(n) || !bound(n)));
+        let freed =
+            old.is_some_and(|o| bound(o) && new.is_none_or(|n| is_terminal(n) || !bound(n)));
         if new.is_some_and(wants_us) || freed {
             w.notify_one();
         }
@@ -134,23 +135,40 @@ impl Scheduler {
             .list()
             .iter()
             .map(|rc| {
-                let sel = rc.scheduling.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
+                let sel = rc
+                    .scheduling
+                    .as_ref()
+                    .and_then(|s| s.node_selector.clone())
+                    .unwrap_or_default();
                 (rc.metadata.name.clone().unwrap_or_default(), sel)
             })
             .collect();
         let assumed: HashMap<String, String> = {
-            let Ok(mut a) = self.assumed.lock() else { return };
+            let Ok(mut a) = self.assumed.lock() else {
+                return;
+            };
             // Once the cache shows a pod bound (or gone), it speaks for itself.
-            let unbound: HashSet<String> = pods.iter().filter(|p| !bound(p)).map(|p| uid(p)).collect();
+            let unbound: HashSet<String> =
+                pods.iter().filter(|p| !bound(p)).map(|p| uid(p)).collect();
             a.retain(|u, _| unbound.contains(u));
             a.clone()
         };
         let mut free: HashMap<String, Usage> = nodes
             .iter()
-            .map(|n| (n.metadata.name.clone().unwrap_or_default(), plugins::allocatable(n)))
+            .map(|n| {
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    plugins::allocatable(n),
+                )
+            })
             .collect();
         for pod in pods.iter().filter(|p| !is_terminal(p)) {
-            let node = match pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) {
+            let node = match pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty())
+            {
                 Some(n) => n,
                 None => match assumed.get(&uid(pod)) {
                     Some(n) => n.clone(),
@@ -161,18 +179,28 @@ impl Scheduler {
                 left.take(&plugins::requests(pod));
             }
         }
-        let mut pending: Vec<&Arc<Pod>> = pods.iter().filter(|p| wants_us(p) && !assumed.contains_key(&uid(p))).collect();
+        let mut pending: Vec<&Arc<Pod>> = pods
+            .iter()
+            .filter(|p| wants_us(p) && !assumed.contains_key(&uid(p)))
+            .collect();
         // Oldest first, as the scheduling queue orders by arrival.
         pending.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let live: HashSet<String> = pending.iter().map(|p| uid(p)).collect();
         self.reported.retain(|u, _| live.contains(u));
         let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
         for pod in pending {
-            let extra = match pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) {
+            let extra = match pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.as_deref())
+            {
                 Some(rc) => match class_selectors.get(rc) {
                     Some(sel) => sel.clone(),
                     None => {
-                        let msg = format!("0/{} nodes are available: RuntimeClass \"{rc}\" not found.", nodes.len());
+                        let msg = format!(
+                            "0/{} nodes are available: RuntimeClass \"{rc}\" not found.",
+                            nodes.len()
+                        );
                         self.report_unschedulable(pod, &msg).await;
                         continue;
                     }
@@ -192,7 +220,8 @@ impl Scheduler {
                 Err(msg) => self.report_unschedulable(pod, &msg).await,
             }
         }
-        let (client, events, assumed, wake) = (&self.client, &self.events, &self.assumed, &self.wake);
+        let (client, events, assumed, wake) =
+            (&self.client, &self.events, &self.assumed, &self.wake);
         futures::stream::iter(binds)
             .for_each_concurrent(BINDS, |(pod, node)| async move {
                 match bind(client, events, &pod, &node).await {
@@ -230,10 +259,15 @@ impl Scheduler {
             "status": {"conditions": [{"type": "PodScheduled", "status": "False",
                 "reason": "Unschedulable", "message": msg, "lastTransitionTime": now()}]},
         });
-        match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+        match pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => warn!(pod = %name, namespace = %ns, error = %e, "recording PodScheduled=False failed"),
+            Err(e) => {
+                warn!(pod = %name, namespace = %ns, error = %e, "recording PodScheduled=False failed")
+            }
         }
         // The Event after the condition, so whoever reads the story finds
         // the status already saying it.
@@ -250,19 +284,32 @@ fn forget(assumed: &Mutex<HashMap<String, String>>, pod: &Pod) {
 fn name_ns(pod: &Pod) -> (String, String) {
     (
         pod.metadata.name.clone().unwrap_or_default(),
-        pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
     )
 }
 
 /// Binds; false when someone else bound or deleted the pod first.
-async fn bind(client: &Client, events: &EventRecorder, pod: &Pod, node: &str) -> Result<bool, kube::Error> {
+async fn bind(
+    client: &Client,
+    events: &EventRecorder,
+    pod: &Pod,
+    node: &str,
+) -> Result<bool, kube::Error> {
     let (name, ns) = name_ns(pod);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let binding = json!({"apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
     match pods
-        .create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
+        .create_subresource::<serde_json::Value, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
         .await
     {
         Ok(_) => {}
@@ -273,7 +320,11 @@ async fn bind(client: &Client, events: &EventRecorder, pod: &Pod, node: &str) ->
         Err(e) => return Err(e),
     }
     info!(pod = %name, namespace = %ns, node, "scheduled");
-    events.normal(&pod_ref(pod), "Scheduled", format!("Successfully assigned {ns}/{name} to {node}"));
+    events.normal(
+        &pod_ref(pod),
+        "Scheduled",
+        format!("Successfully assigned {ns}/{name} to {node}"),
+    );
     Ok(true)
 }
 

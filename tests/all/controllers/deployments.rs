@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -275,5 +276,60 @@ async fn auto_rollback_after_the_progress_deadline() -> anyhow::Result<()> {
         described.contains("ProgressDeadlineExceeded"),
         "{described}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn recreate_stops_every_old_pod_before_starting_new_ones() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let v1 = sample("ticker")?;
+    let v2 = image_copy(&s, &v1, "ticker-v2.wasm")?;
+    let yaml = deployment_yaml("batch", 3, &v1, "", "  strategy:\n    type: Recreate\n");
+    s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
+    s.kubectl(&["rollout", "status", "deployment/batch", "--timeout=90s"])?;
+    // Watch every pod event of the rollout: no v2 pod may appear while a
+    // v1 pod still exists.
+    let rv = pods
+        .list_metadata(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut stream = pods
+        .watch(&kube::api::WatchParams::default().labels("app=batch"), &rv)
+        .await?
+        .boxed();
+    s.kubectl(&["set", "image", "deployment/batch", &format!("main={v2}")])?;
+    let mut old: std::collections::HashSet<String> = app_pods(&pods, "batch")
+        .await?
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let mut new_ready = std::collections::HashSet::new();
+    while new_ready.len() < 3 {
+        let ev =
+            tokio::time::timeout(PATIENCE, futures::TryStreamExt::try_next(&mut stream)).await??;
+        match ev {
+            Some(kube::api::WatchEvent::Added(p)) | Some(kube::api::WatchEvent::Modified(p)) => {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                if container_image(&p) == v2 {
+                    assert!(
+                        old.is_empty(),
+                        "{name} appeared while {old:?} were still there"
+                    );
+                    if is_ready(&p) {
+                        new_ready.insert(name);
+                    }
+                }
+            }
+            Some(kube::api::WatchEvent::Deleted(p)) => {
+                old.remove(p.metadata.name.as_deref().unwrap_or_default());
+            }
+            Some(_) => {}
+            None => anyhow::bail!("watch ended"),
+        }
+    }
+    s.kubectl(&["rollout", "status", "deployment/batch", "--timeout=90s"])?;
     Ok(())
 }

@@ -107,7 +107,13 @@ async fn adopts_orphans_and_releases_pods_that_stop_matching() -> anyhow::Result
     );
     let err = s.kubectl_err(&["apply", "-f", "-"], Some(&zero))?;
     assert!(err.contains("maxUnavailable"), "{err}");
-    let listed = s.kubectl(&["get", "rs,deploy", "-o", "name"])?;
+    let cron = format!("apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: bad4\nspec:\n  schedule: \"61 * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - name: main\n            image: {ticker}\n");
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&cron))?;
+    assert!(err.contains("spec.schedule"), "{err}");
+    let job = format!("apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: bad5\nspec:\n  completionMode: Sometimes\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {ticker}\n");
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&job))?;
+    assert!(err.contains("spec.completionMode"), "{err}");
+    let listed = s.kubectl(&["get", "rs,deploy,cronjob,job", "-o", "name"])?;
     assert!(!listed.contains("bad"), "{listed}");
     Ok(())
 }
