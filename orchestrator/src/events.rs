@@ -12,7 +12,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use shoal_sdk::now_rfc3339;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// The object an Event is about.
 #[derive(Clone, Debug)]
@@ -36,6 +36,39 @@ struct Record {
 #[derive(Clone)]
 pub struct EventRecorder {
     tx: mpsc::Sender<Record>,
+    spam: Arc<Mutex<SpamFilter>>,
+}
+
+/// Kubernetes' per-object spam filter: each object may have 25 Events in a
+/// burst, then one per five minutes. A ReplicaSet creating a thousand pods
+/// tells the first 25 `SuccessfulCreate`s; the other 975 writes would only
+/// slow the creates down.
+struct SpamFilter {
+    buckets: HashMap<String, (f64, std::time::Instant)>,
+}
+
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL_PER_SEC: f64 = 1.0 / 300.0;
+
+impl SpamFilter {
+    fn allow(&mut self, uid: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self.buckets.len() >= REMEMBERED && !self.buckets.contains_key(uid) {
+            // Forget the idle ones rather than grow without bound.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC < SPAM_BURST
+            });
+        }
+        let (tokens, at) = self.buckets.entry(uid.to_string()).or_insert((SPAM_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC).min(SPAM_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Events queued beyond this are dropped (with a log line): a storm of
@@ -49,7 +82,12 @@ impl EventRecorder {
     pub fn start(client: Client, component: &'static str, host: Option<String>) -> EventRecorder {
         let (tx, rx) = mpsc::channel(QUEUE);
         spawn_writers(client, component, host, rx);
-        EventRecorder { tx }
+        EventRecorder {
+            tx,
+            spam: Arc::new(Mutex::new(SpamFilter {
+                buckets: HashMap::new(),
+            })),
+        }
     }
 
     pub fn normal(&self, object: &ObjectRef, reason: &'static str, message: impl Into<String>) {
@@ -67,6 +105,11 @@ impl EventRecorder {
         reason: &'static str,
         message: String,
     ) {
+        let allowed = self.spam.lock().map_or(true, |mut f| f.allow(&object.uid));
+        if !allowed {
+            debug!(object = %object.name, reason, "event dropped by the per-object spam filter");
+            return;
+        }
         let rec = Record {
             object: object.clone(),
             type_,
@@ -183,5 +226,18 @@ async fn write_one(sh: &Shared, r: Record) {
         Err(e) => {
             warn!(object = %o.name, namespace = %o.namespace, reason = r.reason, error = %e, "could not record event")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_gets_a_burst_of_events_then_few() {
+        let mut f = SpamFilter { buckets: HashMap::new() };
+        let allowed = (0..100).filter(|_| f.allow("rs-1")).count();
+        assert_eq!(allowed, 25);
+        assert!(f.allow("another-object"), "buckets are per object");
     }
 }
