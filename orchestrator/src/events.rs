@@ -59,8 +59,12 @@ impl SpamFilter {
                 *tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC < SPAM_BURST
             });
         }
-        let (tokens, at) = self.buckets.entry(uid.to_string()).or_insert((SPAM_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC).min(SPAM_BURST);
+        let (tokens, at) = self
+            .buckets
+            .entry(uid.to_string())
+            .or_insert((SPAM_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC).min(SPAM_BURST);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -235,7 +239,9 @@ mod tests {
 
     #[test]
     fn an_object_gets_a_burst_of_events_then_few() {
-        let mut f = SpamFilter { buckets: HashMap::new() };
+        let mut f = SpamFilter {
+            buckets: HashMap::new(),
+        };
         let allowed = (0..100).filter(|_| f.allow("rs-1")).count();
         assert_eq!(allowed, 25);
         assert!(f.allow("another-object"), "buckets are per object");

@@ -12,15 +12,16 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use tracing::{debug, info};
 
 use super::informer::{key_of, split_key};
-use super::owners::{self, controller_of};
+use super::owners::{self};
 use super::pods::object_ref;
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::apiserver::admission::cron::Schedule;
 
@@ -101,21 +102,8 @@ fn walk(
 impl CronJobController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.cronjobs.on_change(move |_, new| {
-            if let Some(c) = new {
-                q.add(key_of(c));
-            }
-        });
-        let q = queue.clone();
-        ctx.informers.jobs.on_change(move |old, new| {
-            for j in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_of(&j.metadata).filter(|r| r.kind == "CronJob") {
-                    let ns = j.metadata.namespace.as_deref().unwrap_or_default();
-                    q.add(format!("{ns}/{}", r.name));
-                }
-            }
-        });
+        wiring::enqueue_self(&ctx.informers.cronjobs, &queue);
+        wiring::enqueue_controller(&ctx.informers.jobs, &queue, "CronJob");
         (Arc::new(CronJobController { ctx: ctx.clone() }), queue)
     }
 
@@ -332,26 +320,10 @@ impl CronJobController {
     }
 
     async fn write_status(&self, cj: &CronJob, st: &CronJobStatus) -> Result<(), ControllerError> {
-        let key = key_of(cj);
-        let (ns, name) = split_key(&key);
-        let api: Api<CronJob> = Api::namespaced(self.ctx.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": cj.metadata.uid}, "status": {
-            "active": st.active, "lastScheduleTime": st.last_schedule_time, "lastSuccessfulTime": st.last_successful_time,
-        }});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => {
-                self.ctx.informers.cronjobs.assume(out);
-                Ok(())
-            }
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of cronjob {key}"),
-                source: e,
-            }),
-        }
+        // Every field named, so a merge patch clears what became empty.
+        let body = json!({"active": st.active, "lastScheduleTime": st.last_schedule_time,
+            "lastSuccessfulTime": st.last_successful_time});
+        wiring::write_status(&self.ctx, &self.ctx.informers.cronjobs, cj, &body).await
     }
 }
 

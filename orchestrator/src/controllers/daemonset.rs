@@ -17,16 +17,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
-use serde_json::json;
 
 use super::deployment::revision::template_hash;
-use super::informer::{key_of, split_key};
-use super::owners::{self, controller_of, Selector};
+use super::informer::key_of;
+use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
-use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+use super::wiring;
+use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::scheduler::plugins;
 
 pub const NAME: &str = "daemonset-controller";
@@ -136,21 +134,8 @@ fn eligible(template_pod: &Pod, node: &Node) -> bool {
 impl DaemonSetController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.daemonsets.on_change(move |_, new| {
-            if let Some(d) = new {
-                q.add(key_of(d));
-            }
-        });
-        let q = queue.clone();
-        ctx.informers.pods.on_change(move |old, new| {
-            for p in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_of(&p.metadata).filter(|r| r.kind == "DaemonSet") {
-                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                    q.add(format!("{ns}/{}", r.name));
-                }
-            }
-        });
+        wiring::enqueue_self(&ctx.informers.daemonsets, &queue);
+        wiring::enqueue_controller(&ctx.informers.pods, &queue, "DaemonSet");
         // A node joining, leaving or changing labels, taints or readiness
         // concerns every DaemonSet.
         let q = queue.clone();
@@ -174,11 +159,7 @@ impl DaemonSetController {
                 }
             }
         });
-        let pods = PodControl {
-            client: ctx.client.clone(),
-            cache: ctx.informers.pods.clone(),
-            events: ctx.events.clone(),
-        };
+        let pods = PodControl::new(ctx);
         (
             Arc::new(DaemonSetController {
                 ctx: ctx.clone(),
@@ -387,28 +368,11 @@ impl DaemonSetController {
         if ds.status.as_ref() == Some(&st) {
             return Ok(());
         }
-        let key = key_of(ds);
-        let (ns, name) = split_key(&key);
-        let api: Api<DaemonSet> = Api::namespaced(self.ctx.client.clone(), ns);
         let mut body = serde_json::to_value(&st).unwrap_or_default();
         if st.number_unavailable.is_none() {
             body["numberUnavailable"] = serde_json::Value::Null;
         }
-        let patch = json!({"metadata": {"uid": ds.metadata.uid}, "status": body});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => {
-                self.ctx.informers.daemonsets.assume(out);
-                Ok(())
-            }
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of daemonset {key}"),
-                source: e,
-            }),
-        }
+        wiring::write_status(&self.ctx, &self.ctx.informers.daemonsets, ds, &body).await
     }
 }
 

@@ -14,15 +14,16 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::Api;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::info;
 
 use super::informer::{key_of, split_key};
-use super::owners::{self, controller_of, Selector};
+use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 
 pub const NAME: &str = "job-controller";
@@ -191,26 +192,9 @@ fn tally(owned: &[Arc<Pod>]) -> Tally {
 impl JobController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.jobs.on_change(move |_, new| {
-            if let Some(j) = new {
-                q.add(key_of(j));
-            }
-        });
-        let q = queue.clone();
-        ctx.informers.pods.on_change(move |old, new| {
-            for p in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_of(&p.metadata).filter(|r| r.kind == "Job") {
-                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                    q.add(format!("{ns}/{}", r.name));
-                }
-            }
-        });
-        let pods = PodControl {
-            client: ctx.client.clone(),
-            cache: ctx.informers.pods.clone(),
-            events: ctx.events.clone(),
-        };
+        wiring::enqueue_self(&ctx.informers.jobs, &queue);
+        wiring::enqueue_controller(&ctx.informers.pods, &queue, "Job");
+        let pods = PodControl::new(ctx);
         (
             Arc::new(JobController {
                 ctx: ctx.clone(),
@@ -503,10 +487,8 @@ impl JobController {
     }
 
     async fn write_status(&self, job: &Job, st: &JobStatus) -> Result<(), ControllerError> {
-        let key = key_of(job);
-        let (ns, name) = split_key(&key);
-        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), ns);
         let mut body = serde_json::to_value(st).unwrap_or(Value::Null);
+        // Merge patch keeps what it is not told to drop.
         for f in [
             "active",
             "succeeded",
@@ -518,21 +500,7 @@ impl JobController {
                 body[f] = Value::Null;
             }
         }
-        let patch = json!({"metadata": {"uid": job.metadata.uid}, "status": body});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => {
-                self.ctx.informers.jobs.assume(out);
-                Ok(())
-            }
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of job {key}"),
-                source: e,
-            }),
-        }
+        wiring::write_status(&self.ctx, &self.ctx.informers.jobs, job, &body).await
     }
 }
 

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod queue;
 pub mod replicaset;
 pub mod statefulset;
+pub mod wiring;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

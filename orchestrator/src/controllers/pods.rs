@@ -152,6 +152,14 @@ pub struct PodControl {
 const MAX_BATCH: usize = 256;
 
 impl PodControl {
+    pub fn new(ctx: &super::Ctx) -> PodControl {
+        PodControl {
+            client: ctx.client.clone(),
+            cache: ctx.informers.pods.clone(),
+            events: ctx.events.clone(),
+        }
+    }
+
     /// Creates `pods` in slow-start batches; returns how many were created
     /// and the first error, which stops the rest.
     pub async fn create_all(

@@ -11,15 +11,14 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStat
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::debug;
 
-use super::informer::{key_of, split_key};
+use super::informer::key_of;
 use super::owners::{self, controller_of, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 
 pub const NAME: &str = "replicaset-controller";
@@ -33,12 +32,7 @@ impl ReplicaSetController {
     /// Wires the controller to the shared caches; returns it and its queue.
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.replicasets.on_change(move |_, new| {
-            if let Some(rs) = new {
-                q.add(key_of(rs));
-            }
-        });
+        wiring::enqueue_self(&ctx.informers.replicasets, &queue);
         let q = queue.clone();
         let sets = Arc::downgrade(&ctx.informers.replicasets);
         ctx.informers.pods.on_change(move |old, new| {
@@ -61,11 +55,7 @@ impl ReplicaSetController {
                 q.add(k);
             }
         });
-        let pods = PodControl {
-            client: ctx.client.clone(),
-            cache: ctx.informers.pods.clone(),
-            events: ctx.events.clone(),
-        };
+        let pods = PodControl::new(ctx);
         let me = Arc::new(ReplicaSetController {
             ctx: ctx.clone(),
             pods,
@@ -206,29 +196,12 @@ impl ReplicaSetController {
         rs: &ReplicaSet,
         status: &ReplicaSetStatus,
     ) -> Result<(), ControllerError> {
-        let key = key_of(rs);
-        let (ns, name) = split_key(&key);
-        let api: Api<ReplicaSet> = Api::namespaced(self.ctx.client.clone(), ns);
         let mut body = serde_json::to_value(status).unwrap_or(Value::Null);
         if status.conditions.is_none() {
             // Merge patch keeps what it is not told to drop.
             body["conditions"] = Value::Null;
         }
-        let patch = json!({"metadata": {"uid": rs.metadata.uid}, "status": body});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(updated) => {
-                self.ctx.informers.replicasets.assume(updated);
-                Ok(())
-            }
-            Err(e) if super::api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of replicaset {key}"),
-                source: e,
-            }),
-        }
+        wiring::write_status(&self.ctx, &self.ctx.informers.replicasets, rs, &body).await
     }
 }
 

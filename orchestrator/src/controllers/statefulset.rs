@@ -10,17 +10,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
-use serde_json::json;
 use tracing::debug;
 
 use super::daemonset::HASH_LABEL;
 use super::deployment::revision::template_hash;
-use super::informer::{key_of, split_key};
-use super::owners::{self, controller_of, Selector};
+use super::informer::key_of;
+use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 
 pub const NAME: &str = "statefulset-controller";
@@ -140,26 +138,9 @@ pub fn plan(
 impl StatefulSetController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.statefulsets.on_change(move |_, new| {
-            if let Some(s) = new {
-                q.add(key_of(s));
-            }
-        });
-        let q = queue.clone();
-        ctx.informers.pods.on_change(move |old, new| {
-            for p in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_of(&p.metadata).filter(|r| r.kind == "StatefulSet") {
-                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                    q.add(format!("{ns}/{}", r.name));
-                }
-            }
-        });
-        let pods = PodControl {
-            client: ctx.client.clone(),
-            cache: ctx.informers.pods.clone(),
-            events: ctx.events.clone(),
-        };
+        wiring::enqueue_self(&ctx.informers.statefulsets, &queue);
+        wiring::enqueue_controller(&ctx.informers.pods, &queue, "StatefulSet");
+        let pods = PodControl::new(ctx);
         (
             Arc::new(StatefulSetController {
                 ctx: ctx.clone(),
@@ -313,24 +294,7 @@ impl StatefulSetController {
         if sts.status.as_ref() == Some(&st) {
             return Ok(());
         }
-        let key = key_of(sts);
-        let (ns, n) = split_key(&key);
-        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": sts.metadata.uid}, "status": st});
-        match api
-            .patch_status(n, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => {
-                self.ctx.informers.statefulsets.assume(out);
-                Ok(())
-            }
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of statefulset {key}"),
-                source: e,
-            }),
-        }
+        wiring::write_status(&self.ctx, &self.ctx.informers.statefulsets, sts, &st).await
     }
 }
 

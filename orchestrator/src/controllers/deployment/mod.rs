@@ -14,15 +14,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::Api;
-use serde_json::{json, Value};
 use tracing::{debug, info};
 
 use super::informer::{key_of, split_key};
 use super::owners::{self, controller_of, Selector};
 use super::pods::{self, object_ref};
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 use rollout::Old;
 use sets::SetWriter;
@@ -48,12 +48,7 @@ fn available(rs: &ReplicaSet) -> i32 {
 impl DeploymentController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        let q = queue.clone();
-        ctx.informers.deployments.on_change(move |_, new| {
-            if let Some(d) = new {
-                q.add(key_of(d));
-            }
-        });
+        wiring::enqueue_self(&ctx.informers.deployments, &queue);
         let q = queue.clone();
         let deployments = Arc::downgrade(&ctx.informers.deployments);
         ctx.informers.replicasets.on_change(move |old, new| {
@@ -379,24 +374,7 @@ impl DeploymentController {
         d: &Deployment,
         st: &k8s_openapi::api::apps::v1::DeploymentStatus,
     ) -> Result<(), ControllerError> {
-        let key = key_of(d);
-        let (ns, name) = split_key(&key);
-        let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": d.metadata.uid}, "status": serde_json::to_value(st).unwrap_or(Value::Null)});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => {
-                self.ctx.informers.deployments.assume(out);
-                Ok(())
-            }
-            Err(e) if super::api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("updating status of deployment {key}"),
-                source: e,
-            }),
-        }
+        wiring::write_status(&self.ctx, &self.ctx.informers.deployments, d, st).await
     }
 
     /// Puts the last revision that rolled out completely back in place, as

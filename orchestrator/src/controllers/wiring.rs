@@ -1,0 +1,89 @@
+//! What every controller does the same way: feeding its queue from the
+//! shared caches, and writing its object's status back.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use super::informer::{key_of, split_key, Informer};
+use super::owners::controller_of;
+use super::queue::WorkQueue;
+use super::{api_code, ControllerError, Ctx};
+
+/// Queues an object's own key whenever it is added or changes.
+pub fn enqueue_self<K>(inf: &Arc<Informer<K>>, queue: &Arc<WorkQueue>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let q = queue.clone();
+    inf.on_change(move |_, new| {
+        if let Some(o) = new {
+            q.add(key_of(o));
+        }
+    });
+}
+
+/// Queues the controller (of kind `owner_kind`) of any dependent that
+/// changes, before and after the change.
+pub fn enqueue_controller<K>(
+    inf: &Arc<Informer<K>>,
+    queue: &Arc<WorkQueue>,
+    owner_kind: &'static str,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let q = queue.clone();
+    inf.on_change(move |old, new| {
+        for o in [old, new].into_iter().flatten() {
+            let m = o.meta();
+            if let Some(r) = controller_of(m).filter(|r| r.kind == owner_kind) {
+                let ns = m.namespace.as_deref().unwrap_or_default();
+                q.add(format!("{ns}/{}", r.name));
+            }
+        }
+    });
+}
+
+/// Merge-patches `status` onto `obj` (with its uid as a precondition) and
+/// puts the answer in the cache. A deleted object is not an error.
+pub async fn write_status<K, S>(
+    ctx: &Ctx,
+    cache: &Informer<K>,
+    obj: &K,
+    status: &S,
+) -> Result<(), ControllerError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    S: Serialize,
+{
+    let key = key_of(obj);
+    let (ns, name) = split_key(&key);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({"metadata": {"uid": obj.meta().uid}, "status": status});
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(out) => {
+            cache.assume(out);
+            Ok(())
+        }
+        Err(e) if api_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(ControllerError::Api {
+            action: format!("updating status of {} {key}", K::kind(&()).to_lowercase()),
+            source: e,
+        }),
+    }
+}
