@@ -114,6 +114,13 @@ where
     let kind = K::kind(&()).into_owned();
     inf.on_change(move |old, new| {
         let Some(obj) = new.or(old) else { return };
+        // Most changes (status, a pod becoming ready) leave the owners
+        // alone; only a change of owners makes a dependent worth a look.
+        let owners_changed = old.and_then(|o| o.meta().owner_references.as_ref())
+            != new.and_then(|o| o.meta().owner_references.as_ref());
+        if !owners_changed && new.is_some() && !new.is_some_and(|o| gc_finalizer(o.meta())) {
+            return;
+        }
         let me = dependent_key(&kind, &key_of(obj));
         let before = old.map(|o| owner_uids(o.meta())).unwrap_or_default();
         let after = new.map(|o| owner_uids(o.meta())).unwrap_or_default();
@@ -134,7 +141,7 @@ where
         }
         if let Some(o) = new {
             let m = o.meta();
-            if has_owners(m) {
+            if has_owners(m) && owners_changed {
                 q.add(me.clone());
             }
             if gc_finalizer(m) {
