@@ -117,11 +117,6 @@ where
     .await
 }
 
-/// `namespace/name` of an object.
-pub fn key<K: Resource>(obj: &K) -> String {
-    super::informer::key_of(obj)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

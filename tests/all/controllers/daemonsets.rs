@@ -6,26 +6,10 @@ use kube::api::ListParams;
 use kube::Api;
 use shoal_tests::{sample, wait_for, Node, Server};
 
-use super::{image_copy, is_ready, PATIENCE};
+use super::{image_copy, is_ready, workload_yaml, PATIENCE};
 
 fn ds_yaml(name: &str, image: &str, node_selector: &str) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: {name}
-spec:
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-{node_selector}      containers:
-      - name: main
-        image: {image}
-"
-    )
+    workload_yaml("DaemonSet", name, image, "", "", node_selector)
 }
 
 /// The nodes running ready pods of `app`, sorted.

@@ -20,6 +20,36 @@ use shoal_tests::{wait_for, Server};
 /// Generous: nothing waits this long unless something is wrong.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
+/// An `apps/v1` workload of `kind` running `image`, labelled and
+/// selected by `app=<name>`. `spec` lines go at the top of `spec`,
+/// `pod_spec` lines at the top of the pod template's spec.
+pub fn workload_yaml(
+    kind: &str,
+    name: &str,
+    image: &str,
+    extra_meta: &str,
+    spec: &str,
+    pod_spec: &str,
+) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: {kind}
+metadata:
+  name: {name}
+{extra_meta}spec:
+{spec}  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+{pod_spec}      containers:
+      - name: main
+        image: {image}
+"
+    )
+}
+
 /// A Deployment of `replicas` copies of `image`, labelled `app=<name>`.
 pub fn deployment_yaml(
     name: &str,
@@ -28,24 +58,8 @@ pub fn deployment_yaml(
     extra_meta: &str,
     extra_spec: &str,
 ) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-{extra_meta}spec:
-  replicas: {replicas}
-{extra_spec}  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: main
-        image: {image}
-"
-    )
+    let spec = format!("  replicas: {replicas}\n{extra_spec}");
+    workload_yaml("Deployment", name, image, extra_meta, &spec, "")
 }
 
 /// A copy of a sample under another name: a different image for the same

@@ -10,29 +10,12 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::Api;
 use shoal_tests::{sample, wait_for, Server};
 
-use super::{image_copy, is_ready, wait_ready_pods, PATIENCE};
+use super::{image_copy, is_ready, wait_ready_pods, workload_yaml, PATIENCE};
 
 fn sts_yaml(name: &str, replicas: i32, image: &str, policy: &str) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: StatefulSet
-metadata:
-  name: {name}
-spec:
-  serviceName: {name}
-  replicas: {replicas}
-  podManagementPolicy: {policy}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: main
-        image: {image}
-"
-    )
+    let spec =
+        format!("  serviceName: {name}\n  replicas: {replicas}\n  podManagementPolicy: {policy}\n");
+    workload_yaml("StatefulSet", name, image, "", &spec, "")
 }
 
 #[tokio::test]
