@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds the Rust sample guests from source with Debian's rustc-web (see
 # ../shared/GUESTS.md): WASI preview-1 modules into target/wasm-samples/p1
-# and WASI 0.2 command components into target/wasm-samples/p2.
+# and WASI 0.2 components (commands and the wasi:http handlers) into
+# target/wasm-samples/p2.
 # Needs: apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ]; then
-  echo "build-samples: Debian's rustc-web is missing (apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc)" >&2
+  for lib in http-hello http-caller; do
+  cp "target/wasm32-wasip2/release/${lib//-/_}.wasm" "$root/target/wasm-samples/p2/$lib.wasm"
+done
+echo "build-samples: Debian's rustc-web is missing (apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc)" >&2
   exit 1
 fi
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
@@ -15,13 +19,16 @@ export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
 # The main toolchain's settings must not leak into the guest build.
 unset CARGO_BUILD_TARGET CARGO_TARGET_DIR RUSTUP_TOOLCHAIN
 cd samples/rust
-for target in wasm32-wasip1 wasm32-wasip2; do
-  /usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target "$target" --release
-done
+/usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip1 --release
+# The wasi:http handlers are WASI 0.2 components only.
+/usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip2 --release --workspace
 for kind in p1 p2; do
   mkdir -p "$root/target/wasm-samples/$kind"
   for bin in hello ticker crasher hog config-reader; do
     cp "target/wasm32-wasi$kind/release/$bin.wasm" "$root/target/wasm-samples/$kind/$bin.wasm"
   done
+done
+for lib in http-hello http-caller; do
+  cp "target/wasm32-wasip2/release/${lib//-/_}.wasm" "$root/target/wasm-samples/p2/$lib.wasm"
 done
 echo "build-samples: $(ls "$root"/target/wasm-samples/p1 | wc -l) modules and $(ls "$root"/target/wasm-samples/p2 | wc -l) components in target/wasm-samples"

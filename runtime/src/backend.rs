@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::http::{HttpLimits, HttpService, Outbound};
 use crate::output::OutputSink;
 use crate::RuntimeError;
 
@@ -67,6 +68,10 @@ pub struct ContainerSpec {
     /// CPU share in millicores; `None` means as much as the node has.
     pub cpu_limit_millis: Option<u64>,
     pub output: Arc<dyn OutputSink>,
+    /// Bounds on request handling, for images that serve HTTP.
+    pub http: HttpLimits,
+    /// Where the guest's outbound HTTP requests go; `None` denies them all.
+    pub outbound: Option<Arc<dyn Outbound>>,
 }
 
 /// How a container ended.
@@ -105,6 +110,7 @@ pub struct Container {
     pub(crate) exit: Option<oneshot::Receiver<Exit>>,
     pub(crate) kill: Arc<Notify>,
     pub(crate) memory: Arc<AtomicU64>,
+    pub(crate) http: Option<Arc<dyn HttpService>>,
 }
 
 impl Container {
@@ -117,7 +123,15 @@ impl Container {
         }
     }
 
-    /// Stops the guest at its next yield point or host call.
+    /// The container's HTTP entry point, when its image serves HTTP
+    /// (a `wasi:http/incoming-handler` component).
+    pub fn http(&self) -> Option<Arc<dyn HttpService>> {
+        self.http.clone()
+    }
+
+    /// Stops the guest at its next yield point or host call. A container
+    /// serving HTTP stops taking requests and ends once those in flight
+    /// have been answered.
     pub fn kill(&self) {
         self.kill.notify_one();
     }

@@ -5,11 +5,13 @@
 //! from it. wasmtime's types stay inside this crate.
 
 pub mod backend;
+pub mod http;
 pub mod image;
 pub mod output;
 pub mod wasm;
 
 pub use backend::{Backend, Container, ContainerSpec, ContainerStats, Exit, Mount, Prepared};
+pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
 pub use image::{ImageError, ImageRef, ImageStore};
 pub use output::{OutputSink, StdStream};
 pub use wasm::{WasmBackend, WasmConfig};

@@ -25,6 +25,19 @@ pub fn now_rfc3339() -> String {
 /// Prefix of Shoal's annotations.
 pub const ANNOTATION_PREFIX: &str = "shoal.dev/";
 
+/// Pod annotations bounding how a `wasi:http` pod handles requests.
+pub mod http_annotations {
+    /// Requests one pod handles at once (default 1000).
+    pub const MAX_CONCURRENCY: &str = "shoal.dev/http-max-concurrency";
+    /// Seconds from accepting a request to its last byte (default 30).
+    pub const TIMEOUT_SECONDS: &str = "shoal.dev/http-timeout-seconds";
+    /// Largest request body in bytes (default 10 MiB).
+    pub const MAX_BODY_BYTES: &str = "shoal.dev/http-max-body-bytes";
+    /// Hosts a pod's guest may call besides cluster Services: comma
+    /// separated, `*` for any.
+    pub const ALLOWED_OUTBOUND_HOSTS: &str = "shoal.dev/allowed-outbound-hosts";
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("reading kubeconfig {path}: {source}")]

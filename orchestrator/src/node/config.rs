@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::Api;
-use shoal_runtime::Mount;
+use shoal_runtime::{HttpLimits, Mount};
+use shoal_sdk::http_annotations as ann;
 use shoal_sdk::quantity;
 
 /// Why a container's configuration could not be assembled. Kubelet's
@@ -23,6 +24,7 @@ pub struct Resolved {
     pub mounts: Vec<Mount>,
     pub memory_limit: Option<u64>,
     pub cpu_limit_millis: Option<u64>,
+    pub http: HttpLimits,
 }
 
 /// ConfigMaps and Secrets fetched once per pod start.
@@ -178,7 +180,35 @@ pub async fn resolve(
         mounts,
         memory_limit,
         cpu_limit_millis,
+        http: http_limits(pod)?,
     })
+}
+
+/// The pod's HTTP bounds from its `shoal.dev/http-*` annotations.
+pub fn http_limits(pod: &Pod) -> Result<HttpLimits, ConfigError> {
+    let mut limits = HttpLimits::default();
+    let annotations = pod.metadata.annotations.as_ref();
+    let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+        match annotations.and_then(|a| a.get(key)) {
+            None => Ok(None),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ConfigError(format!(
+                    "annotation {key}: {v:?} is not a positive whole number"
+                ))),
+            },
+        }
+    };
+    if let Some(n) = number(ann::MAX_CONCURRENCY)? {
+        limits.max_concurrency = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = number(ann::TIMEOUT_SECONDS)? {
+        limits.timeout = std::time::Duration::from_secs(n);
+    }
+    if let Some(n) = number(ann::MAX_BODY_BYTES)? {
+        limits.max_body_bytes = n;
+    }
+    Ok(limits)
 }
 
 async fn resolve_env(
@@ -187,7 +217,14 @@ async fn resolve_env(
     sources: &mut Sources,
     host_ip: &str,
 ) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut env: Vec<(String, String)> = Vec::new();
+    // What a container runtime sets from the sandbox's hostname, which
+    // Kubernetes makes the pod's name.
+    let mut env: Vec<(String, String)> = pod
+        .metadata
+        .name
+        .iter()
+        .map(|n| ("HOSTNAME".to_string(), n.clone()))
+        .collect();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
         .iter_mut()
         .find(|(name, _)| *name == k)

@@ -14,6 +14,10 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::http::Hooks;
+use crate::http::Outbound;
 use crate::output::{OutputSink, StdStream};
 
 /// Caps a sandbox's linear memory and remembers whether the guest hit the
@@ -63,11 +67,36 @@ pub(crate) struct P1Host {
     pub(crate) limits: Limits,
 }
 
-/// State of a WASI 0.2 component's store.
+/// State of a WASI 0.2 component's store: a command's, or one HTTP
+/// request's.
 pub(crate) struct P2Host {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limits: Limits,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) hooks: Hooks,
+}
+
+impl P2Host {
+    pub(crate) fn new(ctx: WasiCtx, limits: Limits, outbound: Option<Arc<dyn Outbound>>) -> P2Host {
+        P2Host {
+            ctx,
+            table: ResourceTable::new(),
+            limits,
+            http: WasiHttpCtx::new(),
+            hooks: Hooks { outbound },
+        }
+    }
+}
+
+impl WasiHttpView for P2Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
 }
 
 impl WasiView for P2Host {

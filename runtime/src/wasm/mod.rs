@@ -4,6 +4,7 @@
 mod cache;
 mod engine;
 mod host;
+mod http;
 mod run;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use tokio::sync::OnceCell;
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::backend::{Backend, Container, ContainerSpec, Prepared};
 use crate::image::ImageStore;
@@ -26,6 +28,8 @@ use host::{P1Host, P2Host};
 pub(crate) enum Loaded {
     Module(InstancePre<P1Host>),
     Command(CommandPre<P2Host>),
+    /// A `wasi:http/incoming-handler` component: instantiated per request.
+    Http(ProxyPre<P2Host>),
 }
 
 type LoadCell = Arc<OnceCell<Arc<Loaded>>>;
@@ -73,6 +77,8 @@ impl WasmBackend {
             .map_err(|e| SetupError::Engine(e.to_string()))?;
         let mut p2 = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2)
+            .map_err(|e| SetupError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)
             .map_err(|e| SetupError::Engine(e.to_string()))?;
         let ticker = engine::EpochTicker::start(engine.clone()).map_err(io)?;
         Ok(WasmBackend {
@@ -141,12 +147,18 @@ impl WasmBackend {
                     .p2
                     .instantiate_pre(&c)
                     .map_err(|e| create(run::describe(&e)))?;
-                Loaded::Command(CommandPre::new(pre).map_err(|e| {
-                    create(format!(
-                        "not a WASI command component (no wasi:cli/run export): {}",
-                        run::describe(&e)
-                    ))
-                })?)
+                // An HTTP handler is served per request; anything else must
+                // be a command that runs to its end.
+                if exports_http_handler(&self.engine, &c) {
+                    Loaded::Http(ProxyPre::new(pre).map_err(|e| create(run::describe(&e)))?)
+                } else {
+                    Loaded::Command(CommandPre::new(pre).map_err(|e| {
+                        create(format!(
+                            "not a WASI command (no wasi:cli/run export) nor an HTTP handler (no wasi:http/incoming-handler export): {}",
+                            run::describe(&e)
+                        ))
+                    })?)
+                }
             }
         };
         Ok(Arc::new(loaded))
@@ -156,6 +168,12 @@ impl WasmBackend {
 enum Compiled {
     Module(wasmtime::Module),
     Component(wasmtime::component::Component),
+}
+
+fn exports_http_handler(engine: &Engine, c: &wasmtime::component::Component) -> bool {
+    c.component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,12 +4,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
-use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::engine::EPOCH_TICK;
 use super::host::{GuestOutput, Limits, P1Host, P2Host};
+use super::http::WasmHttp;
 use super::Loaded;
 use crate::backend::{Container, ContainerSpec, Exit};
 use crate::output::StdStream;
@@ -36,33 +36,7 @@ pub(crate) async fn start(
         oom: false,
         memory: memory.clone(),
     };
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.argv)
-        .envs(&spec.env)
-        .stdout(GuestOutput {
-            sink: spec.output.clone(),
-            stream: StdStream::Stdout,
-        })
-        .stderr(GuestOutput {
-            sink: spec.output.clone(),
-            stream: StdStream::Stderr,
-        });
-    for m in &spec.mounts {
-        let perms = if m.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wasi.preopened_dir(&m.host_path, &m.guest_path, perms)
-            .map_err(|e| {
-                create(format!(
-                    "mounting {} at {}: {}",
-                    m.host_path.display(),
-                    m.guest_path,
-                    describe(&e)
-                ))
-            })?;
-    }
+    let mut wasi = wasi_builder(&spec).map_err(create)?;
     let kill = Arc::new(Notify::new());
     let (tx, rx) = oneshot::channel();
     let cpu = spec.cpu_limit_millis;
@@ -96,11 +70,7 @@ pub(crate) async fn start(
         Loaded::Command(pre) => {
             let mut store = Store::new(
                 engine,
-                P2Host {
-                    ctx: wasi.build(),
-                    table: ResourceTable::new(),
-                    limits,
-                },
+                P2Host::new(wasi.build(), limits, spec.outbound.clone()),
             );
             store.limiter(|h| &mut h.limits);
             budget_cpu(&mut store, cpu);
@@ -125,18 +95,76 @@ pub(crate) async fn start(
                 let _ = tx.send(exit);
             });
         }
+        Loaded::Http(pre) => {
+            let svc = Arc::new(WasmHttp::new(
+                engine.clone(),
+                pre.clone(),
+                spec,
+                memory.clone(),
+            ));
+            // Building one request's sandbox up front turns a bad mount
+            // or limit into a start failure rather than a 500 per request.
+            svc.probe_store().map_err(create)?;
+            let stop = kill.clone();
+            let draining = svc.clone();
+            tokio::spawn(async move {
+                stop.notified().await;
+                draining.drain().await;
+                let _ = tx.send(Exit::Killed);
+            });
+            return Ok(Container {
+                exit: Some(rx),
+                kill,
+                memory,
+                http: Some(svc),
+            });
+        }
     }
     Ok(Container {
         exit: Some(rx),
         kill,
         memory,
+        http: None,
     })
+}
+
+/// The WASI context every sandbox of this container gets: argv, env,
+/// stdout/stderr to the node's sink, and only the declared mounts.
+pub(crate) fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.argv)
+        .envs(&spec.env)
+        .stdout(GuestOutput {
+            sink: spec.output.clone(),
+            stream: StdStream::Stdout,
+        })
+        .stderr(GuestOutput {
+            sink: spec.output.clone(),
+            stream: StdStream::Stderr,
+        });
+    for m in &spec.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|e| {
+                format!(
+                    "mounting {} at {}: {}",
+                    m.host_path.display(),
+                    m.guest_path,
+                    describe(&e)
+                )
+            })?;
+    }
+    Ok(wasi)
 }
 
 /// Every tick the guest runs, the epoch callback decides when it runs
 /// next: at once after a yield (so a spinning guest cannot hold an executor
 /// thread), or after a pause that keeps it within its CPU limit.
-fn budget_cpu<T: Send + 'static>(store: &mut Store<T>, cpu_millis: Option<u64>) {
+pub(crate) fn budget_cpu<T: Send + 'static>(store: &mut Store<T>, cpu_millis: Option<u64>) {
     store.set_epoch_deadline(1);
     let pause = match cpu_millis {
         Some(m) if m < 1000 => {

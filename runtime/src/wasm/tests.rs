@@ -91,6 +91,8 @@ fn spec(out: Arc<Capture>) -> ContainerSpec {
         memory_limit: None,
         cpu_limit_millis: None,
         output: out,
+        http: crate::http::HttpLimits::default(),
+        outbound: None,
     }
 }
 
@@ -358,4 +360,95 @@ async fn adapted_component_reads_env_and_mounted_files() {
         "{}",
         out.text()
     );
+}
+
+/// The HTTP hello sample built by `scripts/build-samples.sh`, if built
+/// (required when `SHOAL_REQUIRE_RUST_SAMPLES=1`, as CI sets).
+fn http_hello() -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm-samples/p2/http-hello.wasm");
+    if path.exists() {
+        return Some(format!("file://{}", path.display()));
+    }
+    assert!(
+        std::env::var("SHOAL_REQUIRE_RUST_SAMPLES").as_deref() != Ok("1"),
+        "{} is missing: run scripts/build-samples.sh",
+        path.display()
+    );
+    eprintln!("skipping: {} not built", path.display());
+    None
+}
+
+async fn call(
+    svc: &Arc<dyn crate::http::HttpService>,
+    method: &str,
+    path: &str,
+    body: &'static [u8],
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = ::http::Request::builder()
+        .method(method)
+        .uri(format!("http://pod.local{path}"))
+        .header("host", "pod.local")
+        .body(crate::http::full(body))
+        .expect("request");
+    let resp = match svc.serve(req).await {
+        Ok(r) => r,
+        Err(_) => return (0, "turned away".into()),
+    };
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_component_serves_each_request_in_a_fresh_instance() {
+    let Some(image) = http_hello() else { return };
+    let f = fixture();
+    let prepared = f.backend.prepare(&image).await.expect("prepare");
+    let mut s = spec(Arc::new(Capture::default()));
+    s.env = vec![("HOSTNAME".into(), "pod-a".into())];
+    s.http = crate::http::HttpLimits {
+        max_concurrency: 4,
+        timeout: Duration::from_millis(800),
+        max_body_bytes: 16,
+    };
+    let mut c = f.backend.start(&prepared, s).await.expect("start");
+    let svc = c.http().expect("an HTTP component gets a handler");
+
+    let (code, text) = call(&svc, "GET", "/hi", b"").await;
+    assert_eq!((code, text.as_str()), (200, "hello from pod-a (GET /hi)\n"));
+    let (code, text) = call(&svc, "POST", "/echo", b"ping").await;
+    assert_eq!((code, text.as_str()), (200, "ping"));
+    // Over the body limit: refused before the guest runs.
+    let (code, text) = call(&svc, "POST", "/echo", b"0123456789abcdefXYZ").await;
+    assert_eq!(code, 413, "{text}");
+    // A trap ends that request's instance only.
+    let (code, text) = call(&svc, "GET", "/trap", b"").await;
+    assert_eq!(code, 502, "{text}");
+    // A spinning guest is stopped at the timeout.
+    let (code, text) = call(&svc, "GET", "/hang", b"").await;
+    assert_eq!(code, 504, "{text}");
+    let (code, _) = call(&svc, "GET", "/", b"").await;
+    assert_eq!(code, 200, "the pod still serves after a trap and a timeout");
+
+    // Killing drains: the request in flight is answered, new ones are
+    // turned away, then the container ends.
+    let slow = {
+        let svc = svc.clone();
+        tokio::spawn(async move { call(&svc, "GET", "/sleep/300", b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(svc.in_flight(), 1);
+    c.kill();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(call(&svc, "GET", "/", b"").await.0, 0);
+    let (code, text) = slow.await.expect("slow request");
+    assert_eq!((code, text.as_str()), (200, "slept 300 ms in pod-a\n"));
+    assert_eq!(c.wait().await, Exit::Killed);
 }

@@ -193,6 +193,8 @@ impl ContainerTask {
             memory_limit: r.memory_limit,
             cpu_limit_millis: r.cpu_limit_millis,
             output: log.clone(),
+            http: r.http,
+            outbound: None,
         };
         let started_clock = Instant::now();
         let mut running = match self.backend.start(&self.ready.prepared, spec).await {
