@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub scoring: Option<Scoring>,
     /// Whether to run the controller manager in this process.
     pub controllers: bool,
+    /// Where Services' cluster IPs come from.
+    pub service_cidr: apiserver::allocate::Cidr,
+    /// Where NodePort Services' ports come from.
+    pub node_port_range: std::ops::RangeInclusive<i64>,
 }
 
 /// A server that is up and serving.
@@ -67,6 +71,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         tokens: vec![(admin.clone(), "admin"), (node.clone(), "node")],
         advertise: advertise.clone(),
         nodes: apiserver::proxy::NodeClient::new(node.clone()),
+        services: apiserver::allocate::ServiceAllocator::new(
+            cfg.service_cidr,
+            cfg.node_port_range.clone(),
+        ),
     });
     apiserver::seed(&state)
         .await

@@ -5,3 +5,4 @@ mod controllers;
 mod multinode;
 mod node;
 mod scheduler;
+mod services;

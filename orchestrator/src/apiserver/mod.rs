@@ -2,6 +2,7 @@
 //! registry, admission, and HTTPS serving with bearer-token auth.
 
 pub mod admission;
+pub mod allocate;
 pub mod bootstrap;
 mod discovery;
 pub mod error;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub advertise: String,
     /// Reaches node agents for logs and the node proxy.
     pub nodes: proxy::NodeClient,
+    /// Cluster IPs and node ports of Services.
+    pub services: allocate::ServiceAllocator,
 }
 
 impl ApiState {

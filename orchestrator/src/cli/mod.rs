@@ -65,6 +65,30 @@ pub(crate) struct ControlArgs {
     /// Run without the workload controllers (ReplicaSet, Deployment, garbage collector, ...).
     #[arg(long, env = "SHOAL_DISABLE_CONTROLLERS")]
     disable_controllers: bool,
+    /// The range Services' cluster IPs are allocated from.
+    #[arg(long, env = "SHOAL_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    service_cidr: shoal_orchestrator::apiserver::allocate::Cidr,
+    /// The range NodePort Services' ports are allocated from.
+    #[arg(long, env = "SHOAL_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<i64>,
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i64>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range (low-high)"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=65535).contains(n))
+            .ok_or_else(|| format!("{p:?} is not a port"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b {
+        return Err(format!("{s:?}: the low end is above the high end"));
+    }
+    Ok(a..=b)
 }
 
 impl ControlArgs {
@@ -75,6 +99,8 @@ impl ControlArgs {
             watch_history: self.watch_history,
             scoring: (!self.disable_scheduler).then_some(self.scheduler_scoring),
             controllers: !self.disable_controllers,
+            service_cidr: self.service_cidr,
+            node_port_range: self.service_node_port_range.clone(),
         }
     }
 }

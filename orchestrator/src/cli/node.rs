@@ -44,6 +44,9 @@ pub struct NodeTuning {
     /// Port of the node API (logs, stats, metrics); 0 picks a free one.
     #[arg(long, env = "SHOAL_NODE_PORT", default_value_t = 10250)]
     node_port: u16,
+    /// Port other nodes forward Service traffic to; 0 picks a free one.
+    #[arg(long, env = "SHOAL_GATEWAY_PORT", default_value_t = 0)]
+    gateway_port: u16,
     /// Pods this node can hold (sandbox slots reserved in the engine).
     #[arg(long, env = "SHOAL_MAX_PODS", default_value_t = 20_000)]
     max_pods: u32,
@@ -82,6 +85,7 @@ impl NodeTuning {
             data_dir,
             address,
             port: self.node_port,
+            gateway_port: self.gateway_port,
             wasm: WasmConfig {
                 max_instances: self.max_pods,
                 max_memory_bytes: self.max_pod_memory_mib.saturating_mul(1024 * 1024),

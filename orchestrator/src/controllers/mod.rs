@@ -6,6 +6,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod informer;
 pub mod job;
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -92,6 +94,9 @@ pub struct Informers {
     pub statefulsets: Arc<Informer<StatefulSet>>,
     pub jobs: Arc<Informer<Job>>,
     pub cronjobs: Arc<Informer<CronJob>>,
+    pub services: Arc<Informer<Service>>,
+    pub endpointslices: Arc<Informer<EndpointSlice>>,
+    pub endpoints: Arc<Informer<Endpoints>>,
 }
 
 impl Informers {
@@ -106,6 +111,9 @@ impl Informers {
             statefulsets: Informer::new("statefulsets"),
             jobs: Informer::new("jobs"),
             cronjobs: Informer::new("cronjobs"),
+            services: Informer::new("services"),
+            endpointslices: Informer::new("endpointslices"),
+            endpoints: Informer::new("endpoints"),
         }
     }
 
@@ -119,6 +127,9 @@ impl Informers {
         self.statefulsets.start(Api::all(client.clone()));
         self.jobs.start(Api::all(client.clone()));
         self.cronjobs.start(Api::all(client.clone()));
+        self.services.start(Api::all(client.clone()));
+        self.endpointslices.start(Api::all(client.clone()));
+        self.endpoints.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -131,6 +142,9 @@ impl Informers {
         self.statefulsets.wait_synced().await;
         self.jobs.wait_synced().await;
         self.cronjobs.wait_synced().await;
+        self.services.wait_synced().await;
+        self.endpointslices.wait_synced().await;
+        self.endpoints.wait_synced().await;
     }
 }
 
@@ -175,6 +189,7 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     let cron = cronjob::CronJobController::register(&ctx);
     let gc = gc::GarbageCollector::register(&ctx);
     let ns = namespace::NamespaceController::register(&ctx);
+    let eps = endpoints::EndpointsController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -189,6 +204,7 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     set.spawn(run_loop(cron.0, cron.1, 2, ctx.clone()));
     set.spawn(run_loop(gc.0, gc.1, 4, ctx.clone()));
     set.spawn(run_loop(ns.0, ns.1, 2, ctx.clone()));
+    set.spawn(run_loop(eps.0, eps.1, 4, ctx.clone()));
     set
 }
 

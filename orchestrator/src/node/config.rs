@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service, Volume};
 use kube::Api;
 use shoal_runtime::{HttpLimits, Mount};
 use shoal_sdk::http_annotations as ann;
@@ -25,21 +27,26 @@ pub struct Resolved {
     pub memory_limit: Option<u64>,
     pub cpu_limit_millis: Option<u64>,
     pub http: HttpLimits,
+    /// Hosts outside the cluster the guest may call.
+    pub allowed_outbound: Vec<String>,
 }
 
-/// ConfigMaps and Secrets fetched once per pod start.
+/// ConfigMaps and Secrets fetched once per pod start, and the Services
+/// of the pod's namespace (for their environment variables).
 pub struct Sources {
     client: kube::Client,
     namespace: String,
+    services: Vec<Arc<Service>>,
     config_maps: HashMap<String, Option<ConfigMap>>,
     secrets: HashMap<String, Option<Secret>>,
 }
 
 impl Sources {
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
+    pub fn new(client: kube::Client, namespace: &str, services: Vec<Arc<Service>>) -> Self {
         Sources {
             client,
             namespace: namespace.to_string(),
+            services,
             config_maps: HashMap::new(),
             secrets: HashMap::new(),
         }
@@ -181,7 +188,82 @@ pub async fn resolve(
         memory_limit,
         cpu_limit_millis,
         http: http_limits(pod)?,
+        allowed_outbound: allowed_outbound(pod),
     })
+}
+
+/// The pod's `shoal.dev/allowed-outbound-hosts`, lower-cased.
+pub fn allowed_outbound(pod: &Pod) -> Vec<String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ann::ALLOWED_OUTBOUND_HOSTS))
+        .map(|v| {
+            v.split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Docker-link style variables for every Service with a cluster IP in the
+/// pod's namespace, as kubelet sets them when `enableServiceLinks` holds:
+/// `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT`, `WEB_PORT_80_TCP_ADDR`, ….
+pub fn service_env(services: &[Arc<Service>]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
+    sorted.sort_by_key(|s| s.metadata.name.clone());
+    for svc in sorted {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+            continue;
+        };
+        let ports = spec.ports.unwrap_or_default();
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        let prefix = svc
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        n.to_ascii_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((
+            format!("{prefix}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
+        ));
+        for p in &ports {
+            let base = format!("{prefix}_PORT_{}_{}", p.port, proto(p));
+            let url = format!("{}://{ip}:{}", proto(p).to_ascii_lowercase(), p.port);
+            out.push((base.clone(), url));
+            out.push((format!("{base}_PROTO"), proto(p).to_ascii_lowercase()));
+            out.push((format!("{base}_PORT"), p.port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// The pod's HTTP bounds from its `shoal.dev/http-*` annotations.
@@ -225,6 +307,14 @@ async fn resolve_env(
         .iter()
         .map(|n| ("HOSTNAME".to_string(), n.clone()))
         .collect();
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    if links {
+        env.extend(service_env(&sources.services));
+    }
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
         .iter_mut()
         .find(|(name, _)| *name == k)

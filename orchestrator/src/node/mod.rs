@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gateway;
 pub mod logs;
 pub mod metrics;
 pub mod registration;
@@ -21,7 +22,10 @@ use anyhow::Context;
 use shoal_runtime::{Backend, WasmBackend, WasmConfig};
 use tracing::{info, warn};
 
+use crate::controllers::informer::Informer;
 use crate::events::EventRecorder;
+use gateway::table::Table;
+use gateway::Gateway;
 use logs::LogStore;
 use metrics::NodeMetrics;
 use status_sync::{PodKey, StatusSync};
@@ -42,6 +46,8 @@ pub struct NodeConfig {
     pub address: IpAddr,
     /// Port of the node API; 0 picks a free one.
     pub port: u16,
+    /// Port peers forward Service traffic to; 0 picks a free one.
+    pub gateway_port: u16,
     pub wasm: WasmConfig,
     pub backoff: BackoffPolicy,
     pub lease_interval: Duration,
@@ -62,6 +68,7 @@ pub struct NodeCtx {
     /// Pods this node runs, by namespace and name: what the node API needs
     /// to find a pod's files.
     pub pods: Mutex<HashMap<(String, String), PodKey>>,
+    pub gateway: Arc<Gateway>,
 }
 
 impl NodeCtx {
@@ -95,7 +102,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("node API listening on {}:{}", cfg.address, cfg.port))?;
     let port = listener.local_addr()?.port();
+    let gateway = start_gateway(&client, &cfg).await?;
+    let gateway_port = gateway.1;
     let ctx = Arc::new(NodeCtx {
+        gateway: gateway.0,
         events: EventRecorder::start(client.clone(), COMPONENT, Some(cfg.name.clone())),
         status: StatusSync::start(client.clone()),
         client: client.clone(),
@@ -114,6 +124,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         name: cfg.name.clone(),
         address: cfg.address,
         port,
+        gateway_port,
         max_pods: cfg.wasm.max_instances,
         runtimes: ctx.backends.keys().copied().collect(),
         lease_interval: cfg.lease_interval,
@@ -134,4 +145,40 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tokio::spawn(reg.heartbeat());
     sync::run(ctx).await;
     Ok(())
+}
+
+/// The gateway's caches (Services, EndpointSlices, Nodes), its peer
+/// listener and its NodePort listeners; returns it and its peer port.
+async fn start_gateway(
+    client: &kube::Client,
+    cfg: &NodeConfig,
+) -> anyhow::Result<(Arc<Gateway>, u16)> {
+    let table = Table {
+        services: Informer::new("services"),
+        slices: Informer::new("endpointslices"),
+        nodes: Informer::new("nodes"),
+    };
+    table.services.start(kube::Api::all(client.clone()));
+    table.slices.start(kube::Api::all(client.clone()));
+    table.nodes.start(kube::Api::all(client.clone()));
+    let gateway = Arc::new(Gateway::new(cfg.name.clone(), table));
+    let peer = tokio::net::TcpListener::bind(SocketAddr::new(cfg.address, cfg.gateway_port))
+        .await
+        .with_context(|| {
+            format!(
+                "node gateway listening on {}:{}",
+                cfg.address, cfg.gateway_port
+            )
+        })?;
+    let peer_port = peer.local_addr()?.port();
+    tokio::spawn(gateway::listen::serve(
+        peer,
+        gateway.clone(),
+        gateway::listen::Role::Peer,
+    ));
+    tokio::spawn(gateway::listen::follow_node_ports(
+        gateway.clone(),
+        cfg.address,
+    ));
+    Ok((gateway, peer_port))
 }

@@ -23,6 +23,8 @@ pub struct Registration {
     pub name: String,
     pub address: IpAddr,
     pub port: u16,
+    /// Where peers forward Service traffic for this node's pods.
+    pub gateway_port: u16,
     pub max_pods: u32,
     pub runtimes: Vec<&'static str>,
     pub lease_interval: Duration,
@@ -38,6 +40,13 @@ impl Registration {
             l.insert(shoal_sdk::runtime_label(r), "true".into());
         }
         l
+    }
+
+    fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            crate::node::gateway::table::GATEWAY_PORT_ANNOTATION.to_string(),
+            self.gateway_port.to_string(),
+        )])
     }
 
     fn status(&self) -> Value {
@@ -85,14 +94,14 @@ impl Registration {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": self.labels()},
+            "metadata": {"name": self.name, "labels": self.labels(), "annotations": self.annotations()},
             "spec": {},
         });
         let node: Node = serde_json::from_value(node).map_err(kube::Error::SerdeError)?;
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => info!(node = %self.name, "registered node"),
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                let patch = json!({"metadata": {"labels": self.labels()}});
+                let patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations()}});
                 nodes
                     .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;

@@ -269,7 +269,8 @@ pub fn pick(
     scoring: Scoring,
 ) -> Result<String, String> {
     let want = requests(pod);
-    let mut best: Option<(i64, String)> = None;
+    // (score, pods the node would hold, name)
+    let mut best: Option<(i64, i64, String)> = None;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
@@ -278,19 +279,27 @@ pub fn pick(
         match filter(pod, node, &left, extra_selector) {
             Ok(()) => {
                 let s = score(scoring, &alloc, &left, &want);
-                // Ties go to the lexically first name, so placement is repeatable.
-                if best
-                    .as_ref()
-                    .is_none_or(|(bs, bn)| s > *bs || (s == *bs && name < *bn))
-                {
-                    best = Some((s, name));
+                // Pods without requests score alike everywhere: between
+                // equal scores, the pod count decides (fewest pods when
+                // spreading, most when packing), then the lexically first
+                // name, so placement is repeatable.
+                let held = alloc.pods - left.pods;
+                let better = |(bs, bh, bn): &(i64, i64, String)| {
+                    let fewer = match scoring {
+                        Scoring::LeastAllocated => held < *bh,
+                        Scoring::MostAllocated => held > *bh,
+                    };
+                    s > *bs || (s == *bs && (fewer || (held == *bh && name < *bn)))
+                };
+                if best.as_ref().is_none_or(better) {
+                    best = Some((s, held, name));
                 }
             }
             Err(why) => *reasons.entry(why).or_default() += 1,
         }
     }
     match best {
-        Some((_, name)) => Ok(name),
+        Some((_, _, name)) => Ok(name),
         None => {
             let parts: Vec<String> = reasons
                 .iter()

@@ -235,6 +235,19 @@ pub async fn create(
     if let Some(ns) = t.namespace.as_deref() {
         check_namespace_open(st, ns).await?;
     }
+    // Allocation reads every Service, so it is held until this one is stored.
+    let _allocating = if (t.res.group, t.res.plural) == ("", "services") {
+        let guard = st.services.lock().await;
+        let key = t.res.key(t.namespace.as_deref(), Some(&name));
+        let mut used = st
+            .services
+            .used(&*st.store, &t.res.key(None, None), &key)
+            .await?;
+        st.services.assign(&mut obj, None, &mut used)?;
+        Some(guard)
+    } else {
+        None
+    };
     if dry_run {
         return Ok(respond(StatusCode::CREATED, &obj, &warnings));
     }
@@ -433,6 +446,12 @@ pub async fn write_with_retry(
     let key = t.res.key(t.namespace.as_deref(), Some(&name));
     let part = Part::of(t);
     let dry_run = q.dry_run()?;
+    let services = (t.res.group, t.res.plural) == ("", "services") && part == Part::Main;
+    let _allocating = if services {
+        Some(st.services.lock().await)
+    } else {
+        None
+    };
     for _ in 0..16 {
         let cur = st
             .store
@@ -458,6 +477,14 @@ pub async fn write_with_retry(
         let mut merged = merge_for_update(t.res, client, &cur.value, part);
         crate::store::stamp_revision(&mut merged, cur.rv);
         admit(t.res, &mut merged, Some(&cur.value))?;
+        if services {
+            let mut used = st
+                .services
+                .used(&*st.store, &t.res.key(None, None), &key)
+                .await?;
+            st.services
+                .assign(&mut merged, Some(&cur.value), &mut used)?;
+        }
         if dry_run {
             return Ok(merged);
         }

@@ -18,6 +18,7 @@ use tracing::{debug, instrument};
 use super::backoff::Backoff;
 use super::{now, ReadyContainer};
 use crate::events::ObjectRef;
+use crate::node::gateway::outbound::PodOutbound;
 use crate::node::status_sync::PodKey;
 use crate::node::NodeCtx;
 
@@ -194,7 +195,11 @@ impl ContainerTask {
             cpu_limit_millis: r.cpu_limit_millis,
             output: log.clone(),
             http: r.http,
-            outbound: None,
+            outbound: Some(Arc::new(PodOutbound::new(
+                self.ctx.gateway.clone(),
+                &self.pod.namespace,
+                r.allowed_outbound.clone(),
+            ))),
         };
         let started_clock = Instant::now();
         let mut running = match self.backend.start(&self.ready.prepared, spec).await {
@@ -226,6 +231,13 @@ impl ContainerTask {
                 .events
                 .normal(&self.object, "Started", format!("Started container {name}"));
         }
+        // An HTTP pod takes Service traffic from now until it stops.
+        let http = running.http();
+        if let Some(h) = &http {
+            self.ctx
+                .gateway
+                .register(&self.pod.namespace, &self.pod.name, h.clone());
+        }
         let mut killed = false;
         let exit = tokio::select! {
             e = running.wait() => e,
@@ -237,6 +249,11 @@ impl ContainerTask {
                 running.wait().await
             }
         };
+        if let Some(h) = &http {
+            self.ctx
+                .gateway
+                .unregister(&self.pod.namespace, &self.pod.name, h);
+        }
         log.finish();
         let (reason, message) = match &exit {
             Exit::OomKilled => ("OOMKilled", None),

@@ -96,7 +96,13 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
             ),
             pull: false,
         })?;
-    let mut sources = Sources::new(w.ctx.client.clone(), &w.key.namespace);
+    let services = w
+        .ctx
+        .gateway
+        .table
+        .services
+        .list_namespace(&w.key.namespace);
+    let mut sources = Sources::new(w.ctx.client.clone(), &w.key.namespace, services);
     let mut init = Vec::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         init.push(ready(w, &backend, &mut sources, c, true, i).await?);

@@ -1,0 +1,235 @@
+//! The node gateway: HTTP traffic for Services. It listens on every
+//! NodePort, picks one of the Service's ready endpoints round robin, and
+//! hands the request to the pod in-process when the pod runs here or to
+//! the gateway of the node that runs it. Guests' outbound requests to
+//! Service names take the same path (`outbound.rs`).
+
+pub mod listen;
+pub mod outbound;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use shoal_runtime::http::{text_response, Body, BoxError, HttpService};
+use tracing::debug;
+
+use table::{Table, Target};
+
+/// Header a gateway sets when it forwards a request to a peer: the pod
+/// (`namespace/name`) that should take it.
+pub const TARGET_POD_HEADER: &str = "x-shoal-target-pod";
+/// Header a peer sets on a 503 when the pod did not take the request, so
+/// the sender may try another endpoint.
+const TURNED_AWAY_HEADER: &str = "x-shoal-turned-away";
+
+pub struct Gateway {
+    pub node: String,
+    pub table: Table,
+    /// HTTP pods running on this node, by (namespace, name).
+    local: Mutex<HashMap<(String, String), Arc<dyn HttpService>>>,
+    next: AtomicUsize,
+    peers: Client<HttpConnector, Body>,
+}
+
+impl Gateway {
+    pub fn new(node: String, table: Table) -> Gateway {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Gateway {
+            node,
+            table,
+            local: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            peers: Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+
+    /// A pod on this node now serves HTTP.
+    pub fn register(&self, namespace: &str, pod: &str, svc: Arc<dyn HttpService>) {
+        if let Ok(mut m) = self.local.lock() {
+            m.insert((namespace.to_string(), pod.to_string()), svc);
+        }
+    }
+
+    /// The pod stopped serving (only if `svc` is still the one registered:
+    /// a restarted container registers its successor first).
+    pub fn unregister(&self, namespace: &str, pod: &str, svc: &Arc<dyn HttpService>) {
+        if let Ok(mut m) = self.local.lock() {
+            let key = (namespace.to_string(), pod.to_string());
+            if m.get(&key).is_some_and(|cur| Arc::ptr_eq(cur, svc)) {
+                m.remove(&key);
+            }
+        }
+    }
+
+    fn local(&self, namespace: &str, pod: &str) -> Option<Arc<dyn HttpService>> {
+        self.local
+            .lock()
+            .ok()?
+            .get(&(namespace.to_string(), pod.to_string()))
+            .cloned()
+    }
+
+    /// Sends a request to one of the Service port's endpoints.
+    pub async fn to_service(
+        &self,
+        svc: &Service,
+        port: &ServicePort,
+        req: http::Request<Body>,
+    ) -> http::Response<Body> {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let targets = self.table.targets(svc, port);
+        if targets.is_empty() {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service {ns}/{name} has no ready endpoints"),
+            );
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A request without a body can be re-sent when an endpoint turns
+        // it away; one with a body goes to one endpoint only once it left.
+        let replay = replayable(&req);
+        let mut pending = Some(req);
+        for i in 0..targets.len() {
+            let t = &targets[(start + i) % targets.len()];
+            let req = match pending.take() {
+                Some(r) => r,
+                None => match &replay {
+                    Some(parts) => rebuild(parts),
+                    None => break,
+                },
+            };
+            match self.to_pod(t, req).await {
+                Ok(resp) => return resp,
+                Err(back) => pending = back,
+            }
+        }
+        text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no endpoint of service {ns}/{name} could take the request"),
+        )
+    }
+
+    /// One attempt at one endpoint. `Err` when it did not take the
+    /// request, with the request if it is still unsent.
+    async fn to_pod(
+        &self,
+        t: &Target,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Option<http::Request<Body>>> {
+        if t.node == self.node {
+            let Some(svc) = self.local(&t.namespace, &t.pod) else {
+                debug!(pod = %t.pod, "endpoint not serving here (yet or any more)");
+                return Err(Some(req));
+            };
+            return svc.serve(req).await.map_err(Some);
+        }
+        let Some(peer) = self.table.gateway_of(&t.node) else {
+            return Err(Some(req));
+        };
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let Ok(uri) = format!("http://{peer}{path}").parse::<http::Uri>() else {
+            return Err(None);
+        };
+        if parts.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(http::header::HOST, v);
+                }
+            }
+        }
+        parts.uri = uri;
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/{}", t.namespace, t.pod)) {
+            parts.headers.insert(TARGET_POD_HEADER, v);
+        }
+        match self
+            .peers
+            .request(http::Request::from_parts(parts, body))
+            .await
+        {
+            Ok(resp) if resp.headers().contains_key(TURNED_AWAY_HEADER) => Err(None),
+            Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "forwarding to a peer gateway failed");
+                Err(None)
+            }
+        }
+    }
+
+    /// A peer's forwarded request for a pod here.
+    pub async fn from_peer(&self, req: http::Request<Body>) -> http::Response<Body> {
+        let target = req
+            .headers()
+            .get(TARGET_POD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('/'))
+            .map(|(ns, pod)| (ns.to_string(), pod.to_string()));
+        let Some((ns, pod)) = target else {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                format!("missing {TARGET_POD_HEADER} header"),
+            );
+        };
+        let turned_away = || {
+            let mut r = text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "pod {ns}/{pod} is not taking requests on node {}",
+                    self.node
+                ),
+            );
+            r.headers_mut()
+                .insert(TURNED_AWAY_HEADER, HeaderValue::from_static("1"));
+            r
+        };
+        let Some(svc) = self.local(&ns, &pod) else {
+            return turned_away();
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(TARGET_POD_HEADER);
+        match svc.serve(http::Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(_) => turned_away(),
+        }
+    }
+}
+
+/// Method, URI and headers of a request whose body is known to be empty.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+fn replayable(req: &http::Request<Body>) -> Option<Replay> {
+    (http_body::Body::size_hint(req.body()).exact() == Some(0)).then(|| Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    })
+}
+
+fn rebuild(r: &Replay) -> http::Request<Body> {
+    let mut req = http::Request::new(shoal_runtime::http::full(bytes::Bytes::new()));
+    *req.method_mut() = r.method.clone();
+    *req.uri_mut() = r.uri.clone();
+    *req.headers_mut() = r.headers.clone();
+    req
+}

@@ -1,0 +1,167 @@
+//! Where a Service's traffic may go, read from the shared caches of
+//! Services, EndpointSlices and Nodes. Pure lookups: the gateway decides
+//! the order in which it tries them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::controllers::endpoints::SERVICE_NAME_LABEL;
+use crate::controllers::informer::Informer;
+
+/// Node annotation naming the port of a node's gateway, where peers
+/// forward requests for the pods it runs.
+pub const GATEWAY_PORT_ANNOTATION: &str = "shoal.dev/gateway-port";
+
+/// One pod that may take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    /// The port the pod serves the Service port on.
+    pub port: i32,
+}
+
+pub struct Table {
+    pub services: Arc<Informer<Service>>,
+    pub slices: Arc<Informer<EndpointSlice>>,
+    pub nodes: Arc<Informer<Node>>,
+}
+
+impl Table {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Ready endpoints of one Service port; when none is ready, those
+    /// still serving while they terminate (as kube-proxy falls back).
+    pub fn targets(&self, svc: &Service, port: &ServicePort) -> Vec<Target> {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let port_name = port.name.clone().unwrap_or_default();
+        let mut ready = Vec::new();
+        let mut serving = Vec::new();
+        for slice in self.slices.list_namespace(ns) {
+            let labels = slice.metadata.labels.as_ref();
+            if labels
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map(String::as_str)
+                != Some(name)
+            {
+                continue;
+            }
+            let Some(target_port) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.clone().unwrap_or_default() == port_name)
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let (Some(pod), Some(node)) = (
+                    ep.target_ref.as_ref().and_then(|r| r.name.clone()),
+                    ep.node_name.clone(),
+                ) else {
+                    continue;
+                };
+                let c = ep.conditions.clone().unwrap_or_default();
+                let t = Target {
+                    namespace: ns.to_string(),
+                    pod,
+                    node,
+                    port: target_port,
+                };
+                if c.ready.unwrap_or(true) {
+                    ready.push(t);
+                } else if c.serving.unwrap_or(false) {
+                    serving.push(t);
+                }
+            }
+        }
+        if ready.is_empty() {
+            serving
+        } else {
+            ready
+        }
+    }
+
+    /// `address:port` of a node's gateway.
+    pub fn gateway_of(&self, node: &str) -> Option<String> {
+        let n = self.nodes.get(node)?;
+        let port = n
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(GATEWAY_PORT_ANNOTATION)?
+            .clone();
+        let address = n
+            .status
+            .as_ref()?
+            .addresses
+            .iter()
+            .flatten()
+            .find(|a| a.type_ == "InternalIP")?
+            .address
+            .clone();
+        Some(format!("{address}:{port}"))
+    }
+
+    /// Every (Service, port) exposed on a node port, with that port.
+    pub fn node_ports(&self) -> Vec<(Arc<Service>, ServicePort, u16)> {
+        let mut out = Vec::new();
+        for svc in self.services.list() {
+            let spec = svc.spec.clone().unwrap_or_default();
+            let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+            if ty != "NodePort" && ty != "LoadBalancer" {
+                continue;
+            }
+            for p in spec.ports.iter().flatten() {
+                if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+                    out.push((svc.clone(), p.clone(), n));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Which Service a guest means by an outbound host: `svc`, `svc.ns`,
+/// `svc.ns.svc` or `svc.ns.svc.cluster.local` (namespace defaulting to
+/// the caller's). `None` for anything else.
+pub fn service_host<'a>(host: &'a str, own_namespace: &'a str) -> Option<(&'a str, &'a str)> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host.strip_suffix(".cluster.local").unwrap_or(host);
+    let host = host.strip_suffix(".svc").unwrap_or(host);
+    let mut parts = host.split('.');
+    let svc = parts.next().filter(|s| !s.is_empty())?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some((own_namespace, svc)),
+        (Some(ns), None) if !ns.is_empty() => Some((ns, svc)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_host;
+
+    #[test]
+    fn service_names_resolve() {
+        assert_eq!(service_host("hello", "demo"), Some(("demo", "hello")));
+        assert_eq!(service_host("hello.web", "demo"), Some(("web", "hello")));
+        assert_eq!(
+            service_host("hello.web.svc", "demo"),
+            Some(("web", "hello"))
+        );
+        assert_eq!(
+            service_host("hello.web.svc.cluster.local", "demo"),
+            Some(("web", "hello"))
+        );
+        assert_eq!(service_host("example.com.au", "demo"), None);
+        assert_eq!(service_host("", "demo"), None);
+    }
+}

@@ -1,0 +1,69 @@
+//! Services in front of `wasi:http` pods: NodePorts on every node, traffic
+//! forwarded between node gateways, guests calling Services by name, bad
+//! input at the gateway, and rolling updates under load.
+
+mod nodeport;
+mod rollout;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node as KNode;
+use kube::Api;
+use shoal_tests::{wait_for, Server};
+
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// The HTTP samples manifest with `${SAMPLES}` filled in.
+pub fn http_manifest(p2_dir: &str) -> anyhow::Result<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/manifests/http.yaml");
+    Ok(std::fs::read_to_string(path)?.replace("${SAMPLES}", p2_dir))
+}
+
+pub async fn wait_nodes_ready(s: &Server, names: &[&str]) -> anyhow::Result<()> {
+    let nodes: Api<KNode> = Api::all(s.client().await?);
+    for name in names {
+        wait_for(&format!("node {name} Ready"), PATIENCE, || async {
+            let n = nodes.get(name).await.ok()?;
+            n.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until `n` endpoints of Service `name` are ready.
+pub async fn wait_endpoints(s: &Server, ns: &str, name: &str, n: usize) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{n} ready endpoints of service {ns}/{name}"),
+        PATIENCE,
+        || async {
+            let out = s
+                .kubectl(&[
+                    "get",
+                    "endpointslices",
+                    "-n",
+                    ns,
+                    "-l",
+                    &format!("kubernetes.io/service-name={name}"),
+                    "-o",
+                    "jsonpath={range .items[*].endpoints[*]}{.conditions.ready}{\"\\n\"}{end}",
+                ])
+                .ok()?;
+            (out.lines().filter(|l| *l == "true").count() == n).then_some(())
+        },
+    )
+    .await
+}
+
+/// The pod name in a hello answer ("hello from <pod> (GET /)").
+pub fn pod_of(body: &str) -> Option<String> {
+    let rest = body
+        .strip_prefix("hello from ")
+        .or_else(|| body.split("hello from ").nth(1))?;
+    rest.split_whitespace().next().map(str::to_string)
+}
