@@ -486,6 +486,11 @@ fn dechunk(mut rest: &str) -> String {
 
 /// `GET path` on a fresh connection.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_get_host(addr, addr, path).await
+}
+
+/// `GET path` with the given `Host` header (for Ingress rules).
+pub async fn http_get_host(addr: &str, host: &str, path: &str) -> Result<(u16, String)> {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     http_exchange(addr, raw.as_bytes()).await
 }

@@ -111,7 +111,10 @@ pub fn registry() -> Registry {
                 ..Admission::default()
             })
             .build(),
-        entry::<core::Endpoints>().short(&["ep"]).build(),
+        entry::<core::Endpoints>()
+            .short(&["ep"])
+            .printer(Printer::Endpoints)
+            .build(),
         entry::<core::ServiceAccount>().short(&["sa"]).build(),
         entry::<core::ResourceQuota>()
             .short(&["quota"])
@@ -202,10 +205,13 @@ pub fn registry() -> Registry {
         entry::<networking::Ingress>()
             .short(&["ing"])
             .subresources(&["status"])
+            .printer(Printer::Ingress)
             .build(),
         entry::<networking::IngressClass>().build(),
         // discovery.k8s.io/v1
-        entry::<discovery::EndpointSlice>().build(),
+        entry::<discovery::EndpointSlice>()
+            .printer(Printer::EndpointSlice)
+            .build(),
         // coordination.k8s.io/v1
         entry::<coordination::Lease>().build(),
         // node.k8s.io/v1

@@ -1,5 +1,6 @@
-//! Objects every cluster starts with: the system namespaces and the two
-//! RuntimeClasses (`wasmtime`, the default, and `runc`).
+//! Objects every cluster starts with: the system namespaces, the two
+//! RuntimeClasses (`wasmtime`, the default, and `runc`) and the default
+//! IngressClass `shoal`.
 
 use serde_json::{json, Value};
 use tracing::info;
@@ -51,6 +52,19 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
             ),
         ));
     }
+    // The class every node gateway serves, and the default for Ingresses
+    // that name none.
+    wanted.push(("networking.k8s.io", "ingressclasses", {
+        let mut o = object(
+            "networking.k8s.io/v1",
+            "IngressClass",
+            "shoal",
+            json!({"spec": {"controller": "shoal.dev/ingress-gateway"}}),
+        );
+        o["metadata"]["annotations"] =
+            json!({"ingressclass.kubernetes.io/is-default-class": "true"});
+        o
+    }));
     for (group, plural, obj) in wanted {
         let Some(res) = st.registry.get(group, "v1", plural) else {
             continue;

@@ -21,6 +21,9 @@ pub enum Printer {
     DaemonSet,
     StatefulSet,
     RuntimeClass,
+    Ingress,
+    EndpointSlice,
+    Endpoints,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -129,6 +132,22 @@ fn columns(p: Printer) -> Vec<Col> {
         ],
         Printer::StatefulSet => vec![name, ("Ready", "string", 0), age],
         Printer::RuntimeClass => vec![name, ("Handler", "string", 0), age],
+        Printer::Ingress => vec![
+            name,
+            ("Class", "string", 0),
+            ("Hosts", "string", 0),
+            ("Address", "string", 0),
+            ("Ports", "string", 0),
+            age,
+        ],
+        Printer::EndpointSlice => vec![
+            name,
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            age,
+        ],
+        Printer::Endpoints => vec![name, ("Endpoints", "string", 0), age],
     }
 }
 
@@ -187,6 +206,19 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 
 fn n(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn arr<'a>(v: &'a Value, p: &str) -> impl Iterator<Item = &'a Value> {
+    v.pointer(p).and_then(Value::as_array).into_iter().flatten()
+}
+
+/// The first three, then "+ N more...", as kubectl prints endpoint lists.
+fn few(items: &[&str]) -> String {
+    match items.len() {
+        0 => "<none>".into(),
+        n if n <= 3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
 }
 
 fn or_none(x: &str) -> String {
@@ -636,6 +668,64 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             age,
         ],
         Printer::RuntimeClass => vec![name, json!(s(o, "/handler")), age],
+        Printer::Ingress => {
+            let hosts: Vec<&str> = arr(o, "/spec/rules")
+                .map(|r| s(r, "/host"))
+                .filter(|h| !h.is_empty())
+                .collect();
+            let addresses: Vec<&str> = arr(o, "/status/loadBalancer/ingress")
+                .map(|i| s(i, "/ip"))
+                .collect();
+            let ports = if arr(o, "/spec/tls").next().is_some() {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                json!(or_none(s(o, "/spec/ingressClassName"))),
+                json!(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                }),
+                json!(addresses.join(",")),
+                json!(ports),
+                age,
+            ]
+        }
+        Printer::EndpointSlice => {
+            let ports: Vec<String> = arr(o, "/ports")
+                .map(|p| n(p, "/port").to_string())
+                .collect();
+            let addresses: Vec<&str> = arr(o, "/endpoints")
+                .flat_map(|e| arr(e, "/addresses"))
+                .filter_map(Value::as_str)
+                .collect();
+            vec![
+                name,
+                json!(s(o, "/addressType")),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(few(&addresses)),
+                age,
+            ]
+        }
+        Printer::Endpoints => {
+            let mut eps: Vec<String> = Vec::new();
+            for sub in arr(o, "/subsets") {
+                for a in arr(sub, "/addresses") {
+                    for p in arr(sub, "/ports") {
+                        eps.push(format!("{}:{}", s(a, "/ip"), n(p, "/port")));
+                    }
+                }
+            }
+            let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+            vec![name, json!(few(&refs)), age]
+        }
     }
 }
 

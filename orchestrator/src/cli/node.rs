@@ -47,6 +47,12 @@ pub struct NodeTuning {
     /// Port other nodes forward Service traffic to; 0 picks a free one.
     #[arg(long, env = "SHOAL_GATEWAY_PORT", default_value_t = 0)]
     gateway_port: u16,
+    /// Port Ingress traffic arrives on (plain HTTP); 0 turns it off.
+    #[arg(long, env = "SHOAL_INGRESS_HTTP_PORT", default_value_t = 8080)]
+    ingress_http_port: u16,
+    /// Port Ingress traffic arrives on (TLS); 0 turns it off.
+    #[arg(long, env = "SHOAL_INGRESS_HTTPS_PORT", default_value_t = 8443)]
+    ingress_https_port: u16,
     /// Pods this node can hold (sandbox slots reserved in the engine).
     #[arg(long, env = "SHOAL_MAX_PODS", default_value_t = 20_000)]
     max_pods: u32,
@@ -86,6 +92,8 @@ impl NodeTuning {
             address,
             port: self.node_port,
             gateway_port: self.gateway_port,
+            ingress_http_port: self.ingress_http_port,
+            ingress_https_port: self.ingress_https_port,
             wasm: WasmConfig {
                 max_instances: self.max_pods,
                 max_memory_bytes: self.max_pod_memory_mib.saturating_mul(1024 * 1024),

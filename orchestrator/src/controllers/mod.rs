@@ -11,6 +11,7 @@ pub mod gc;
 pub mod informer;
 pub mod job;
 pub mod leader;
+pub mod loadbalancer;
 pub mod namespace;
 pub mod owners;
 pub mod pods;
@@ -27,6 +28,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -97,6 +99,7 @@ pub struct Informers {
     pub services: Arc<Informer<Service>>,
     pub endpointslices: Arc<Informer<EndpointSlice>>,
     pub endpoints: Arc<Informer<Endpoints>>,
+    pub ingresses: Arc<Informer<Ingress>>,
 }
 
 impl Informers {
@@ -114,6 +117,7 @@ impl Informers {
             services: Informer::new("services"),
             endpointslices: Informer::new("endpointslices"),
             endpoints: Informer::new("endpoints"),
+            ingresses: Informer::new("ingresses"),
         }
     }
 
@@ -130,6 +134,7 @@ impl Informers {
         self.services.start(Api::all(client.clone()));
         self.endpointslices.start(Api::all(client.clone()));
         self.endpoints.start(Api::all(client.clone()));
+        self.ingresses.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -145,6 +150,7 @@ impl Informers {
         self.services.wait_synced().await;
         self.endpointslices.wait_synced().await;
         self.endpoints.wait_synced().await;
+        self.ingresses.wait_synced().await;
     }
 }
 
@@ -190,6 +196,7 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     let gc = gc::GarbageCollector::register(&ctx);
     let ns = namespace::NamespaceController::register(&ctx);
     let eps = endpoints::EndpointsController::register(&ctx);
+    let lb = loadbalancer::LoadBalancerController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -205,6 +212,7 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     set.spawn(run_loop(gc.0, gc.1, 4, ctx.clone()));
     set.spawn(run_loop(ns.0, ns.1, 2, ctx.clone()));
     set.spawn(run_loop(eps.0, eps.1, 4, ctx.clone()));
+    set.spawn(run_loop(lb.0, lb.1, 1, ctx.clone()));
     set
 }
 

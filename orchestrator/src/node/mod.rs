@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub port: u16,
     /// Port peers forward Service traffic to; 0 picks a free one.
     pub gateway_port: u16,
+    /// Ingress ports (plain, TLS); 0 turns one off.
+    pub ingress_http_port: u16,
+    pub ingress_https_port: u16,
     pub wasm: WasmConfig,
     pub backoff: BackoffPolicy,
     pub lease_interval: Duration,
@@ -157,7 +160,15 @@ async fn start_gateway(
         services: Informer::new("services"),
         slices: Informer::new("endpointslices"),
         nodes: Informer::new("nodes"),
+        ingresses: Informer::new("ingresses"),
     };
+    let secrets = Informer::new("secrets");
+    table.ingresses.start(kube::Api::all(client.clone()));
+    secrets.start(kube::Api::all(client.clone()));
+    let certs = Arc::new(gateway::ingress::Certs::new(
+        table.ingresses.clone(),
+        secrets,
+    ));
     table.services.start(kube::Api::all(client.clone()));
     table.slices.start(kube::Api::all(client.clone()));
     table.nodes.start(kube::Api::all(client.clone()));
@@ -175,6 +186,14 @@ async fn start_gateway(
         peer,
         gateway.clone(),
         gateway::listen::Role::Peer,
+        None,
+    ));
+    tokio::spawn(gateway::listen::follow_ingresses(
+        gateway.clone(),
+        certs,
+        cfg.address,
+        cfg.ingress_http_port,
+        cfg.ingress_https_port,
     ));
     tokio::spawn(gateway::listen::follow_node_ports(
         gateway.clone(),

@@ -2,6 +2,7 @@
 //! forwarded between node gateways, guests calling Services by name, bad
 //! input at the gateway, and rolling updates under load.
 
+mod ingress;
 mod nodeport;
 mod rollout;
 

@@ -13,8 +13,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use super::ingress::{self, Certs};
 use super::Gateway;
 use shoal_runtime::http::{text_response, Body, BoxError};
 
@@ -35,10 +37,18 @@ pub enum Role {
     },
     /// The peer port: requests forwarded by other nodes' gateways.
     Peer,
+    /// The Ingress port (plain or TLS): routed by host and path.
+    Ingress,
 }
 
-/// Serves connections from `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, role: Role) {
+/// Serves connections from `listener` until the task is aborted; with
+/// `tls`, each connection is a TLS handshake first.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    role: Role,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -49,31 +59,48 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, role: Role) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (gateway, role) = (gateway.clone(), role.clone());
+        let (gateway, role, tls) = (gateway.clone(), role.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let (gateway, role) = (gateway.clone(), role.clone());
-                async move {
-                    let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-                    Ok::<_, std::convert::Infallible>(handle(&gateway, &role, req).await)
+            match tls {
+                None => serve_conn(TokioIo::new(stream), gateway, role, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(TokioIo::new(s), gateway, role, peer).await,
+                        Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(client = %peer, "TLS handshake timed out"),
+                    }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_header_size(MAX_HEAD_BYTES)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(client = %peer, error = %e, "gateway connection ended with an error");
             }
         });
+    }
+}
+
+async fn serve_conn<I>(io: I, gateway: Arc<Gateway>, role: Role, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let (gateway, role) = (gateway.clone(), role.clone());
+        async move {
+            let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+            Ok::<_, std::convert::Infallible>(handle(&gateway, &role, req).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    if let Err(e) = conn.await {
+        debug!(client = %peer, error = %e, "gateway connection ended with an error");
     }
 }
 
 async fn handle(gateway: &Gateway, role: &Role, req: http::Request<Body>) -> http::Response<Body> {
     match role {
         Role::Peer => gateway.from_peer(req).await,
+        Role::Ingress => gateway.from_ingress(req).await,
         Role::NodePort {
             namespace,
             service,
@@ -139,7 +166,7 @@ pub async fn follow_node_ports(gateway: Arc<Gateway>, address: IpAddr) {
                 Ok(l) => {
                     info!(port, target = %describe(&role), "serving node port");
                     let what = describe(&role);
-                    let task = tokio::spawn(serve(l, gateway.clone(), role));
+                    let task = tokio::spawn(serve(l, gateway.clone(), role, None));
                     open.insert(port, (what, task));
                 }
                 Err(e) => {
@@ -164,5 +191,63 @@ fn describe(role: &Role) -> String {
             port,
         } => format!("{namespace}/{service}:{port}"),
         Role::Peer => "peers".into(),
+        Role::Ingress => "ingress".into(),
+    }
+}
+
+/// Opens the Ingress ports once the first Ingress of class `shoal` exists
+/// (a node with no Ingress holds no port 8080), plain HTTP on `http_port`
+/// and TLS on `https_port` with certificates from the Ingresses' Secrets.
+pub async fn follow_ingresses(
+    gateway: Arc<Gateway>,
+    certs: Arc<Certs>,
+    address: IpAddr,
+    http_port: u16,
+    https_port: u16,
+) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    gateway
+        .table
+        .ingresses
+        .on_change(move |_, _| w.notify_one());
+    gateway.table.ingresses.wait_synced().await;
+    let mut tls_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+    let mut open: [Option<JoinHandle<()>>; 2] = [None, None];
+    loop {
+        let wanted = gateway
+            .table
+            .ingresses
+            .list()
+            .iter()
+            .any(|i| ingress::ours(i));
+        let mut failed = false;
+        for (slot, port, tls) in [
+            (0, http_port, None),
+            (1, https_port, Some(acceptor.clone())),
+        ] {
+            if !wanted || open[slot].is_some() || port == 0 {
+                continue;
+            }
+            match TcpListener::bind(SocketAddr::new(address, port)).await {
+                Ok(l) => {
+                    info!(port, tls = tls.is_some(), "serving ingress");
+                    open[slot] = Some(tokio::spawn(serve(l, gateway.clone(), Role::Ingress, tls)));
+                }
+                Err(e) => {
+                    failed = true;
+                    warn!(port, error = %e, "cannot open the ingress port; retrying");
+                }
+            }
+        }
+        if failed {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wake.notified()).await;
+        } else {
+            wake.notified().await;
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! the gateway of the node that runs it. Guests' outbound requests to
 //! Service names take the same path (`outbound.rs`).
 
+pub mod ingress;
 pub mod listen;
 pub mod outbound;
 pub mod table;
@@ -11,7 +12,7 @@ pub mod table;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
@@ -19,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use shoal_runtime::http::{text_response, Body, BoxError, HttpService};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use table::{Table, Target};
 
@@ -37,6 +38,9 @@ pub struct Gateway {
     local: Mutex<HashMap<(String, String), Arc<dyn HttpService>>>,
     next: AtomicUsize,
     peers: Client<HttpConnector, Body>,
+    /// When each routing problem was last logged, so a broken Ingress does
+    /// not log once per request.
+    reported: Mutex<HashMap<String, Instant>>,
 }
 
 impl Gateway {
@@ -49,6 +53,7 @@ impl Gateway {
             table,
             local: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            reported: Mutex::new(HashMap::new()),
             peers: Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
@@ -170,6 +175,81 @@ impl Gateway {
                 debug!(peer = %peer, error = %e, "forwarding to a peer gateway failed");
                 Err(None)
             }
+        }
+    }
+
+    /// A request arriving on the Ingress port, routed by host and path.
+    pub async fn from_ingress(&self, req: http::Request<Body>) -> http::Response<Body> {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        // The port, if any, is not part of the rule's host.
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+        .to_ascii_lowercase();
+        let path = req.uri().path().to_string();
+        let roll = rand::random_range(0..100u32);
+        let Some(route) = ingress::route(&self.table.ingresses.list(), &host, &path, roll) else {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!("no ingress rule for host {host:?} and path {path:?}"),
+            );
+        };
+        let backend = self.table.service(&route.namespace, &route.service);
+        let port = backend.as_ref().and_then(|svc| {
+            svc.spec
+                .as_ref()?
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| {
+                    route.port_number == Some(p.port)
+                        || (route.port_number.is_none() && p.name == route.port_name)
+                })
+                .cloned()
+        });
+        match (backend, port) {
+            (Some(svc), Some(port)) => self.to_service(&svc, &port, req).await,
+            (svc, _) => {
+                let what = if svc.is_none() {
+                    format!(
+                        "ingress backend service {}/{} does not exist",
+                        route.namespace, route.service
+                    )
+                } else {
+                    format!(
+                        "ingress backend service {}/{} has no port {}",
+                        route.namespace,
+                        route.service,
+                        route.port_number.map_or_else(
+                            || route.port_name.clone().unwrap_or_default(),
+                            |n| n.to_string()
+                        )
+                    )
+                };
+                self.report(&what);
+                text_response(StatusCode::SERVICE_UNAVAILABLE, what)
+            }
+        }
+    }
+
+    /// Logs a routing problem at most once a minute.
+    fn report(&self, what: &str) {
+        let Ok(mut seen) = self.reported.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if seen
+            .get(what)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            warn!(node = %self.node, "{what}");
+            seen.insert(what.to_string(), now);
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 
 use crate::controllers::endpoints::SERVICE_NAME_LABEL;
 use crate::controllers::informer::Informer;
@@ -28,6 +29,7 @@ pub struct Table {
     pub services: Arc<Informer<Service>>,
     pub slices: Arc<Informer<EndpointSlice>>,
     pub nodes: Arc<Informer<Node>>,
+    pub ingresses: Arc<Informer<Ingress>>,
 }
 
 impl Table {
@@ -110,7 +112,7 @@ impl Table {
         Some(format!("{address}:{port}"))
     }
 
-    /// Every (Service, port) exposed on a node port, with that port.
+    /// Every (Service, port) exposed on a node, with the port it listens on.
     pub fn node_ports(&self) -> Vec<(Arc<Service>, ServicePort, u16)> {
         let mut out = Vec::new();
         for svc in self.services.list() {
@@ -122,6 +124,13 @@ impl Table {
             for p in spec.ports.iter().flatten() {
                 if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
                     out.push((svc.clone(), p.clone(), n));
+                }
+                // A LoadBalancer's own port is served on every node too,
+                // as k3s' ServiceLB does.
+                if ty == "LoadBalancer" {
+                    if let Ok(n) = u16::try_from(p.port) {
+                        out.push((svc.clone(), p.clone(), n));
+                    }
                 }
             }
         }
