@@ -136,9 +136,25 @@ impl Container {
         self.kill.notify_one();
     }
 
+    /// A handle that stops the guest like [`Container::kill`], usable while
+    /// another task waits on the container.
+    pub fn kill_handle(&self) -> KillHandle {
+        KillHandle(self.kill.clone())
+    }
+
     pub fn stats(&self) -> ContainerStats {
         ContainerStats {
             memory_bytes: self.memory.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Stops a container from anywhere; see [`Container::kill`].
+#[derive(Clone)]
+pub struct KillHandle(Arc<Notify>);
+
+impl KillHandle {
+    pub fn kill(&self) {
+        self.0.notify_one();
     }
 }

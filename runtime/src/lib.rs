@@ -10,7 +10,9 @@ pub mod image;
 pub mod output;
 pub mod wasm;
 
-pub use backend::{Backend, Container, ContainerSpec, ContainerStats, Exit, Mount, Prepared};
+pub use backend::{
+    Backend, Container, ContainerSpec, ContainerStats, Exit, KillHandle, Mount, Prepared,
+};
 pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
 pub use image::{ImageError, ImageRef, ImageStore};
 pub use output::{OutputSink, StdStream};

@@ -67,6 +67,11 @@ impl NodeMetrics {
         })
     }
 
+    /// Where other parts of the node (the gateway) register their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn observe_phase(&self, before: Option<&PodStatus>, after: &PodStatus) {
         if let Some(p) = before.and_then(|s| s.phase.as_deref()) {
             self.pods.with_label_values(&[p]).dec();

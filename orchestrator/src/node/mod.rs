@@ -105,7 +105,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("node API listening on {}:{}", cfg.address, cfg.port))?;
     let port = listener.local_addr()?.port();
-    let gateway = start_gateway(&client, &cfg).await?;
+    let metrics = NodeMetrics::new().context("registering node metrics")?;
+    let gateway = start_gateway(&client, &cfg, &metrics).await?;
     let gateway_port = gateway.1;
     let ctx = Arc::new(NodeCtx {
         gateway: gateway.0,
@@ -117,7 +118,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         backends,
         logs: LogStore::new(cfg.data_dir.join("pods")),
         backoff: cfg.backoff,
-        metrics: NodeMetrics::new().context("registering node metrics")?,
+        metrics,
         token: cfg.token.clone(),
         pods: Mutex::new(HashMap::new()),
     });
@@ -155,6 +156,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 async fn start_gateway(
     client: &kube::Client,
     cfg: &NodeConfig,
+    metrics: &NodeMetrics,
 ) -> anyhow::Result<(Arc<Gateway>, u16)> {
     let table = Table {
         services: Informer::new("services"),
@@ -172,7 +174,9 @@ async fn start_gateway(
     table.services.start(kube::Api::all(client.clone()));
     table.slices.start(kube::Api::all(client.clone()));
     table.nodes.start(kube::Api::all(client.clone()));
-    let gateway = Arc::new(Gateway::new(cfg.name.clone(), table));
+    let gateway_metrics = gateway::metrics::GatewayMetrics::register(metrics.registry())
+        .context("registering gateway metrics")?;
+    let gateway = Arc::new(Gateway::new(cfg.name.clone(), table, gateway_metrics));
     let peer = tokio::net::TcpListener::bind(SocketAddr::new(cfg.address, cfg.gateway_port))
         .await
         .with_context(|| {

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances: the granularity of CPU budgets and of
 /// how quickly a spinning guest yields to its neighbours.
@@ -49,7 +49,16 @@ pub(crate) fn build(cfg: &WasmConfig) -> wasmtime::Result<Engine> {
         .max_tables_per_component(CORE_INSTANCES_PER_SANDBOX)
         .max_core_instances_per_component(CORE_INSTANCES_PER_SANDBOX * 2)
         // Keep a few warm slots, not thousands: warm slots hold memory.
-        .max_unused_warm_slots(64);
+        .max_unused_warm_slots(64)
+        // HTTP handlers free a sandbox per request. Resetting the first MiB
+        // of a freed memory with memset, and finding its dirty pages with
+        // PAGEMAP_SCAN where the kernel has it, keeps the next request free
+        // of the madvise, TLB shoot-downs and page faults that dominated a
+        // request's cost (profiled: ~40% of the gateway's CPU).
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto)
+        .decommit_batch_size(16);
     let mut config = Config::new();
     config
         .epoch_interruption(true)

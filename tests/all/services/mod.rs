@@ -4,6 +4,7 @@
 
 mod ingress;
 mod nodeport;
+mod probes;
 mod rollout;
 
 use std::time::Duration;

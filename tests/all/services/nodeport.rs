@@ -73,6 +73,20 @@ async fn nodeports_spread_forward_and_route_service_names() -> anyhow::Result<()
         "{body}"
     );
 
+    // The node counts requests per Service and per pod.
+    let metrics = s.kubectl(&["get", "--raw", "/api/v1/nodes/node-a/proxy/metrics"])?;
+    for series in [
+        "shoal_service_requests_total{code=\"200\",namespace=\"default\",service=\"hello\"}",
+        "shoal_service_request_duration_seconds_bucket{namespace=\"default\",service=\"hello\"",
+        "shoal_pod_http_requests_total{code=\"200\",namespace=\"default\",pod=\"hello-",
+        "shoal_service_requests_in_flight{namespace=\"default\",service=\"hello\"} 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from the node's metrics"
+        );
+    }
+
     bad_input(&s).await?;
     Ok(())
 }

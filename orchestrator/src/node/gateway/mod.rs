@@ -6,6 +6,7 @@
 
 pub mod ingress;
 pub mod listen;
+pub mod metrics;
 pub mod outbound;
 pub mod table;
 
@@ -22,6 +23,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use shoal_runtime::http::{text_response, Body, BoxError, HttpService};
 use tracing::{debug, warn};
 
+use metrics::{GatewayMetrics, Subject};
 use table::{Table, Target};
 
 /// Header a gateway sets when it forwards a request to a peer: the pod
@@ -41,10 +43,11 @@ pub struct Gateway {
     /// When each routing problem was last logged, so a broken Ingress does
     /// not log once per request.
     reported: Mutex<HashMap<String, Instant>>,
+    pub metrics: GatewayMetrics,
 }
 
 impl Gateway {
-    pub fn new(node: String, table: Table) -> Gateway {
+    pub fn new(node: String, table: Table, metrics: GatewayMetrics) -> Gateway {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -54,6 +57,7 @@ impl Gateway {
             local: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             reported: Mutex::new(HashMap::new()),
+            metrics,
             peers: Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
@@ -74,6 +78,7 @@ impl Gateway {
             let key = (namespace.to_string(), pod.to_string());
             if m.get(&key).is_some_and(|cur| Arc::ptr_eq(cur, svc)) {
                 m.remove(&key);
+                self.metrics.forget_pod(namespace, pod);
             }
         }
     }
@@ -88,6 +93,23 @@ impl Gateway {
 
     /// Sends a request to one of the Service port's endpoints.
     pub async fn to_service(
+        &self,
+        svc: &Service,
+        port: &ServicePort,
+        req: http::Request<Body>,
+    ) -> http::Response<Body> {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let subject = Subject::Service(ns, name);
+        self.metrics.started(subject);
+        let started = Instant::now();
+        let resp = self.route(svc, port, req).await;
+        self.metrics
+            .finished(subject, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    async fn route(
         &self,
         svc: &Service,
         port: &ServicePort,
@@ -139,7 +161,7 @@ impl Gateway {
                 debug!(pod = %t.pod, "endpoint not serving here (yet or any more)");
                 return Err(Some(req));
             };
-            return svc.serve(req).await.map_err(Some);
+            return self.serve_local(&t.namespace, &t.pod, &svc, req).await;
         }
         let Some(peer) = self.table.gateway_of(&t.node) else {
             return Err(Some(req));
@@ -284,9 +306,38 @@ impl Gateway {
         };
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(TARGET_POD_HEADER);
-        match svc.serve(http::Request::from_parts(parts, body)).await {
+        match self
+            .serve_local(&ns, &pod, &svc, http::Request::from_parts(parts, body))
+            .await
+        {
             Ok(resp) => resp,
             Err(_) => turned_away(),
+        }
+    }
+
+    /// Hands a request to a pod on this node, counting it in the pod's
+    /// metrics if the pod takes it.
+    async fn serve_local(
+        &self,
+        namespace: &str,
+        pod: &str,
+        svc: &Arc<dyn HttpService>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Option<http::Request<Body>>> {
+        let subject = Subject::Pod(namespace, pod);
+        self.metrics.started(subject);
+        let started = Instant::now();
+        match svc.serve(req).await {
+            Ok(resp) => {
+                self.metrics
+                    .finished(subject, resp.status().as_u16(), started.elapsed());
+                Ok(resp)
+            }
+            Err(req) => {
+                // Not taken: not a request of this pod's.
+                self.metrics.not_taken(subject);
+                Err(Some(req))
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, instrument};
 
 use super::backoff::Backoff;
+use super::probe::{Outcome, Prober};
 use super::{now, ReadyContainer};
 use crate::events::ObjectRef;
 use crate::node::gateway::outbound::PodOutbound;
@@ -216,12 +217,19 @@ impl ContainerTask {
             self.backend.runtime_class(),
             self.pod.uid
         ));
-        self.set_state(ContainerState {
+        let http = running.http();
+        let mut prober =
+            Prober::for_container(&self.ready.spec, http.clone(), self.ctx.host_ip.clone());
+        // With a readiness probe the container is Ready only once it passes.
+        self.status.ready = prober.initially_ready();
+        self.status.started = Some(true);
+        self.status.state = Some(ContainerState {
             running: Some(ContainerStateRunning {
                 started_at: Some(started_at.clone()),
             }),
             ..Default::default()
         });
+        self.send();
         self.ctx.metrics.container_started(started_clock.elapsed());
         if let Some(t) = exited_at {
             self.ctx.metrics.container_restarted(t.elapsed());
@@ -232,21 +240,54 @@ impl ContainerTask {
                 .normal(&self.object, "Started", format!("Started container {name}"));
         }
         // An HTTP pod takes Service traffic from now until it stops.
-        let http = running.http();
         if let Some(h) = &http {
             self.ctx
                 .gateway
                 .register(&self.pod.namespace, &self.pod.name, h.clone());
         }
         let mut killed = false;
-        let exit = tokio::select! {
-            e = running.wait() => e,
-            _ = stopped(self.stop.clone()) => {
-                // A Wasm guest cannot install a SIGTERM handler, so
-                // SIGTERM's default action applies: it ends now.
-                running.kill();
-                killed = true;
-                running.wait().await
+        let exit = {
+            let kill = running.kill_handle();
+            let wait = running.wait();
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    e = &mut wait => break e,
+                    _ = stopped(self.stop.clone()), if !killed => {
+                        // A Wasm guest cannot install a SIGTERM handler, so
+                        // SIGTERM's default action applies: it ends now (an
+                        // HTTP pod first answers what it has in flight).
+                        kill.kill();
+                        killed = true;
+                    }
+                    outcome = prober.next(), if !killed => match outcome {
+                        Outcome::Ready(ready) => {
+                            if !ready {
+                                self.ctx.events.warning(
+                                    &self.object,
+                                    "Unhealthy",
+                                    "Readiness probe failed".to_string(),
+                                );
+                            }
+                            self.status.ready = ready;
+                            self.send();
+                        }
+                        Outcome::Dead(why) => {
+                            self.ctx.events.warning(
+                                &self.object,
+                                "Unhealthy",
+                                format!("Liveness probe failed: {why}"),
+                            );
+                            self.ctx.events.normal(
+                                &self.object,
+                                "Killing",
+                                format!("Container {name} failed liveness probe, will be restarted"),
+                            );
+                            kill.kill();
+                            killed = true;
+                        }
+                    },
+                }
             }
         };
         if let Some(h) = &http {

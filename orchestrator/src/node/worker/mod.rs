@@ -15,6 +15,7 @@ mod container;
 mod finished;
 mod init;
 mod pending;
+mod probe;
 mod running;
 mod status;
 mod terminating;

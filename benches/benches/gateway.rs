@@ -1,0 +1,273 @@
+//! Gateway benchmark, printed as one JSON object: the HTTP hello component
+//! (one fresh Wasm instance per request) served by a `shoal node`, driven
+//! over keep-alive HTTP/1.1 connections at 1, 16 and 64 concurrent
+//! connections, through a NodePort Service and through an Ingress:
+//! requests/s and latency p50/p99 for each. Plus the per-request cost in
+//! the runtime alone (instantiate, run the handler, collect the answer),
+//! measured in-process without any network.
+//!
+//! `cargo bench -p shoal-benches --bench gateway` runs it in full against
+//! `SHOAL_BIN` (build `--release` first); under `cargo test` a short smoke
+//! run keeps it working. Needs the Rust samples (scripts/build-samples.sh).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use shoal_runtime::{Backend, ContainerSpec, HttpLimits, WasmBackend, WasmConfig};
+use shoal_tests::{http_get_host, rust_sample, wait_for, Node, Server};
+
+mod common;
+use common::percentile;
+
+const ADDRESS: &str = "127.0.8.1";
+const NODE_PORT: u16 = 30800;
+const INGRESS_PORT: u16 = 18880;
+
+/// One load level's result.
+struct Level {
+    requests: usize,
+    errors: usize,
+    seconds: f64,
+    latencies_ms: Vec<f64>,
+}
+
+/// `connections` keep-alive connections, each sending requests back to
+/// back for `duration`.
+async fn drive(
+    addr: &str,
+    host: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Level> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let (stop, host) = (stop.clone(), host.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get("/bench")
+                    .header(http::header::HOST, &host)
+                    .body(Empty::<Bytes>::new())?;
+                let started = Instant::now();
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status() == 200;
+                        let body = resp.into_body().collect().await;
+                        if ok && body.is_ok() {
+                            lat.push(started.elapsed().as_secs_f64() * 1000.0);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await??;
+        all.extend(lat);
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok(Level {
+        requests: all.len(),
+        errors,
+        seconds,
+        latencies_ms: all,
+    })
+}
+
+/// Per-request cost inside the runtime: `serve` on an HTTP hello
+/// container, one request at a time.
+async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let backend = WasmBackend::new(
+        dir.path(),
+        WasmConfig {
+            max_instances: 64,
+            max_memory_bytes: 64 << 20,
+        },
+    )?;
+    let prepared = backend.prepare(image).await?;
+    let container = backend
+        .start(
+            &prepared,
+            ContainerSpec {
+                argv: vec!["hello".into()],
+                env: vec![("HOSTNAME".into(), "bench".into())],
+                mounts: vec![],
+                memory_limit: None,
+                cpu_limit_millis: None,
+                output: Arc::new(shoal_runtime::output::Discard),
+                http: HttpLimits::default(),
+                outbound: None,
+            },
+        )
+        .await?;
+    let svc = container
+        .http()
+        .ok_or_else(|| anyhow::anyhow!("the sample is not an HTTP component"))?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let req = http::Request::get("http://bench/")
+            .header(http::header::HOST, "bench")
+            .body(shoal_runtime::http::full(Bytes::new()))?;
+        let started = Instant::now();
+        let resp = svc
+            .serve(req)
+            .await
+            .map_err(|_| anyhow::anyhow!("turned away"))?;
+        let _ = resp.into_body().collect().await;
+        // The first requests warm caches; they are not the steady cost.
+        if i >= 50 {
+            out.push(started.elapsed().as_secs_f64() * 1_000_000.0);
+        }
+    }
+    container.kill();
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let Some(hello) = rust_sample("p2", "http-hello")? else {
+        return Ok(());
+    };
+    let (per_level, replicas, in_process_n) = if full {
+        (Duration::from_secs(5), 2, 5000)
+    } else {
+        (Duration::from_millis(300), 1, 100)
+    };
+    let inst = in_process(&hello, in_process_n).await?;
+
+    let s = Server::start()?;
+    let node = Node::start(
+        &s,
+        "bench-node",
+        ADDRESS,
+        &[
+            "--ingress-http-port",
+            &INGRESS_PORT.to_string(),
+            "--ingress-https-port",
+            "0",
+        ],
+    )?;
+    let manifest = format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: hello}}
+  template:
+    metadata:
+      labels: {{app: hello}}
+    spec:
+      containers:
+      - name: main
+        image: {hello}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  type: NodePort
+  selector: {{app: hello}}
+  ports:
+  - {{port: 80, nodePort: {NODE_PORT}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: hello
+spec:
+  rules:
+  - host: hello.bench
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: hello, port: {{number: 80}}}}}}}}
+"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    let node_port = format!("{ADDRESS}:{NODE_PORT}");
+    let ingress = format!("{ADDRESS}:{INGRESS_PORT}");
+    let ready = async {
+        for (addr, host) in [(&node_port, node_port.as_str()), (&ingress, "hello.bench")] {
+            wait_for(
+                &format!("{addr} answering"),
+                Duration::from_secs(120),
+                || async {
+                    matches!(http_get_host(addr, host, "/").await, Ok((200, _))).then_some(())
+                },
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = ready.await {
+        let saved = std::env::temp_dir().join("shoal-gateway-bench-node.log");
+        let _ = std::fs::write(&saved, node.logs());
+        return Err(e.context(format!("the node's log is in {}", saved.display())));
+    }
+
+    let mut results = Vec::new();
+    for (path, addr, host) in [
+        ("nodeport", &node_port, node_port.as_str()),
+        ("ingress", &ingress, "hello.bench"),
+    ] {
+        for connections in [1usize, 16, 64] {
+            let l = drive(addr, host, connections, per_level).await?;
+            results.push(json!({
+                "path": path,
+                "connections": connections,
+                "requests": l.requests,
+                "errors": l.errors,
+                "requests_per_s": (l.requests as f64 / l.seconds).round(),
+                "ms_p50": percentile(&l.latencies_ms, 0.5),
+                "ms_p99": percentile(&l.latencies_ms, 0.99),
+            }));
+        }
+    }
+    let report = json!({
+        "benchmark": "gateway",
+        "mode": if full { "full" } else { "smoke" },
+        "shoal": shoal_tests::shoal_bin().display().to_string(),
+        "replicas": replicas,
+        "seconds_per_level": per_level.as_secs_f64(),
+        "levels": results,
+        "in_process_request": {
+            "samples": inst.len(),
+            "us_p50": percentile(&inst, 0.5),
+            "us_p99": percentile(&inst, 0.99),
+        },
+    });
+    println!("{report}");
+    Ok(())
+}

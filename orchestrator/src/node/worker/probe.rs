@@ -1,0 +1,329 @@
+//! Readiness and liveness probes of one running container, kubelet's
+//! semantics: `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
+//! `successThreshold`, `failureThreshold`. `httpGet` and `tcpSocket` probe
+//! a `wasi:http` container through its handler in-process (the port names
+//! the pod, which serves every port it declares); any other container is
+//! probed over the network at the pod's address. `exec` cannot run inside
+//! a Wasm sandbox and always fails, with a message saying so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use shoal_runtime::http::{full, HttpService};
+use tokio::time::Instant;
+
+/// What a probe round changed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The readiness verdict flipped.
+    Ready(bool),
+    /// Liveness failed `failureThreshold` times in a row; the message is the
+    /// last failure.
+    Dead(String),
+}
+
+struct Schedule {
+    probe: Probe,
+    next: Instant,
+    successes: i32,
+    failures: i32,
+}
+
+impl Schedule {
+    fn new(probe: Probe, started: Instant) -> Schedule {
+        let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
+        Schedule {
+            probe,
+            next: started + Duration::from_secs(delay),
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_secs(self.probe.period_seconds.unwrap_or(10).max(1) as u64)
+    }
+}
+
+pub(crate) struct Prober {
+    readiness: Option<Schedule>,
+    liveness: Option<Schedule>,
+    ready: bool,
+    http: Option<Arc<dyn HttpService>>,
+    host: String,
+}
+
+impl Prober {
+    /// The probes of container `c`, with named ports resolved against its
+    /// ports.
+    pub(crate) fn for_container(
+        c: &Container,
+        http: Option<Arc<dyn HttpService>>,
+        host: String,
+    ) -> Prober {
+        let resolve = |p: &Option<Probe>| {
+            p.clone().map(|mut p| {
+                let named = |port: &mut IntOrString| {
+                    if let IntOrString::String(name) = port {
+                        let found = c
+                            .ports
+                            .iter()
+                            .flatten()
+                            .find(|cp| cp.name.as_deref() == Some(name.as_str()));
+                        if let Some(cp) = found {
+                            *port = IntOrString::Int(cp.container_port);
+                        }
+                    }
+                };
+                if let Some(g) = p.http_get.as_mut() {
+                    named(&mut g.port);
+                }
+                if let Some(t) = p.tcp_socket.as_mut() {
+                    named(&mut t.port);
+                }
+                p
+            })
+        };
+        Prober::new(
+            resolve(&c.readiness_probe),
+            resolve(&c.liveness_probe),
+            http,
+            host,
+        )
+    }
+
+    fn new(
+        readiness: Option<Probe>,
+        liveness: Option<Probe>,
+        http: Option<Arc<dyn HttpService>>,
+        host: String,
+    ) -> Prober {
+        let now = Instant::now();
+        Prober {
+            ready: readiness.is_none(),
+            readiness: readiness.map(|p| Schedule::new(p, now)),
+            liveness: liveness.map(|p| Schedule::new(p, now)),
+            http,
+            host,
+        }
+    }
+
+    /// Whether the container counts as ready before any probe has run.
+    pub(crate) fn initially_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Runs probes as they fall due; returns when the readiness verdict
+    /// flips or liveness gives up. Without probes it never returns.
+    pub(crate) async fn next(&mut self) -> Outcome {
+        loop {
+            let due = [&self.readiness, &self.liveness]
+                .into_iter()
+                .flatten()
+                .map(|s| s.next)
+                .min();
+            let Some(due) = due else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            if let Some(s) = self.liveness.as_mut().filter(|s| s.next <= now) {
+                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
+                s.next = Instant::now() + s.period();
+                match result {
+                    Ok(()) => s.failures = 0,
+                    Err(why) => {
+                        s.failures += 1;
+                        if s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1) {
+                            s.failures = 0;
+                            return Outcome::Dead(why);
+                        }
+                    }
+                }
+            }
+            if let Some(s) = self.readiness.as_mut().filter(|s| s.next <= now) {
+                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
+                s.next = Instant::now() + s.period();
+                let verdict = match result {
+                    Ok(()) => {
+                        s.failures = 0;
+                        s.successes += 1;
+                        (s.successes >= s.probe.success_threshold.unwrap_or(1).max(1))
+                            .then_some(true)
+                    }
+                    Err(_) => {
+                        s.successes = 0;
+                        s.failures += 1;
+                        (s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1))
+                            .then_some(false)
+                    }
+                };
+                if let Some(v) = verdict.filter(|v| *v != self.ready) {
+                    self.ready = v;
+                    return Outcome::Ready(v);
+                }
+            }
+        }
+    }
+}
+
+fn port_number(p: &IntOrString) -> Option<u16> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        // Named ports were resolved against the container's ports; a name
+        // left here matched none.
+        IntOrString::String(s) => s.parse().ok(),
+    }
+}
+
+/// One probe attempt within its timeout.
+async fn check(
+    probe: &Probe,
+    http: Option<&Arc<dyn HttpService>>,
+    host: &str,
+) -> Result<(), String> {
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    match tokio::time::timeout(timeout, attempt(probe, http, host)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {}s", timeout.as_secs())),
+    }
+}
+
+async fn attempt(
+    probe: &Probe,
+    http: Option<&Arc<dyn HttpService>>,
+    host: &str,
+) -> Result<(), String> {
+    if let Some(g) = &probe.http_get {
+        let path = g.path.clone().unwrap_or_else(|| "/".into());
+        let port = port_number(&g.port).ok_or("httpGet port names no container port")?;
+        let target = g.host.clone().unwrap_or_else(|| host.to_string());
+        let mut req = http::Request::get(format!("http://{target}:{port}{path}"))
+            .header(http::header::HOST, format!("{target}:{port}"))
+            .header(http::header::USER_AGENT, "kube-probe/1.33");
+        for h in g.http_headers.iter().flatten() {
+            req = req.header(h.name.as_str(), h.value.as_str());
+        }
+        let req = req
+            .body(full(bytes::Bytes::new()))
+            .map_err(|e| format!("building the probe request: {e}"))?;
+        let status = match http {
+            Some(svc) => {
+                let resp = svc
+                    .serve(req)
+                    .await
+                    .map_err(|_| "the pod is not taking requests".to_string())?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+            None => network_get(&target, port, req).await?,
+        };
+        // Kubernetes counts 200–399 as success.
+        return if (200..400).contains(&status.as_u16()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "HTTP probe failed with statuscode: {}",
+                status.as_u16()
+            ))
+        };
+    }
+    if let Some(t) = &probe.tcp_socket {
+        if http.is_some() {
+            // The handler is the pod's socket, open while the pod runs.
+            return Ok(());
+        }
+        let port = port_number(&t.port).ok_or("tcpSocket port must be a number")?;
+        let target = t.host.clone().unwrap_or_else(|| host.to_string());
+        return tokio::net::TcpStream::connect((target.as_str(), port))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("dial tcp {target}:{port}: {e}"));
+    }
+    if probe.exec.is_some() {
+        return Err(
+            "exec probes cannot run inside a Wasm sandbox; use httpGet or tcpSocket".into(),
+        );
+    }
+    if probe.grpc.is_some() {
+        return Err("grpc probes are not supported yet".into());
+    }
+    Err("probe has no handler (httpGet, tcpSocket)".into())
+}
+
+async fn network_get(
+    target: &str,
+    port: u16,
+    req: http::Request<shoal_runtime::http::Body>,
+) -> Result<http::StatusCode, String> {
+    let stream = tokio::net::TcpStream::connect((target, port))
+        .await
+        .map_err(|e| format!("dial tcp {target}:{port}: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP probe: {e}"))?;
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("HTTP probe: {e}"))?;
+    Ok(resp.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_runtime::http::{text_response, Body};
+
+    /// Answers with the status its path names (`/200`, `/500`).
+    struct ByPath;
+
+    #[async_trait::async_trait]
+    impl HttpService for ByPath {
+        async fn serve(
+            &self,
+            req: http::Request<Body>,
+        ) -> Result<http::Response<Body>, http::Request<Body>> {
+            let code: u16 = req.uri().path()[1..].parse().unwrap_or(500);
+            Ok(text_response(
+                http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+                "",
+            ))
+        }
+        fn in_flight(&self) -> usize {
+            0
+        }
+    }
+
+    fn probe(path: &str, failure_threshold: i32) -> Probe {
+        serde_json::from_value(serde_json::json!({
+            "httpGet": {"path": path, "port": 8080},
+            "periodSeconds": 1,
+            "failureThreshold": failure_threshold,
+        }))
+        .expect("probe")
+    }
+
+    #[tokio::test]
+    async fn readiness_flips_and_liveness_gives_up() {
+        let svc: Arc<dyn HttpService> = Arc::new(ByPath);
+        let mut ok = Prober::new(Some(probe("/204", 3)), None, Some(svc.clone()), "h".into());
+        assert!(!ok.initially_ready());
+        assert_eq!(ok.next().await, Outcome::Ready(true));
+
+        let mut dead = Prober::new(None, Some(probe("/500", 2)), Some(svc), "h".into());
+        assert!(dead.initially_ready());
+        let started = Instant::now();
+        match dead.next().await {
+            Outcome::Dead(why) => assert!(why.contains("statuscode: 500"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Two failures, a period apart.
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+}

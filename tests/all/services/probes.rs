@@ -1,0 +1,94 @@
+//! Readiness and liveness probes on HTTP pods: a pod is Ready (and an
+//! endpoint) only once its readiness probe passes, a failing one stays out
+//! of the Service, and a failing liveness probe restarts the container.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use shoal_tests::{pod_yaml, rust_sample, wait_for, Server};
+
+use super::PATIENCE;
+use crate::node::{first_container, phase, restarts, wait_pod};
+
+fn probed(name: &str, image: &str, probe: &str) -> String {
+    let mut pod = pod_yaml(
+        name,
+        image,
+        "",
+        &format!("    ports:\n    - {{name: http, containerPort: 8080}}\n{probe}"),
+    );
+    pod = pod.replacen(
+        "metadata:\n",
+        "metadata:\n  labels: {app: probed}\n  annotations: {shoal.dev/http-timeout-seconds: \"5\"}\n",
+        1,
+    );
+    pod
+}
+
+#[tokio::test]
+async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
+    let Some(hello) = rust_sample("p2", "http-hello")? else {
+        return Ok(());
+    };
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let ready = "    readinessProbe:\n      httpGet: {path: /healthz, port: http}\n      periodSeconds: 1\n";
+    let never = "    readinessProbe:\n      httpGet: {path: /trap, port: 8080}\n      periodSeconds: 1\n      failureThreshold: 1\n";
+    let dead = "    livenessProbe:\n      httpGet: {path: /hang, port: 8080}\n      periodSeconds: 1\n      timeoutSeconds: 1\n      failureThreshold: 2\n";
+    for (name, probe) in [("ready", ready), ("never", never), ("dead", dead)] {
+        s.kubectl_in(&["apply", "-f", "-"], Some(&probed(name, &hello, probe)))?;
+    }
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata:\n  name: probed\nspec:\n  selector: {app: probed}\n  ports:\n  - {port: 80, targetPort: http}\n"),
+    )?;
+    wait_pod(&pods, "ready", "to pass its readiness probe", |p| {
+        first_container(p).is_some_and(|c| c.ready)
+    })
+    .await?;
+
+    // The liveness probe times out twice and the container is restarted.
+    let p = wait_pod(
+        &pods,
+        "dead",
+        "to be restarted by its liveness probe",
+        |p| restarts(p) >= 1,
+    )
+    .await?;
+    assert_eq!(phase(&p), "Running");
+    let described = s.kubectl(&["describe", "pod", "dead"])?;
+    assert!(
+        described.contains("Liveness probe failed")
+            && described.contains("failed liveness probe, will be restarted"),
+        "{described}"
+    );
+
+    // `never` runs but is never Ready, and is no ready endpoint: the
+    // Service's ready endpoints are `ready` and `dead` (between restarts).
+    let p = pods.get("never").await?;
+    assert_eq!(phase(&p), "Running");
+    assert!(!first_container(&p).is_some_and(|c| c.ready));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = pods.get("never").await?;
+    assert!(
+        !first_container(&p).is_some_and(|c| c.ready),
+        "never passed a failing probe"
+    );
+    let table = s.kubectl(&["get", "pod", "never"])?;
+    assert!(table.contains("0/1"), "{table}");
+    wait_for("the endpoints to follow readiness", PATIENCE, || async {
+        let slice = s
+            .kubectl(&[
+                "get",
+                "endpointslice",
+                "probed",
+                "-o",
+                "jsonpath={range .endpoints[*]}{.targetRef.name}={.conditions.ready} {end}",
+            ])
+            .ok()?;
+        (slice.contains("never=false") && slice.contains("ready=true")).then_some(())
+    })
+    .await?;
+    Ok(())
+}
