@@ -131,7 +131,7 @@ impl WasmHttp {
         // The guest runs on its own task so it can keep streaming the body
         // after the headers went out; the timeout bounds the whole of it,
         // and dropping the store at the deadline ends a spinning guest.
-        let guest = tokio::spawn(async move {
+        let guest = async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -143,36 +143,65 @@ impl WasmHttp {
                 Ok(r) => r.map_err(|e| describe(&e)),
                 Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
             }
-        });
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(resp))) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Ok(Ok(Err(code))) => text_response(
+        };
+        // The guest runs on this task until it answers: handing it to
+        // another worker thread and back cost more than the guest itself.
+        let mut guest = Box::pin(guest);
+        let mut rx = rx;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut finished = false;
+        let answered = tokio::select! {
+            r = &mut rx => Some(r),
+            done = &mut guest => {
+                finished = true;
+                // Returned (or failed) first: whatever it set is in `rx` by
+                // now, as the store, and with it the sender, is gone.
+                match rx.await {
+                    Ok(r) => Some(Ok(r)),
+                    Err(_) => return failed_before_answering(done),
+                }
+            }
+            _ = &mut deadline => None,
+        };
+        match answered {
+            Some(Ok(Ok(resp))) => {
+                // The body may still be coming: finish the guest here if it
+                // can without waiting, else on a task of its own.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if !finished && std::future::Future::poll(guest.as_mut(), &mut cx).is_pending() {
+                    tokio::spawn(guest);
+                }
+                resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+            }
+            Some(Ok(Err(code))) => text_response(
                 StatusCode::BAD_GATEWAY,
                 format!("the guest answered with an error: {code:?}"),
             ),
-            // The guest dropped the outparam: it ended without answering.
-            Ok(Err(_)) => match guest.await {
-                Ok(Err(e)) if e.starts_with("no answer within") => {
-                    text_response(StatusCode::GATEWAY_TIMEOUT, e)
-                }
-                Ok(Err(e)) => text_response(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the guest failed before answering: {e}"),
-                ),
-                Ok(Ok(())) => text_response(
-                    StatusCode::BAD_GATEWAY,
-                    "the guest returned without setting a response",
-                ),
-                Err(e) => text_response(StatusCode::BAD_GATEWAY, e.to_string()),
-            },
-            Err(_) => {
-                guest.abort();
-                text_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("the guest did not answer within {}s", timeout.as_secs_f64()),
-                )
-            }
+            // The guest dropped the outparam without answering.
+            Some(Err(_)) => failed_before_answering(guest.await),
+            None => text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the guest did not answer within {}s", timeout.as_secs_f64()),
+            ),
         }
+    }
+}
+
+/// The answer for a guest that ended without setting a response.
+fn failed_before_answering(done: Result<(), String>) -> http::Response<Body> {
+    match done {
+        Err(e) if e.starts_with("no answer within") => {
+            text_response(StatusCode::GATEWAY_TIMEOUT, e)
+        }
+        Err(e) => text_response(
+            StatusCode::BAD_GATEWAY,
+            format!("the guest failed before answering: {e}"),
+        ),
+        Ok(()) => text_response(
+            StatusCode::BAD_GATEWAY,
+            "the guest returned without setting a response",
+        ),
     }
 }
 
