@@ -44,6 +44,9 @@ pub struct Gateway {
     /// not log once per request.
     reported: Mutex<HashMap<String, Instant>>,
     pub metrics: GatewayMetrics,
+    /// Requests this gateway has outstanding at each pod, for
+    /// least-requests balancing.
+    sent: Mutex<HashMap<(String, String), usize>>,
 }
 
 impl Gateway {
@@ -58,6 +61,7 @@ impl Gateway {
             next: AtomicUsize::new(0),
             reported: Mutex::new(HashMap::new()),
             metrics,
+            sent: Mutex::new(HashMap::new()),
             peers: Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
@@ -125,12 +129,25 @@ impl Gateway {
             );
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let order = if least_requests(svc) {
+            let counts = self.sent.lock().map(|m| m.clone()).unwrap_or_default();
+            by_least_requests(&targets, start, |t| {
+                counts
+                    .get(&(t.namespace.clone(), t.pod.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+        } else {
+            (0..targets.len())
+                .map(|i| (start + i) % targets.len())
+                .collect()
+        };
         // A request without a body can be re-sent when an endpoint turns
         // it away; one with a body goes to one endpoint only once it left.
         let replay = replayable(&req);
         let mut pending = Some(req);
-        for i in 0..targets.len() {
-            let t = &targets[(start + i) % targets.len()];
+        for i in order {
+            let t = &targets[i];
             let req = match pending.take() {
                 Some(r) => r,
                 None => match &replay {
@@ -138,6 +155,7 @@ impl Gateway {
                     None => break,
                 },
             };
+            let _sent = Sent::new(&self.sent, t);
             match self.to_pod(t, req).await {
                 Ok(resp) => return resp,
                 Err(back) => pending = back,
@@ -363,4 +381,81 @@ fn rebuild(r: &Replay) -> http::Request<Body> {
     *req.uri_mut() = r.uri.clone();
     *req.headers_mut() = r.headers.clone();
     req
+}
+
+/// Service annotation choosing how the gateway balances: `round-robin`
+/// (the default) or `least-requests`.
+pub const LOAD_BALANCING_ANNOTATION: &str = "shoal.dev/load-balancing";
+
+fn least_requests(svc: &Service) -> bool {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LOAD_BALANCING_ANNOTATION))
+        .is_some_and(|v| v == "least-requests")
+}
+
+/// Target indices, fewest outstanding requests first; among equals in
+/// round-robin order from `start`.
+fn by_least_requests(
+    targets: &[Target],
+    start: usize,
+    outstanding: impl Fn(&Target) -> usize,
+) -> Vec<usize> {
+    let n = targets.len();
+    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+    order.sort_by_key(|i| outstanding(&targets[*i]));
+    order
+}
+
+/// Counts one request outstanding at a pod while it lives.
+struct Sent<'a> {
+    map: &'a Mutex<HashMap<(String, String), usize>>,
+    key: (String, String),
+}
+
+impl<'a> Sent<'a> {
+    fn new(map: &'a Mutex<HashMap<(String, String), usize>>, t: &Target) -> Sent<'a> {
+        let key = (t.namespace.clone(), t.pod.clone());
+        if let Ok(mut m) = map.lock() {
+            *m.entry(key.clone()).or_default() += 1;
+        }
+        Sent { map, key }
+    }
+}
+
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(n) = m.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(pod: &str) -> Target {
+        Target {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            node: "n".into(),
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn least_requests_first_then_round_robin() {
+        let targets = vec![t("a"), t("b"), t("c")];
+        let busy = |x: &Target| if x.pod == "a" { 5 } else { 1 };
+        // b and c tie at 1: round robin from start 2 puts c before b.
+        assert_eq!(by_least_requests(&targets, 2, busy), vec![2, 1, 0]);
+        assert_eq!(by_least_requests(&targets, 1, busy), vec![1, 2, 0]);
+    }
 }
