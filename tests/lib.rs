@@ -158,6 +158,28 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits until each named Node reports Ready.
+    pub async fn wait_nodes_ready(&self, names: &[&str]) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node as KNode;
+        let nodes: kube::Api<KNode> = kube::Api::all(self.client().await?);
+        for name in names {
+            wait_for(
+                &format!("node {name} Ready"),
+                Duration::from_secs(90),
+                || async {
+                    let n = nodes.get(name).await.ok()?;
+                    n.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        .then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn client(&self) -> Result<kube::Client> {
         Ok(shoal_sdk::client_from_kubeconfig(&self.kubeconfig()).await?)
     }

@@ -3,23 +3,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node as KNode, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use shoal_tests::{pod_yaml, sample, wait_for, Node, Server};
 
 use crate::node::{first_container, phase, restarts, wait_logs, wait_pod, wait_running, PATIENCE};
-
-async fn wait_ready(nodes: &Api<KNode>, name: &str) -> anyhow::Result<()> {
-    wait_for(&format!("node {name} Ready"), PATIENCE, || async {
-        let n = nodes.get(name).await.ok()?;
-        n.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await
-}
 
 fn pinned(name: &str, image: &str, node: &str, policy: &str) -> String {
     pod_yaml(
@@ -36,12 +24,10 @@ fn pinned(name: &str, image: &str, node: &str, policy: &str) -> String {
 async fn two_nodes_run_pods_and_survive_crashes() -> anyhow::Result<()> {
     let mut s = Server::start()?;
     let client = s.client().await?;
-    let nodes: Api<KNode> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut a = Node::start(&s, "node-a", "127.0.0.2", &[])?;
     let b = Node::start(&s, "node-b", "127.0.0.3", &[])?;
-    wait_ready(&nodes, "node-a").await?;
-    wait_ready(&nodes, "node-b").await?;
+    s.wait_nodes_ready(&["node-a", "node-b"]).await?;
     let table = s.kubectl(&["get", "nodes", "-o", "wide"])?;
     assert!(
         table.contains("127.0.0.2") && table.contains("127.0.0.3"),

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::Api;
 use tracing::debug;
 
@@ -25,7 +25,7 @@ use super::owners::controller_ref;
 use super::pods::{self, object_ref};
 use super::queue::WorkQueue;
 use super::wiring;
-use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 
 pub const NAME: &str = "endpointslice-controller";
 /// The label tying a slice to its Service.
@@ -156,16 +156,8 @@ impl EndpointsController {
             )))?;
             cache.assume(written);
         }
-        for (slice_name, s) in stale {
-            match api.delete(&slice_name, &DeleteParams::default()).await {
-                Ok(_) => cache.assume_deleted(&s),
-                Err(e) if api_code(&e) == Some(404) => cache.assume_deleted(&s),
-                Err(e) => {
-                    return Err(ControllerError::api(format!(
-                        "deleting endpointslice {ns}/{slice_name}"
-                    ))(e))
-                }
-            }
+        for s in stale.values() {
+            wiring::delete_cached(&api, cache, s).await?;
         }
         Ok(())
     }
@@ -192,43 +184,21 @@ impl EndpointsController {
     }
 
     async fn remove_all(&self, ns: &str, name: &str) -> Result<Action, ControllerError> {
-        self.write_slices_gone(ns, name).await?;
-        let cache = &self.ctx.informers.endpoints;
-        if let Some(cur) = cache.get(&format!("{ns}/{name}")) {
-            let api: Api<Endpoints> = Api::namespaced(self.ctx.client.clone(), ns);
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => cache.assume_deleted(&cur),
-                Err(e) if api_code(&e) == Some(404) => cache.assume_deleted(&cur),
-                Err(e) => {
-                    return Err(ControllerError::api(format!(
-                        "deleting endpoints {ns}/{name}"
-                    ))(e))
-                }
-            }
-        }
-        Ok(Action::AwaitChange)
-    }
-
-    async fn write_slices_gone(&self, ns: &str, name: &str) -> Result<(), ControllerError> {
-        let cache = &self.ctx.informers.endpointslices;
+        let slices = &self.ctx.informers.endpointslices;
         let api: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), ns);
-        for s in cache
+        for s in slices
             .list_namespace(ns)
             .into_iter()
             .filter(|s| owned_by(s, name))
         {
-            let slice_name = s.metadata.name.clone().unwrap_or_default();
-            match api.delete(&slice_name, &DeleteParams::default()).await {
-                Ok(_) => cache.assume_deleted(&s),
-                Err(e) if api_code(&e) == Some(404) => cache.assume_deleted(&s),
-                Err(e) => {
-                    return Err(ControllerError::api(format!(
-                        "deleting endpointslice {ns}/{slice_name}"
-                    ))(e))
-                }
-            }
+            wiring::delete_cached(&api, slices, &s).await?;
         }
-        Ok(())
+        let endpoints = &self.ctx.informers.endpoints;
+        if let Some(cur) = endpoints.get(&format!("{ns}/{name}")) {
+            let api: Api<Endpoints> = Api::namespaced(self.ctx.client.clone(), ns);
+            wiring::delete_cached(&api, endpoints, &cur).await?;
+        }
+        Ok(Action::AwaitChange)
     }
 }
 

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
 use serde_json::{json, Value};
 
-use super::informer::{key_of, split_key};
+use super::informer::key_of;
 use super::queue::WorkQueue;
-use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+use super::wiring;
+use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::node::gateway::ingress;
 
 pub const NAME: &str = "service-lb-controller";
@@ -91,32 +90,10 @@ impl LoadBalancerController {
             return Ok(Action::AwaitChange);
         };
         let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        let current = serde_json::to_value(
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.clone())
-                .unwrap_or_default(),
-        )
-        .unwrap_or(Value::Null);
         let wanted = if is_lb { self.addresses() } else { json!([]) };
-        if current == wanted {
-            return Ok(Action::AwaitChange);
-        }
-        let (ns, name) = split_key(key);
-        let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": svc.metadata.uid}, "status": {"loadBalancer": {"ingress": wanted}}});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => self.ctx.informers.services.assume(out),
-            Err(e) if api_code(&e) == Some(404) => {}
-            Err(e) => {
-                return Err(ControllerError::api(format!(
-                    "updating load balancer status of service {key}"
-                ))(e))
-            }
+        if current(&svc.status) != wanted {
+            let status = json!({"loadBalancer": {"ingress": wanted}});
+            wiring::write_status(&self.ctx, &self.ctx.informers.services, &*svc, &status).await?;
         }
         Ok(Action::AwaitChange)
     }
@@ -125,38 +102,22 @@ impl LoadBalancerController {
         let Some(ing) = self.ctx.informers.ingresses.get(key) else {
             return Ok(Action::AwaitChange);
         };
-        if !ingress::ours(&ing) {
-            return Ok(Action::AwaitChange);
-        }
-        let current = serde_json::to_value(
-            ing.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.clone())
-                .unwrap_or_default(),
-        )
-        .unwrap_or(Value::Null);
         let wanted = self.addresses();
-        if current == wanted {
-            return Ok(Action::AwaitChange);
-        }
-        let (ns, name) = split_key(key);
-        let api: Api<Ingress> = Api::namespaced(self.ctx.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": ing.metadata.uid}, "status": {"loadBalancer": {"ingress": wanted}}});
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(out) => self.ctx.informers.ingresses.assume(out),
-            Err(e) if api_code(&e) == Some(404) => {}
-            Err(e) => {
-                return Err(ControllerError::api(format!(
-                    "updating load balancer status of ingress {key}"
-                ))(e))
-            }
+        if ingress::ours(&ing) && current(&ing.status) != wanted {
+            let status = json!({"loadBalancer": {"ingress": wanted}});
+            wiring::write_status(&self.ctx, &self.ctx.informers.ingresses, &*ing, &status).await?;
         }
         Ok(Action::AwaitChange)
     }
+}
+
+/// `status.loadBalancer.ingress` as JSON (`[]` when unset).
+fn current<S: serde::Serialize>(status: &Option<S>) -> Value {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.pointer("/loadBalancer/ingress").cloned())
+        .filter(|v| !v.is_null())
+        .unwrap_or_else(|| json!([]))
 }
 
 /// A Ready node's InternalIP.

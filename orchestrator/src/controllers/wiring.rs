@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -83,6 +83,32 @@ where
         Err(e) if api_code(&e) == Some(404) => Ok(()),
         Err(e) => Err(ControllerError::Api {
             action: format!("updating status of {} {key}", K::kind(&()).to_lowercase()),
+            source: e,
+        }),
+    }
+}
+
+/// Deletes `obj` and drops it from the cache; already gone is fine.
+pub async fn delete_cached<K>(
+    api: &Api<K>,
+    cache: &Informer<K>,
+    obj: &K,
+) -> Result<(), ControllerError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {
+            cache.assume_deleted(obj);
+            Ok(())
+        }
+        Err(e) if api_code(&e) == Some(404) => {
+            cache.assume_deleted(obj);
+            Ok(())
+        }
+        Err(e) => Err(ControllerError::Api {
+            action: format!("deleting {} {}", K::kind(&()).to_lowercase(), key_of(obj)),
             source: e,
         }),
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use shoal_tests::{http_get_host, rust_sample, wait_for, Node, Server};
 
-use super::{http_manifest, pod_of, wait_endpoints, wait_nodes_ready, PATIENCE};
+use super::{http_manifest, pod_of, sample_dir, wait_endpoints, PATIENCE};
 use crate::controllers::{deployment_yaml, image_copy};
 
 const ADDRESS: &str = "127.0.7.1";
@@ -60,10 +60,7 @@ async fn ingress_rules_canary_and_tls() -> anyhow::Result<()> {
     let Some(hello) = rust_sample("p2", "http-hello")? else {
         return Ok(());
     };
-    let p2_dir = hello
-        .trim_start_matches("file://")
-        .trim_end_matches("/http-hello.wasm")
-        .to_string();
+    let p2_dir = sample_dir(&hello);
     let s = Server::start()?;
     let _n = Node::start(
         &s,
@@ -76,7 +73,7 @@ async fn ingress_rules_canary_and_tls() -> anyhow::Result<()> {
             "18443",
         ],
     )?;
-    wait_nodes_ready(&s, &["node-i"]).await?;
+    s.wait_nodes_ready(&["node-i"]).await?;
     // A self-signed certificate for hello.local, as a TLS Secret.
     let dir = tempfile::tempdir()?;
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));

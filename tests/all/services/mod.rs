@@ -9,8 +9,6 @@ mod rollout;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node as KNode;
-use kube::Api;
 use shoal_tests::{wait_for, Server};
 
 pub const PATIENCE: Duration = Duration::from_secs(90);
@@ -22,20 +20,13 @@ pub fn http_manifest(p2_dir: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)?.replace("${SAMPLES}", p2_dir))
 }
 
-pub async fn wait_nodes_ready(s: &Server, names: &[&str]) -> anyhow::Result<()> {
-    let nodes: Api<KNode> = Api::all(s.client().await?);
-    for name in names {
-        wait_for(&format!("node {name} Ready"), PATIENCE, || async {
-            let n = nodes.get(name).await.ok()?;
-            n.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await?;
-    }
-    Ok(())
+/// The directory of a Rust sample's image (`file:///…/x.wasm` → `/…`).
+pub fn sample_dir(image: &str) -> String {
+    let path = image.trim_start_matches("file://");
+    std::path::Path::new(path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 /// Waits until `n` endpoints of Service `name` are ready.

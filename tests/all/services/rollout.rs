@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_tests::{http_get, rust_sample, Node, Server};
 
-use super::{pod_of, wait_endpoints, wait_nodes_ready};
+use super::{pod_of, wait_endpoints};
 use crate::controllers::deployment_yaml;
 
 const ADDRESS: &str = "127.0.6.1";
@@ -21,7 +21,7 @@ async fn rolling_update_under_load_fails_no_request() -> anyhow::Result<()> {
     };
     let s = Server::start()?;
     let _n = Node::start(&s, "node-r", ADDRESS, &[])?;
-    wait_nodes_ready(&s, &["node-r"]).await?;
+    s.wait_nodes_ready(&["node-r"]).await?;
     s.kubectl_in(
         &["apply", "-f", "-"],
         Some(&deployment_yaml("hello", 10, &hello, "", "")),

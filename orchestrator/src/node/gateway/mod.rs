@@ -107,7 +107,7 @@ impl Gateway {
         let subject = Subject::Service(ns, name);
         self.metrics.started(subject);
         let started = Instant::now();
-        let resp = self.route(svc, port, req).await;
+        let resp = self.route(svc, ns, name, port, req).await;
         self.metrics
             .finished(subject, resp.status().as_u16(), started.elapsed());
         resp
@@ -116,11 +116,11 @@ impl Gateway {
     async fn route(
         &self,
         svc: &Service,
+        ns: &str,
+        name: &str,
         port: &ServicePort,
         req: http::Request<Body>,
     ) -> http::Response<Body> {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
         let targets = self.table.targets(svc, port);
         if targets.is_empty() {
             return text_response(
