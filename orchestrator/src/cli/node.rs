@@ -47,6 +47,10 @@ pub struct NodeTuning {
     /// Port other nodes forward Service traffic to; 0 picks a free one.
     #[arg(long, env = "SHOAL_GATEWAY_PORT", default_value_t = 0)]
     gateway_port: u16,
+    /// Serve Services' cluster IPs from this range (the server's
+    /// --service-cidr) on this node: adds a local route for it, so needs root.
+    #[arg(long, env = "SHOAL_CLUSTER_IP_PROXY")]
+    cluster_ip_proxy: Option<String>,
     /// Port Ingress traffic arrives on (plain HTTP); 0 turns it off.
     #[arg(long, env = "SHOAL_INGRESS_HTTP_PORT", default_value_t = 8080)]
     ingress_http_port: u16,
@@ -92,6 +96,7 @@ impl NodeTuning {
             address,
             port: self.node_port,
             gateway_port: self.gateway_port,
+            cluster_ip_proxy: self.cluster_ip_proxy.clone(),
             ingress_http_port: self.ingress_http_port,
             ingress_https_port: self.ingress_https_port,
             wasm: WasmConfig {

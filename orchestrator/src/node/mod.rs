@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub port: u16,
     /// Port peers forward Service traffic to; 0 picks a free one.
     pub gateway_port: u16,
+    /// With the Services' cluster IP range: serve cluster IPs too (adds a
+    /// local route for the range; needs CAP_NET_ADMIN).
+    pub cluster_ip_proxy: Option<String>,
     /// Ingress ports (plain, TLS); 0 turns one off.
     pub ingress_http_port: u16,
     pub ingress_https_port: u16,
@@ -199,9 +202,22 @@ async fn start_gateway(
         cfg.ingress_http_port,
         cfg.ingress_https_port,
     ));
+    let mut cluster_ips = false;
+    if let Some(cidr) = &cfg.cluster_ip_proxy {
+        match gateway::listen::route_cluster_ips(cidr).await {
+            Ok(()) => {
+                info!(cidr = %cidr, "serving cluster IPs on this node");
+                cluster_ips = true;
+            }
+            Err(e) => {
+                warn!(cidr = %cidr, error = %e, "cannot route cluster IPs here; only node ports will be served")
+            }
+        }
+    }
     tokio::spawn(gateway::listen::follow_node_ports(
         gateway.clone(),
         cfg.address,
+        cluster_ips,
     ));
     Ok((gateway, peer_port))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shoal_tests::{http_exchange, http_get, rust_sample, wait_for, Node, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{http_manifest, pod_of, wait_endpoints, wait_nodes_ready, PATIENCE};
+use super::{http_manifest, pod_of, sample_dir, wait_endpoints, PATIENCE};
 
 const A: &str = "127.0.5.1";
 const B: &str = "127.0.5.2";
@@ -18,14 +18,18 @@ async fn nodeports_spread_forward_and_route_service_names() -> anyhow::Result<()
     let Some(hello) = rust_sample("p2", "http-hello")? else {
         return Ok(());
     };
-    let p2_dir = hello
-        .trim_start_matches("file://")
-        .trim_end_matches("/http-hello.wasm")
-        .to_string();
+    let p2_dir = sample_dir(&hello);
     let s = Server::start()?;
-    let _a = Node::start(&s, "node-a", A, &[])?;
-    let _b = Node::start(&s, "node-b", B, &[])?;
-    wait_nodes_ready(&s, &["node-a", "node-b"]).await?;
+    // Both nodes also serve cluster IPs (a local route for the range, so
+    // only where the tests run as root).
+    let proxy: &[&str] = if running_as_root() {
+        &["--cluster-ip-proxy", "10.43.0.0/16"]
+    } else {
+        &[]
+    };
+    let _a = Node::start(&s, "node-a", A, proxy)?;
+    let _b = Node::start(&s, "node-b", B, proxy)?;
+    s.wait_nodes_ready(&["node-a", "node-b"]).await?;
     s.kubectl_in(&["apply", "-f", "-"], Some(&http_manifest(&p2_dir)?))?;
     wait_endpoints(&s, "default", "hello", 4).await?;
     wait_endpoints(&s, "default", "caller", 2).await?;
@@ -63,6 +67,18 @@ async fn nodeports_spread_forward_and_route_service_names() -> anyhow::Result<()
             seen.extend(pod_of(&body));
         }
         assert_eq!(seen.len(), 4, "through {addr} saw {seen:?}");
+    }
+
+    // The cluster IP answers too, through the node's userspace proxy.
+    if running_as_root() {
+        let (code, body) = wait_for("the cluster IP to answer", PATIENCE, || async {
+            http_get(&format!("{ip}:80"), "/via-cluster-ip").await.ok()
+        })
+        .await?;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("(GET /via-cluster-ip)"), "{body}");
+    } else {
+        eprintln!("skipping the cluster IP check: adding the local route needs root");
     }
 
     // A guest calls the Service `hello` by its short name.
@@ -183,4 +199,12 @@ async fn bad_input(s: &Server) -> anyhow::Result<()> {
     let (code, _) = http_get(&addr, "/").await?;
     assert_eq!(code, 200);
     Ok(())
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }

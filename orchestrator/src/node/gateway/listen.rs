@@ -131,18 +131,18 @@ async fn handle(gateway: &Gateway, role: &Role, req: http::Request<Body>) -> htt
 }
 
 /// Keeps one listener open per NodePort, following Services.
-pub async fn follow_node_ports(gateway: Arc<Gateway>, address: IpAddr) {
-    let mut open: HashMap<u16, (String, JoinHandle<()>)> = HashMap::new();
+pub async fn follow_node_ports(gateway: Arc<Gateway>, address: IpAddr, cluster_ips: bool) {
+    let mut open: HashMap<SocketAddr, (String, JoinHandle<()>)> = HashMap::new();
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = wake.clone();
     gateway.table.services.on_change(move |_, _| w.notify_one());
     gateway.table.services.wait_synced().await;
     loop {
         let mut failed = false;
-        let mut wanted: HashMap<u16, Role> = HashMap::new();
-        for (svc, p, node_port) in gateway.table.node_ports() {
+        let mut wanted: HashMap<SocketAddr, Role> = HashMap::new();
+        for (svc, p, at) in gateway.table.listeners(address, cluster_ips) {
             wanted.insert(
-                node_port,
+                at,
                 Role::NodePort {
                     namespace: svc.metadata.namespace.clone().unwrap_or_default(),
                     service: svc.metadata.name.clone().unwrap_or_default(),
@@ -150,28 +150,28 @@ pub async fn follow_node_ports(gateway: Arc<Gateway>, address: IpAddr) {
                 },
             );
         }
-        open.retain(|port, (what, task)| {
-            let keep = wanted.get(port).is_some_and(|r| describe(r) == *what);
+        open.retain(|at, (what, task)| {
+            let keep = wanted.get(at).is_some_and(|r| describe(r) == *what);
             if !keep {
-                info!(port, "closing node port");
+                info!(%at, "closing service port");
                 task.abort();
             }
             keep
         });
-        for (port, role) in wanted {
-            if open.contains_key(&port) {
+        for (at, role) in wanted {
+            if open.contains_key(&at) {
                 continue;
             }
-            match TcpListener::bind(SocketAddr::new(address, port)).await {
+            match bind(at, at.ip() != address) {
                 Ok(l) => {
-                    info!(port, target = %describe(&role), "serving node port");
+                    info!(%at, target = %describe(&role), "serving service port");
                     let what = describe(&role);
                     let task = tokio::spawn(serve(l, gateway.clone(), role, None));
-                    open.insert(port, (what, task));
+                    open.insert(at, (what, task));
                 }
                 Err(e) => {
                     failed = true;
-                    warn!(port, error = %e, "cannot open node port; retrying");
+                    warn!(%at, error = %e, "cannot open service port; retrying");
                 }
             }
         }
@@ -249,5 +249,41 @@ pub async fn follow_ingresses(
         } else {
             wake.notified().await;
         }
+    }
+}
+
+/// Binds a service port. A cluster IP is `shared` (`SO_REUSEPORT`): every
+/// node agent on one machine serves the same cluster IPs, and the kernel
+/// spreads connections among them.
+fn bind(at: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(at)?;
+    socket.listen(1024)
+}
+
+/// Makes every address of `cidr` local to this machine (a `local` route on
+/// the loopback device), so the gateway can listen on cluster IPs: the
+/// userspace proxy's half of what kube-proxy's first mode did with
+/// iptables. Needs CAP_NET_ADMIN.
+pub async fn route_cluster_ips(cidr: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "route", "replace", "local", cidr, "dev", "lo", "table", "local",
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }

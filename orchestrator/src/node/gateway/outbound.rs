@@ -96,8 +96,16 @@ impl Outbound for PodOutbound {
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
         let port = req.uri().port_u16();
-        if let Some((ns, name)) = service_host(&host, &self.namespace) {
-            if let Some(svc) = self.gateway.table.service(ns, name) {
+        let named = service_host(&host, &self.namespace);
+        let found = match named {
+            Some((ns, name)) => self.gateway.table.service(ns, name),
+            None => None,
+        }
+        .or_else(|| self.gateway.table.by_cluster_ip(&host));
+        {
+            if let Some(svc) = found {
+                let ns = svc.metadata.namespace.clone().unwrap_or_default();
+                let name = svc.metadata.name.clone().unwrap_or_default();
                 let spec = svc.spec.clone().unwrap_or_default();
                 if spec.type_.as_deref() == Some("ExternalName") {
                     // The Service names an outside host the cluster's

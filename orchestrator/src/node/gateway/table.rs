@@ -2,6 +2,7 @@
 //! Services, EndpointSlices and Nodes. Pure lookups: the gateway decides
 //! the order in which it tries them.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
@@ -112,29 +113,49 @@ impl Table {
         Some(format!("{address}:{port}"))
     }
 
-    /// Every (Service, port) exposed on a node, with the port it listens on.
-    pub fn node_ports(&self) -> Vec<(Arc<Service>, ServicePort, u16)> {
+    /// Every (Service, port) a node serves, with the address it listens
+    /// on: node ports (and a LoadBalancer's own port, as k3s' ServiceLB
+    /// does) on the node's address, and with `cluster_ips` each Service's
+    /// cluster IP and port.
+    pub fn listeners(
+        &self,
+        node: IpAddr,
+        cluster_ips: bool,
+    ) -> Vec<(Arc<Service>, ServicePort, SocketAddr)> {
         let mut out = Vec::new();
         for svc in self.services.list() {
             let spec = svc.spec.clone().unwrap_or_default();
             let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-            if ty != "NodePort" && ty != "LoadBalancer" {
-                continue;
-            }
+            let cluster_ip: Option<IpAddr> = spec
+                .cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .filter(|_| cluster_ips && ty != "ExternalName");
             for p in spec.ports.iter().flatten() {
-                if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
-                    out.push((svc.clone(), p.clone(), n));
+                let port = u16::try_from(p.port).ok();
+                if let (Some(ip), Some(port)) = (cluster_ip, port) {
+                    out.push((svc.clone(), p.clone(), SocketAddr::new(ip, port)));
                 }
-                // A LoadBalancer's own port is served on every node too,
-                // as k3s' ServiceLB does.
-                if ty == "LoadBalancer" {
-                    if let Ok(n) = u16::try_from(p.port) {
-                        out.push((svc.clone(), p.clone(), n));
-                    }
+                if ty != "NodePort" && ty != "LoadBalancer" {
+                    continue;
+                }
+                if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+                    out.push((svc.clone(), p.clone(), SocketAddr::new(node, n)));
+                }
+                if let (true, Some(port)) = (ty == "LoadBalancer", port) {
+                    out.push((svc.clone(), p.clone(), SocketAddr::new(node, port)));
                 }
             }
         }
         out
+    }
+
+    /// The Service whose cluster IP is `ip`.
+    pub fn by_cluster_ip(&self, ip: &str) -> Option<Arc<Service>> {
+        self.services
+            .list()
+            .into_iter()
+            .find(|s| s.spec.as_ref().and_then(|sp| sp.cluster_ip.as_deref()) == Some(ip))
     }
 }
 
