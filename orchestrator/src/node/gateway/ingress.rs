@@ -112,9 +112,14 @@ fn route_of(ns: &str, b: &IngressBackend) -> Option<Route> {
     })
 }
 
-/// The best rule of `ings` for host and path: (rank, route).
-fn best_rule(ings: &[&Arc<Ingress>], host: &str, path: &str) -> Option<((usize, u8), Route)> {
-    let mut best: Option<((usize, u8), Route)> = None;
+/// The best rule of `ings` for host and path: (rank, the rule's path,
+/// route).
+fn best_rule(
+    ings: &[&Arc<Ingress>],
+    host: &str,
+    path: &str,
+) -> Option<((usize, u8), String, Route)> {
+    let mut best: Option<((usize, u8), String, Route)> = None;
     for ing in ings {
         let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
         for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
@@ -122,13 +127,13 @@ fn best_rule(ings: &[&Arc<Ingress>], host: &str, path: &str) -> Option<((usize, 
                 continue;
             }
             for p in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let Some(rank) = path_rank(&p.path_type, p.path.as_deref().unwrap_or("/"), path)
-                else {
+                let rule_path = p.path.as_deref().unwrap_or("/");
+                let Some(rank) = path_rank(&p.path_type, rule_path, path) else {
                     continue;
                 };
-                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
                     if let Some(route) = route_of(ns, &p.backend) {
-                        best = Some((rank, route));
+                        best = Some((rank, rule_path.to_string(), route));
                     }
                 }
             }
@@ -150,7 +155,9 @@ pub fn route(ingresses: &[Arc<Ingress>], host: &str, path: &str, roll: u32) -> O
     });
     let (canaries, mains): (Vec<&Arc<Ingress>>, Vec<&Arc<Ingress>>) =
         ordered.into_iter().partition(|i| is_canary(i));
-    let main = best_rule(&mains, host, path).map(|(_, r)| r).or_else(|| {
+    let matched = best_rule(&mains, host, path);
+    let main_path = matched.as_ref().map(|(_, p, _)| p.clone());
+    let main = matched.map(|(_, _, r)| r).or_else(|| {
         mains.iter().find_map(|i| {
             let ns = i.metadata.namespace.as_deref().unwrap_or_default();
             i.spec
@@ -160,10 +167,14 @@ pub fn route(ingresses: &[Arc<Ingress>], host: &str, path: &str, roll: u32) -> O
                 .and_then(|b| route_of(ns, b))
         })
     })?;
-    // A canary takes its weight of what the main rules matched.
+    // A canary takes its weight of the requests the main rule for the same
+    // path matched (as ingress-nginx pairs a canary with a location).
     let mut threshold = 0;
     for c in canaries {
-        if let Some((_, r)) = best_rule(&[c], host, path) {
+        let Some((_, canary_path, r)) = best_rule(&[c], host, path) else {
+            continue;
+        };
+        if Some(&canary_path) == main_path.as_ref() {
             threshold += canary_weight(c);
             if roll < threshold {
                 return Some(r);
@@ -331,6 +342,8 @@ mod tests {
         // The canary takes rolls below its weight for its host only.
         assert_eq!(svc("shop.example", "/", 19), to("shop-v2"));
         assert_eq!(svc("shop.example", "/", 20), to("shop"));
+        // Only for the path it pairs with: /api is the main rule's own.
+        assert_eq!(svc("shop.example", "/api/x", 0), to("api"));
         assert_eq!(svc("other.example", "/", 0), to("fallback"));
         // Another class is not ours.
         let foreign = ing(
