@@ -443,11 +443,31 @@ async fn http_component_serves_each_request_in_a_fresh_instance() {
         let svc = svc.clone();
         tokio::spawn(async move { call(&svc, "GET", "/sleep/300", b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(svc.in_flight(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while svc.in_flight() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     c.kill();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(call(&svc, "GET", "/", b"").await.0, 0);
+    // The drain starts on the container's own task; from then on new
+    // requests are turned away (0) while the slow one is still running.
+    loop {
+        let (code, _) = call(&svc, "GET", "/", b"").await;
+        if code == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kill never started the drain"
+        );
+    }
+    assert!(
+        !slow.is_finished(),
+        "turned away only after the slow request ended"
+    );
     let (code, text) = slow.await.expect("slow request");
     assert_eq!((code, text.as_str()), (200, "slept 300 ms in pod-a\n"));
     assert_eq!(c.wait().await, Exit::Killed);

@@ -129,18 +129,17 @@ impl Gateway {
             );
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let order = if least_requests(svc) {
-            let counts = self.sent.lock().map(|m| m.clone()).unwrap_or_default();
-            by_least_requests(&targets, start, |t| {
+        // Counts read under the lock, not copied: this runs per request.
+        let order = match (least_requests(svc), self.sent.lock()) {
+            (true, Ok(counts)) => by_least_requests(&targets, start, |t| {
                 counts
                     .get(&(t.namespace.clone(), t.pod.clone()))
                     .copied()
                     .unwrap_or(0)
-            })
-        } else {
-            (0..targets.len())
+            }),
+            _ => (0..targets.len())
                 .map(|i| (start + i) % targets.len())
-                .collect()
+                .collect(),
         };
         // A request without a body can be re-sent when an endpoint turns
         // it away; one with a body goes to one endpoint only once it left.
