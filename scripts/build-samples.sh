@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ]; then
-  for lib in http-hello http-caller; do
-  cp "target/wasm32-wasip2/release/${lib//-/_}.wasm" "$root/target/wasm-samples/p2/$lib.wasm"
-done
-echo "build-samples: Debian's rustc-web is missing (apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc)" >&2
+  echo "build-samples: Debian's rustc-web is missing (apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc)" >&2
   exit 1
 fi
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \

@@ -162,6 +162,22 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (Duration::from_millis(300), 1, 100)
     };
+    // `--in-process-only` runs the runtime part alone, longer: the thing to
+    // put under `perf record`.
+    if std::env::args().any(|a| a == "--in-process-only") {
+        let inst = in_process(&hello, 50_000).await?;
+        let report = json!({
+            "benchmark": "gateway",
+            "mode": "in-process-only",
+            "in_process_request": {
+                "samples": inst.len(),
+                "us_p50": percentile(&inst, 0.5),
+                "us_p99": percentile(&inst, 0.99),
+            },
+        });
+        println!("{report}");
+        return Ok(());
+    }
     let inst = in_process(&hello, in_process_n).await?;
 
     let s = Server::start()?;

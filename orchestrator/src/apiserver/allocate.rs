@@ -282,7 +282,13 @@ impl ServiceAllocator {
                 .find(same)
                 .and_then(|o| o.get("nodePort"))
                 .and_then(Value::as_i64);
-            match (p.get("nodePort").and_then(Value::as_i64), kept) {
+            // 0 is "unset", as in Kubernetes: typed clients (kubectl create
+            // service nodeport) always send the field.
+            let asked = p
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|&n| n != 0);
+            match (asked, kept) {
                 (Some(n), Some(k)) if n == k => {}
                 (None, Some(k)) => {
                     p.insert("nodePort".into(), json!(k));
@@ -382,7 +388,18 @@ mod tests {
             e.status_body()
         );
         let mut outside = svc("NodePort", Some(40000));
-        assert!(a.assign(&mut outside, None, &mut used).is_err());
+        let e = a
+            .assign(&mut outside, None, &mut used)
+            .expect_err("outside");
+        assert!(
+            e.status_body().to_string().contains("30000-30002"),
+            "{}",
+            e.status_body()
+        );
+        // 0 is "allocate one" (kubectl's typed clients always send it).
+        let mut zero = svc("NodePort", Some(0));
+        a.assign(&mut zero, None, &mut used).expect("zero");
+        assert_eq!(zero["spec"]["ports"][0]["nodePort"], 30002);
 
         // ClusterIP Services hold no node port; headless keeps "None".
         let mut plain = svc("ClusterIP", None);

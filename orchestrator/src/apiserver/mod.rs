@@ -8,6 +8,7 @@ mod discovery;
 pub mod error;
 mod handlers;
 pub mod kinds;
+mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod request;

@@ -171,16 +171,18 @@ pub async fn read_body(mut body: Body) -> ApiResult<bytes::Bytes> {
 /// How much of an oversized body is drained before giving up on the client.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Decodes a JSON or YAML object body; anything else is a 415.
+/// Decodes a JSON, YAML or (built-in kinds only) protobuf object body;
+/// anything else is a 415.
 pub fn decode_object(ct: &str, bytes: &[u8]) -> ApiResult<Value> {
     let v: Value = match ct {
         "" | "application/json" | "*/*" => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (invalid JSON: {e})")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml_ng::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (invalid YAML: {e})")))?,
+        super::protobuf::CONTENT_TYPE => super::protobuf::decode(bytes)?,
         other => {
             return Err(ApiError::unsupported_media_type(format!(
-                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
+                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
             )))
         }
     };

@@ -188,3 +188,125 @@ async fn built_in_objects_and_discovery() -> anyhow::Result<()> {
     assert!(version.contains("\"serverVersion\""), "{version}");
     Ok(())
 }
+
+/// kubectl's imperative `create` commands send protobuf bodies: each
+/// kind they make is stored as the JSON equivalent.
+#[tokio::test]
+async fn imperative_creates_send_protobuf() -> anyhow::Result<()> {
+    let s = Server::start()?;
+    let image = "file:///samples/hello.wasm";
+    for args in [
+        vec!["create", "namespace", "imperative"],
+        vec![
+            "create",
+            "deployment",
+            "web",
+            "--image",
+            image,
+            "--replicas=0",
+            "--port=8080",
+        ],
+        vec!["create", "configmap", "cm", "--from-literal=greeting=hi"],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "token",
+            "--from-literal=token=s3cr3t",
+        ],
+        vec!["create", "service", "nodeport", "np", "--tcp=80:8080"],
+        vec!["create", "job", "once", "--image", image],
+        vec![
+            "create",
+            "cronjob",
+            "tick",
+            "--image",
+            image,
+            "--schedule=*/5 * * * *",
+        ],
+        vec!["create", "ingress", "ing", "--rule=web.example/=np:80"],
+        vec!["create", "serviceaccount", "robot"],
+        vec![
+            "create",
+            "poddisruptionbudget",
+            "pdb",
+            "--selector=app=web",
+            "--min-available=1",
+        ],
+    ] {
+        let mut full = vec!["-n", "imperative"];
+        full.extend(args.iter().copied());
+        let out = s.kubectl(&full)?;
+        assert!(out.contains("created"), "{args:?}: {out}");
+    }
+    let get = |args: &[&str]| {
+        let mut full = vec!["-n", "imperative", "get"];
+        full.extend(args);
+        s.kubectl(&full)
+    };
+    // `--replicas=0` is kept (a zero on the wire is not "unset" here).
+    assert_eq!(
+        get(&["deployment", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.rollingUpdate.maxSurge}"])?,
+        format!("0 {image} 8080 25%")
+    );
+    assert_eq!(
+        get(&["configmap", "cm", "-o", "jsonpath={.data.greeting}"])?,
+        "hi"
+    );
+    // Secret bytes arrive raw and are stored base64, as JSON has them.
+    assert_eq!(
+        get(&["secret", "token", "-o", "jsonpath={.data.token}"])?,
+        "czNjcjN0"
+    );
+    // nodePort 0 on the wire means "allocate one".
+    let np = get(&[
+        "service",
+        "np",
+        "-o",
+        "jsonpath={.spec.type} {.spec.ports[0].nodePort} {.spec.ports[0].targetPort}",
+    ])?;
+    let parts: Vec<&str> = np.split(' ').collect();
+    assert_eq!((parts[0], parts[2]), ("NodePort", "8080"), "{np}");
+    let port: u16 = parts[1].parse()?;
+    assert!((30000..=32767).contains(&port), "{np}");
+    assert_eq!(
+        get(&["cronjob", "tick", "-o", "jsonpath={.spec.schedule}"])?,
+        "*/5 * * * *"
+    );
+    // The rule's embedded struct (ingressRuleValue) is inline in JSON.
+    assert_eq!(
+        get(&[
+            "ingress",
+            "ing",
+            "-o",
+            "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].backend.service.name}"
+        ])?,
+        "web.example np"
+    );
+    assert_eq!(
+        get(&["pdb", "pdb", "-o", "jsonpath={.spec.minAvailable}"])?,
+        "1"
+    );
+    // `kubectl run` sends a Pod (it checks the image name itself, so an
+    // OCI reference; nothing schedules it on this node-less server).
+    s.kubectl(&[
+        "-n",
+        "imperative",
+        "run",
+        "one",
+        "--image=registry.example/hello:1",
+        "--env=GREETING=hi",
+        "--labels=app=one",
+    ])?;
+    assert_eq!(
+        get(&["pod", "one", "-o", "jsonpath={.metadata.labels.app} {.spec.containers[0].env[0].value} {.spec.restartPolicy}"])?,
+        "one hi Always"
+    );
+    // Validation still applies to protobuf bodies: a bad name is a 422.
+    let err = s.kubectl_err(&["create", "configmap", "Bad_Name"], None)?;
+    assert!(
+        err.contains("Bad_Name") && err.contains("metadata.name"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -89,15 +89,14 @@ pub fn validate_service(obj: &Value) -> Vec<Cause> {
             )),
             None => out.push(Cause::required(format!("{field}.port"))),
         }
-        if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
-            if ty == "ClusterIP" {
-                out.push(Cause::forbidden(
-                    format!("{field}.nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                ));
-            } else if !(30000..=32767).contains(&n) {
-                out.push(Cause::invalid(format!("{field}.nodePort"), n, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
-            }
+        // 0 is "unset" (typed clients always send it); the range is the
+        // allocator's to check, as it knows `--service-node-port-range`.
+        let node_port = p.get("nodePort").and_then(Value::as_i64);
+        if node_port.is_some_and(|n| n != 0) && ty == "ClusterIP" {
+            out.push(Cause::forbidden(
+                format!("{field}.nodePort"),
+                "may not be used when `type` is 'ClusterIP'",
+            ));
         }
         if let Some(proto) = str_at(p, "/protocol") {
             if !["TCP", "UDP", "SCTP"].contains(&proto) {
