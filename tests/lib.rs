@@ -52,23 +52,34 @@ impl Server {
 
     /// Starts a server with extra `shoal server` flags.
     pub fn start_with(extra: &[&str]) -> Result<Server> {
-        Self::launch("server", extra.iter().map(|s| s.to_string()).collect())
+        Self::launch(
+            "server",
+            "127.0.0.1",
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     /// `shoal up`: a server plus one embedded node named [`UP_NODE`], with
     /// millisecond back-off so restart tests do not wait.
     pub fn up(extra: &[&str]) -> Result<Server> {
+        Self::up_on("127.0.0.1", extra)
+    }
+
+    /// [`Server::up`] listening, and serving its node's ports, on `ip`: a
+    /// loopback address of the test's own keeps fixed NodePorts from
+    /// meeting another test's.
+    pub fn up_on(ip: &str, extra: &[&str]) -> Result<Server> {
         let mut args: Vec<String> = ["--node-port", "0", "--node-name", UP_NODE]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::launch("up", args)
+        Self::launch("up", ip, args)
     }
 
-    fn launch(role: &'static str, extra_args: Vec<String>) -> Result<Server> {
+    fn launch(role: &'static str, ip: &str, extra_args: Vec<String>) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
         let mut s = Server {
             child: None,
             dir,
@@ -413,6 +424,15 @@ fn build_samples() -> Result<PathBuf> {
     for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("wat") {
+            continue;
+        }
+        // http-*.wat are core modules that orchestrator/build.rs wraps into
+        // components (shoal_orchestrator::demo::MODULES has them).
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("http-"))
+        {
             continue;
         }
         let wasm =

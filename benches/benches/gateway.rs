@@ -4,7 +4,9 @@
 //! connections, through a NodePort Service and through an Ingress:
 //! requests/s and latency p50/p99 for each. Plus the per-request cost in
 //! the runtime alone (instantiate, run the handler, collect the answer),
-//! measured in-process without any network.
+//! measured in-process without any network, for the Rust sample and for the
+//! demo's WAT handler (no language runtime: what is left is the host's).
+//! `--in-process-only` runs just that part, longer, for `perf record`.
 //!
 //! `cargo bench -p shoal-benches --bench gateway` runs it in full against
 //! `SHOAL_BIN` (build `--release` first); under `cargo test` a short smoke
@@ -151,6 +153,44 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
+/// The demo's hand-written WAT handler, written out to a file: a guest
+/// that does nothing but answer, so its cost is the host's.
+fn wat_hello() -> anyhow::Result<(tempfile::TempDir, String)> {
+    let (_, bytes) = shoal_orchestrator::demo::MODULES
+        .iter()
+        .find(|(name, _)| *name == "http-hello.wasm")
+        .ok_or_else(|| anyhow::anyhow!("the demo has no http-hello.wasm"))?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("http-hello.wasm");
+    std::fs::write(&path, bytes)?;
+    Ok((dir, format!("file://{}", path.display())))
+}
+
+/// Per-request cost in the runtime for the Rust sample (std start-up,
+/// allocation, memory growth included) and for the WAT handler.
+async fn in_process_report(
+    rust: &str,
+    wat: &(tempfile::TempDir, String),
+    n: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (name, image) in [
+        ("rust_http_hello", rust),
+        ("wat_http_hello", wat.1.as_str()),
+    ] {
+        let us = in_process(image, n).await?;
+        out.insert(
+            name.into(),
+            json!({
+                "samples": us.len(),
+                "us_p50": percentile(&us, 0.5),
+                "us_p99": percentile(&us, 0.99),
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
@@ -164,21 +204,29 @@ async fn main() -> anyhow::Result<()> {
     };
     // `--in-process-only` runs the runtime part alone, longer: the thing to
     // put under `perf record`.
+    let wat = wat_hello()?;
     if std::env::args().any(|a| a == "--in-process-only") {
-        let inst = in_process(&hello, 50_000).await?;
         let report = json!({
             "benchmark": "gateway",
             "mode": "in-process-only",
-            "in_process_request": {
-                "samples": inst.len(),
-                "us_p50": percentile(&inst, 0.5),
-                "us_p99": percentile(&inst, 0.99),
-            },
+            "in_process_request": in_process_report(&hello, &wat, 50_000).await?,
         });
         println!("{report}");
         return Ok(());
     }
-    let inst = in_process(&hello, in_process_n).await?;
+    let inst = in_process_report(&hello, &wat, in_process_n).await?;
+    // `--guest wat` drives the WAT handler through the network paths too,
+    // to tell the gateway's cost from the Rust guest's start-up.
+    let guest = match std::env::args().skip_while(|a| a != "--guest").nth(1) {
+        None => "rust".to_string(),
+        Some(g) if g == "rust" || g == "wat" => g,
+        Some(other) => anyhow::bail!("--guest takes rust or wat, not {other}"),
+    };
+    let image = if guest == "wat" {
+        wat.1.clone()
+    } else {
+        hello.clone()
+    };
 
     let s = Server::start()?;
     let node = Node::start(
@@ -207,7 +255,7 @@ spec:
     spec:
       containers:
       - name: main
-        image: {hello}
+        image: {image}
 ---
 apiVersion: v1
 kind: Service
@@ -276,13 +324,10 @@ spec:
         "mode": if full { "full" } else { "smoke" },
         "shoal": shoal_tests::shoal_bin().display().to_string(),
         "replicas": replicas,
+        "guest": guest,
         "seconds_per_level": per_level.as_secs_f64(),
         "levels": results,
-        "in_process_request": {
-            "samples": inst.len(),
-            "us_p50": percentile(&inst, 0.5),
-            "us_p99": percentile(&inst, 0.99),
-        },
+        "in_process_request": inst,
     });
     println!("{report}");
     Ok(())

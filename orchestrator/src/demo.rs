@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use serde::de::DeserializeOwned;
@@ -36,6 +38,11 @@ pub const MODULES: &[(&str, &[u8])] = &[
     (
         "config-reader.wasm",
         include_bytes!(concat!(env!("OUT_DIR"), "/config-reader.wasm")),
+    ),
+    // A wasi:http component: served per request behind a Service.
+    (
+        "http-hello.wasm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/http-hello.wasm")),
     ),
 ];
 
@@ -81,6 +88,11 @@ pub async fn apply(client: &Client, manifest: &Path) -> anyhow::Result<()> {
             "ConfigMap" => create::<ConfigMap>(Api::namespaced(client.clone(), &ns), value).await?,
             "Secret" => create::<Secret>(Api::namespaced(client.clone(), &ns), value).await?,
             "Pod" => create::<Pod>(Api::namespaced(client.clone(), &ns), value).await?,
+            "Deployment" => {
+                create::<Deployment>(Api::namespaced(client.clone(), &ns), value).await?
+            }
+            "Service" => create::<Service>(Api::namespaced(client.clone(), &ns), value).await?,
+            "Ingress" => create::<Ingress>(Api::namespaced(client.clone(), &ns), value).await?,
             "" => continue,
             other => {
                 anyhow::bail!("the demo manifest holds a {other}, which the demo does not apply")

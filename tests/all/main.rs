@@ -2,6 +2,7 @@
 
 mod api;
 mod controllers;
+mod demo;
 mod multinode;
 mod node;
 mod scheduler;

@@ -1,0 +1,76 @@
+//! `shoal up --demo`, what the README's first command starts: the sample
+//! pods run and the wasi:http sample answers through its NodePort Service
+//! and its Ingress.
+
+use std::time::Duration;
+
+use shoal_tests::{free_port, http_get, http_get_host, wait_for, Server};
+
+/// The demo's Service has the fixed NodePort 30080, as does the services
+/// tests' sample: each test serves it on a loopback address of its own.
+const ADDRESS: &str = "127.0.8.1";
+
+#[tokio::test]
+async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
+    let ingress = free_port()?.to_string();
+    let s = Server::up_on(
+        ADDRESS,
+        &[
+            "--demo",
+            "--ingress-http-port",
+            &ingress,
+            "--ingress-https-port",
+            "0",
+        ],
+    )?;
+    let check = async {
+        wait_for("the demo's pods", Duration::from_secs(120), || async {
+            let phases = s
+                .kubectl(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    "demo",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+                ])
+                .ok()?;
+            let pods: Vec<(&str, &str)> = phases
+                .split_whitespace()
+                .filter_map(|p| p.split_once('='))
+                .collect();
+            let http_running = pods
+                .iter()
+                .filter(|(name, phase)| name.starts_with("http-hello-") && *phase == "Running")
+                .count();
+            let ready = pods.contains(&("hello", "Succeeded"))
+                && pods.contains(&("ticker", "Running"))
+                && http_running == 2;
+            ready.then_some(())
+        })
+        .await?;
+        let body = wait_for(
+            "the NodePort answering",
+            Duration::from_secs(60),
+            || async {
+                match http_get(&format!("{ADDRESS}:30080"), "/").await {
+                    Ok((200, body)) => Some(body),
+                    _ => None,
+                }
+            },
+        )
+        .await?;
+        assert_eq!(body, "hello from Shoal\n");
+        let addr = format!("{ADDRESS}:{ingress}");
+        let via_ingress = wait_for("the Ingress answering", Duration::from_secs(60), || async {
+            match http_get_host(&addr, "hello.demo", "/").await {
+                Ok((200, body)) => Some(body),
+                _ => None,
+            }
+        })
+        .await?;
+        assert_eq!(via_ingress, "hello from Shoal\n");
+        anyhow::Ok(())
+    };
+    check.await.map_err(|e| e.context(s.logs()))
+}
