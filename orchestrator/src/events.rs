@@ -1,7 +1,10 @@
 //! Events for `kubectl describe`, written off the caller's path: recording
 //! never blocks a scheduler pass or a pod start. Repeats of the same
 //! reason and message for the same object bump `count` on one Event, as
-//! Kubernetes' event correlator does, instead of piling up objects.
+//! Kubernetes' event correlator does, instead of piling up objects. Writes
+//! are paced as the kubelet paces them (`eventRecordQPS` 50, burst 100), so
+//! a burst of a thousand pod starts does not spend the cores on Events
+//! while the pods themselves wait: the Events trail by seconds instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,7 @@ struct Record {
 pub struct EventRecorder {
     tx: mpsc::Sender<Record>,
     spam: Arc<Mutex<SpamFilter>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Kubernetes' per-object spam filter: each object may have 25 Events in a
@@ -80,6 +84,45 @@ impl SpamFilter {
 const QUEUE: usize = 8192;
 const REMEMBERED: usize = 4096;
 
+/// Event writes per second, and the burst written at once: the kubelet's
+/// defaults. (The scheduler and controller manager get the same: each
+/// has a recorder of its own.)
+const WRITES_PER_SEC: f64 = 50.0;
+const WRITE_BURST: f64 = 100.0;
+
+/// A token bucket that hands out write slots: tokens may go negative, and
+/// a writer that took a slot in debt sleeps until it is paid off.
+struct Pace {
+    tokens: f64,
+    at: std::time::Instant,
+    per_sec: f64,
+    burst: f64,
+}
+
+impl Pace {
+    fn new(per_sec: f64, burst: f64) -> Pace {
+        Pace {
+            tokens: burst,
+            at: std::time::Instant::now(),
+            per_sec,
+            burst,
+        }
+    }
+
+    /// Takes a slot at `now`; how long to wait before using it.
+    fn take(&mut self, now: std::time::Instant) -> std::time::Duration {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
 impl EventRecorder {
     /// `component` is the reporter (`default-scheduler`, `kubelet`); `host`
     /// the node it runs on, if any.
@@ -91,6 +134,7 @@ impl EventRecorder {
             spam: Arc::new(Mutex::new(SpamFilter {
                 buckets: HashMap::new(),
             })),
+            dropped: Arc::default(),
         }
     }
 
@@ -121,7 +165,13 @@ impl EventRecorder {
             message,
         };
         if self.tx.try_send(rec).is_err() {
-            warn!(object = %object.name, reason, "event queue full; event dropped");
+            // One line per thousand: a storm must not become a log storm.
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                warn!(object = %object.name, reason, dropped = n + 1, "event queue full; events dropped");
+            }
         }
     }
 }
@@ -141,6 +191,7 @@ struct Shared {
     host: Option<String>,
     rx: tokio::sync::Mutex<mpsc::Receiver<Record>>,
     seen: Mutex<HashMap<SeenKey, Seen>>,
+    pace: Mutex<Pace>,
 }
 
 fn spawn_writers(
@@ -155,6 +206,7 @@ fn spawn_writers(
         host,
         rx: tokio::sync::Mutex::new(rx),
         seen: Mutex::new(HashMap::new()),
+        pace: Mutex::new(Pace::new(WRITES_PER_SEC, WRITE_BURST)),
     });
     for _ in 0..WRITERS {
         tokio::spawn(writer(shared.clone()));
@@ -166,6 +218,12 @@ async fn writer(sh: Arc<Shared>) {
         let Some(r) = sh.rx.lock().await.recv().await else {
             return;
         };
+        let wait = sh.pace.lock().map_or(std::time::Duration::ZERO, |mut p| {
+            p.take(std::time::Instant::now())
+        });
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         write_one(&sh, r).await;
     }
 }
@@ -245,5 +303,20 @@ mod tests {
         let allowed = (0..100).filter(|_| f.allow("rs-1")).count();
         assert_eq!(allowed, 25);
         assert!(f.allow("another-object"), "buckets are per object");
+    }
+
+    #[test]
+    fn writes_beyond_the_burst_wait_their_turn() {
+        let mut p = Pace::new(50.0, 100.0);
+        let t0 = std::time::Instant::now();
+        let waits: Vec<_> = (0..102).map(|_| p.take(t0)).collect();
+        assert!(waits[..100].iter().all(|w| w.is_zero()));
+        assert_eq!(waits[100], std::time::Duration::from_millis(20));
+        assert_eq!(waits[101], std::time::Duration::from_millis(40));
+        // A second later fifty slots came back: the debt of two is paid
+        // and 48 are free.
+        let later = t0 + std::time::Duration::from_secs(1);
+        let free = (0..60).take_while(|_| p.take(later).is_zero()).count();
+        assert_eq!(free, 48);
     }
 }
