@@ -161,12 +161,12 @@ async fn start_gateway(
     cfg: &NodeConfig,
     metrics: &NodeMetrics,
 ) -> anyhow::Result<(Arc<Gateway>, u16)> {
-    let table = Table {
-        services: Informer::new("services"),
-        slices: Informer::new("endpointslices"),
-        nodes: Informer::new("nodes"),
-        ingresses: Informer::new("ingresses"),
-    };
+    let table = Table::new(
+        Informer::new("services"),
+        Informer::new("endpointslices"),
+        Informer::new("nodes"),
+        Informer::new("ingresses"),
+    );
     let secrets = Informer::new("secrets");
     table.ingresses.start(kube::Api::all(client.clone()));
     secrets.start(kube::Api::all(client.clone()));

@@ -2,8 +2,10 @@
 //! Services, EndpointSlices and Nodes. Pure lookups: the gateway decides
 //! the order in which it tries them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -31,19 +33,77 @@ pub struct Table {
     pub slices: Arc<Informer<EndpointSlice>>,
     pub nodes: Arc<Informer<Node>>,
     pub ingresses: Arc<Informer<Ingress>>,
+    /// [`Table::targets`] answers by (namespace, Service, port name),
+    /// emptied whenever an EndpointSlice changes: every request asks, and
+    /// working it out walks every slice in the namespace.
+    memo: Arc<Memo>,
+}
+
+type TargetsKey = (String, String, String);
+
+#[derive(Default)]
+struct Memo {
+    /// Bumped on every EndpointSlice change, before the map is cleared.
+    generation: AtomicU64,
+    map: RwLock<HashMap<TargetsKey, Arc<[Target]>>>,
 }
 
 impl Table {
+    /// A table over these caches (started or not).
+    pub fn new(
+        services: Arc<Informer<Service>>,
+        slices: Arc<Informer<EndpointSlice>>,
+        nodes: Arc<Informer<Node>>,
+        ingresses: Arc<Informer<Ingress>>,
+    ) -> Table {
+        let memo: Arc<Memo> = Arc::default();
+        let stale = Arc::downgrade(&memo);
+        // The informer runs this after its cache changed.
+        slices.on_change(move |_, _| {
+            if let Some(memo) = stale.upgrade() {
+                memo.generation.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut m) = memo.map.write() {
+                    m.clear();
+                }
+            }
+        });
+        Table {
+            services,
+            slices,
+            nodes,
+            ingresses,
+            memo,
+        }
+    }
+
     pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&format!("{namespace}/{name}"))
     }
 
     /// Ready endpoints of one Service port; when none is ready, those
     /// still serving while they terminate (as kube-proxy falls back).
-    pub fn targets(&self, svc: &Service, port: &ServicePort) -> Vec<Target> {
+    pub fn targets(&self, svc: &Service, port: &ServicePort) -> Arc<[Target]> {
         let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
         let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let port_name = port.name.clone().unwrap_or_default();
+        let port_name = port.name.as_deref().unwrap_or_default();
+        let key = (ns.to_string(), name.to_string(), port_name.to_string());
+        if let Some(hit) = self.memo.map.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return hit;
+        }
+        // Worked out from the caches without holding the memo's lock; kept
+        // only if no slice changed meanwhile (a change after the insert
+        // clears it anyway).
+        let before = self.memo.generation.load(Ordering::SeqCst);
+        let found: Arc<[Target]> = self.compute_targets(ns, name, port_name).into();
+        if let Ok(mut m) = self.memo.map.write() {
+            if self.memo.generation.load(Ordering::SeqCst) == before {
+                m.insert(key, found.clone());
+            }
+        }
+        found
+    }
+
+    fn compute_targets(&self, ns: &str, name: &str, port_name: &str) -> Vec<Target> {
         let mut ready = Vec::new();
         let mut serving = Vec::new();
         for slice in self.slices.list_namespace(ns) {
@@ -59,7 +119,7 @@ impl Table {
                 .ports
                 .iter()
                 .flatten()
-                .find(|p| p.name.clone().unwrap_or_default() == port_name)
+                .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
                 .and_then(|p| p.port)
             else {
                 continue;
@@ -177,7 +237,53 @@ pub fn service_host<'a>(host: &'a str, own_namespace: &'a str) -> Option<(&'a st
 
 #[cfg(test)]
 mod tests {
-    use super::service_host;
+    use super::*;
+
+    fn slice(rv: &str, pods: &[&str]) -> EndpointSlice {
+        let endpoints: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                    "nodeName": "n1", "targetRef": {"kind": "Pod", "name": p},
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "resourceVersion": rv,
+                "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 8080}],
+            "endpoints": endpoints,
+        }))
+        .expect("a valid EndpointSlice")
+    }
+
+    #[test]
+    fn remembered_targets_follow_slice_changes() {
+        let table = Table::new(
+            Informer::new("services"),
+            Informer::new("endpointslices"),
+            Informer::new("nodes"),
+            Informer::new("ingresses"),
+        );
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"ports": [{"port": 80}]},
+        }))
+        .expect("a valid Service");
+        let port = ServicePort {
+            port: 80,
+            ..ServicePort::default()
+        };
+        let pods = |t: Arc<[Target]>| t.iter().map(|t| t.pod.clone()).collect::<Vec<_>>();
+        assert!(table.targets(&svc, &port).is_empty());
+        table.slices.assume(slice("1", &["web-1"]));
+        assert_eq!(pods(table.targets(&svc, &port)), ["web-1"]);
+        assert_eq!(pods(table.targets(&svc, &port)), ["web-1"]);
+        table.slices.assume(slice("2", &["web-1", "web-2"]));
+        assert_eq!(pods(table.targets(&svc, &port)), ["web-1", "web-2"]);
+    }
 
     #[test]
     fn service_names_resolve() {
