@@ -159,7 +159,7 @@ fn find_log(node_dir: &std::path::Path, name: &str) -> anyhow::Result<std::path:
             .unwrap_or_default()
             .to_string();
         if fname.starts_with(&format!("default_{name}_")) {
-            return Ok(path.join("main").join("0.log"));
+            return Ok(path.join("main_0.log"));
         }
     }
     anyhow::bail!("no log directory for {name} under {}", node_dir.display())

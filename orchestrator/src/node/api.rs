@@ -145,11 +145,20 @@ async fn container_logs(
     let starts = logs::starts(&dir, &container);
     let previous = truthy(&q.previous);
     let chosen = if previous {
-        starts.len().checked_sub(2).and_then(|i| starts.get(i))
+        starts
+            .len()
+            .checked_sub(2)
+            .and_then(|i| starts.get(i))
+            .cloned()
     } else {
-        starts.last()
+        // A running container that has written nothing yet has no file:
+        // its log is empty, not missing.
+        starts.last().cloned().or_else(|| {
+            let live = ctx.logs.current(&key.uid, &container)?;
+            Some((0, live.path().to_path_buf()))
+        })
     };
-    let Some((restart, path)) = chosen.cloned() else {
+    let Some((restart, path)) = chosen else {
         let msg = if previous {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {

@@ -124,6 +124,8 @@ async fn a_spinning_guest_does_not_stop_a_neighbour() -> anyhow::Result<()> {
     // The API server (same process) still answers, too.
     let listed = s.kubectl(&["get", "pods"])?;
     assert!(listed.contains("spin-capped"), "{listed}");
+    // A running guest that never wrote has an empty log, not a missing one.
+    assert_eq!(s.kubectl(&["logs", "spin-0"])?, "");
     wait_for("spinners to be deleted", PATIENCE, || async {
         s.kubectl(&["delete", "pods", "--all", "--wait=true"]).ok()
     })
