@@ -34,6 +34,8 @@ const INGRESS_PORT: u16 = 18880;
 struct Level {
     requests: usize,
     errors: usize,
+    /// What the first few failures were, to tell a timeout from a refusal.
+    error_samples: Vec<String>,
     seconds: f64,
     latencies_ms: Vec<f64>,
 }
@@ -57,7 +59,7 @@ async fn drive(
         let (stop, host) = (stop.clone(), host.to_string());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut errors = 0usize;
+            let mut errors = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let req = http::Request::get("/bench")
                     .header(http::header::HOST, &host)
@@ -65,16 +67,20 @@ async fn drive(
                 let started = Instant::now();
                 match send.send_request(req).await {
                     Ok(resp) => {
-                        let ok = resp.status() == 200;
-                        let body = resp.into_body().collect().await;
-                        if ok && body.is_ok() {
-                            lat.push(started.elapsed().as_secs_f64() * 1000.0);
-                        } else {
-                            errors += 1;
+                        let status = resp.status();
+                        match resp.into_body().collect().await {
+                            Ok(_) if status == 200 => {
+                                lat.push(started.elapsed().as_secs_f64() * 1000.0)
+                            }
+                            Ok(body) => errors.push(format!(
+                                "{status}: {}",
+                                String::from_utf8_lossy(&body.to_bytes())
+                            )),
+                            Err(e) => errors.push(format!("{status}, body: {e}")),
                         }
                     }
-                    Err(_) => {
-                        errors += 1;
+                    Err(e) => {
+                        errors.push(format!("connection: {e}"));
                         break;
                     }
                 }
@@ -86,17 +92,18 @@ async fn drive(
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
-    let mut errors = 0;
+    let mut errors = Vec::new();
     for t in tasks {
         let (lat, e) = t.await??;
         all.extend(lat);
-        errors += e;
+        errors.extend(e);
     }
     let seconds = started.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
     Ok(Level {
         requests: all.len(),
-        errors,
+        errors: errors.len(),
+        error_samples: errors.into_iter().take(3).collect(),
         seconds,
         latencies_ms: all,
     })
@@ -313,6 +320,7 @@ spec:
                 "connections": connections,
                 "requests": l.requests,
                 "errors": l.errors,
+                "error_samples": l.error_samples,
                 "requests_per_s": (l.requests as f64 / l.seconds).round(),
                 "ms_p50": percentile(&l.latencies_ms, 0.5),
                 "ms_p99": percentile(&l.latencies_ms, 0.99),
