@@ -49,6 +49,15 @@ pub enum Subject<'a> {
     Pod(&'a str, &'a str),
 }
 
+impl<'a> Subject<'a> {
+    /// (namespace, name): the labels every series of the subject carries.
+    fn names(self) -> (&'a str, &'a str) {
+        match self {
+            Subject::Service(ns, name) | Subject::Pod(ns, name) => (ns, name),
+        }
+    }
+}
+
 impl GatewayMetrics {
     pub fn register(registry: &Registry) -> Result<GatewayMetrics, prometheus::Error> {
         let counter = |name: &str, help: &str, who: &str| {
@@ -124,7 +133,7 @@ impl GatewayMetrics {
     }
 
     fn series(&self, s: Subject<'_>) -> Option<Arc<Series>> {
-        let (Subject::Service(ns, name) | Subject::Pod(ns, name)) = s;
+        let (ns, name) = s.names();
         let (_, latency, in_flight, handles) = self.parts(s);
         if let Some(hit) = handles
             .read()
@@ -173,9 +182,7 @@ impl GatewayMetrics {
         match requests.iter().find(|(c, _)| *c == code) {
             Some((_, counter)) => counter.inc(),
             None => {
-                let (ns, name) = match s {
-                    Subject::Service(ns, n) | Subject::Pod(ns, n) => (ns, n),
-                };
+                let (ns, name) = s.names();
                 let counter = self
                     .parts(s)
                     .0
