@@ -48,7 +48,7 @@ pub struct EventRecorder {
 /// tells the first 25 `SuccessfulCreate`s; the other 975 writes would only
 /// slow the creates down.
 struct SpamFilter {
-    buckets: HashMap<String, (f64, std::time::Instant)>,
+    buckets: HashMap<String, Pace>,
 }
 
 const SPAM_BURST: f64 = 25.0;
@@ -58,24 +58,13 @@ impl SpamFilter {
     fn allow(&mut self, uid: &str) -> bool {
         let now = std::time::Instant::now();
         if self.buckets.len() >= REMEMBERED && !self.buckets.contains_key(uid) {
-            // Forget the idle ones rather than grow without bound.
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC < SPAM_BURST
-            });
+            // Forget the idle ones (full again) rather than grow without bound.
+            self.buckets.retain(|_, pace| !pace.full_at(now));
         }
-        let (tokens, at) = self
-            .buckets
+        self.buckets
             .entry(uid.to_string())
-            .or_insert((SPAM_BURST, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * SPAM_REFILL_PER_SEC).min(SPAM_BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+            .or_insert_with(|| Pace::new(SPAM_REFILL_PER_SEC, SPAM_BURST))
+            .try_take(now)
     }
 }
 
@@ -90,8 +79,9 @@ const REMEMBERED: usize = 4096;
 const WRITES_PER_SEC: f64 = 50.0;
 const WRITE_BURST: f64 = 100.0;
 
-/// A token bucket that hands out write slots: tokens may go negative, and
-/// a writer that took a slot in debt sleeps until it is paid off.
+/// A token bucket: the spam filter takes a slot only if one is free; the
+/// writers take one in debt (tokens may go negative) and sleep until it is
+/// paid off.
 struct Pace {
     tokens: f64,
     at: std::time::Instant,
@@ -109,11 +99,32 @@ impl Pace {
         }
     }
 
-    /// Takes a slot at `now`; how long to wait before using it.
-    fn take(&mut self, now: std::time::Instant) -> std::time::Duration {
+    fn refill(&mut self, now: std::time::Instant) {
         let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.at = now;
+    }
+
+    /// Whether the bucket has refilled to its burst by `now`.
+    fn full_at(&self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens + refill >= self.burst
+    }
+
+    /// Takes a slot at `now` if one is free, never going into debt.
+    fn try_take(&mut self, now: std::time::Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes a slot at `now`; how long to wait before using it.
+    fn take(&mut self, now: std::time::Instant) -> std::time::Duration {
+        self.refill(now);
         self.tokens -= 1.0;
         if self.tokens >= 0.0 {
             std::time::Duration::ZERO
