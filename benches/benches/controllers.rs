@@ -1,6 +1,7 @@
 //! Controller benchmarks on `shoal up`, printed as one JSON object:
 //! - scale-up: the Deployment's `scale` subresource set from 0 to N (what
-//!   `kubectl scale` sends) → `readyReplicas == N` seen on a watch;
+//!   `kubectl scale` sends) → `readyReplicas == N` seen on a watch; with
+//!   `-- --stages`, also when the pods were created, bound and Ready;
 //! - rolling update: a new image for N replicas with `maxSurge: 25%` →
 //!   the rollout complete (`NewReplicaSetAvailable`, all replicas updated
 //!   and available);
@@ -95,12 +96,101 @@ async fn rv_of(api: &Api<Deployment>) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
-/// 0 → `n` replicas through the scale subresource; time to all Ready.
-async fn scale_up(api: &Api<Deployment>, image: &str, n: i32) -> anyhow::Result<f64> {
+/// When each stage of the scale-up was reached, per pod, as seen on a pod
+/// watch: the pipeline's breakdown, to tell which hop the time goes to.
+#[derive(Default)]
+struct Stages {
+    created: Vec<f64>,
+    bound: Vec<f64>,
+    ready: Vec<f64>,
+}
+
+impl Stages {
+    fn report(mut self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (name, v) in [
+            ("created", &mut self.created),
+            ("bound", &mut self.bound),
+            ("ready", &mut self.ready),
+        ] {
+            v.sort_by(f64::total_cmp);
+            out.insert(
+                name.into(),
+                json!({
+                    "pods": v.len(),
+                    "ms_p50": percentile(v, 0.5),
+                    "ms_last": percentile(v, 1.0),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+/// Records, from `start`, when each pod labelled `app=<name>` was first
+/// seen, first bound to a node and first Ready, until `n` are Ready.
+async fn watch_stages(
+    pods: Api<Pod>,
+    name: &str,
+    rv: String,
+    start: Instant,
+    n: usize,
+) -> anyhow::Result<Stages> {
+    let wp = WatchParams::default()
+        .labels(&format!("app={name}"))
+        .timeout(290);
+    let mut stream = pods.watch(&wp, &rv).await?.boxed();
+    let (mut seen, mut bound, mut readied) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut stages = Stages::default();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while readied.len() < n {
+        let p = match tokio::time::timeout_at(deadline, stream.try_next()).await?? {
+            Some(WatchEvent::Added(p)) | Some(WatchEvent::Modified(p)) => p,
+            Some(WatchEvent::Error(e)) => anyhow::bail!("pod watch ended: {}", e.message),
+            None => anyhow::bail!("pod watch closed"),
+            _ => continue,
+        };
+        let at = ms(start.elapsed());
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        if seen.insert(pod.clone()) {
+            stages.created.push(at);
+        }
+        let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        if on_node && bound.insert(pod.clone()) {
+            stages.bound.push(at);
+        }
+        if ready(&p) && readied.insert(pod) {
+            stages.ready.push(at);
+        }
+    }
+    Ok(stages)
+}
+
+/// 0 → `n` replicas through the scale subresource; time to all Ready, and
+/// with `stages`, when the pods were created, bound and Ready on the way.
+/// The stage watch decodes every pod event in this process, which takes
+/// CPU from the cluster it measures, so it is not on by default.
+async fn scale_up(
+    client: &kube::Client,
+    api: &Api<Deployment>,
+    image: &str,
+    n: i32,
+    stages: bool,
+) -> anyhow::Result<(f64, Option<Stages>)> {
     api.create(&PostParams::default(), &deployment("scale", 0, image)?)
         .await?;
     let rv = rv_of(api).await?;
     let start = Instant::now();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let stages = stages.then(|| {
+        tokio::spawn(watch_stages(
+            pods,
+            "scale",
+            rv.clone(),
+            start,
+            usize::try_from(n).unwrap_or(0),
+        ))
+    });
     api.patch_scale(
         "scale",
         &PatchParams::default(),
@@ -112,13 +202,17 @@ async fn scale_up(api: &Api<Deployment>, image: &str, n: i32) -> anyhow::Result<
     })
     .await?;
     let took = ms(start.elapsed());
+    let stages = match stages {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     api.patch_scale(
         "scale",
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"replicas": 0}})),
     )
     .await?;
-    Ok(took)
+    Ok((took, stages))
 }
 
 fn complete(d: &Deployment, n: i32) -> bool {
@@ -216,6 +310,8 @@ async fn replacements(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
+    // `-- --stages`: when pods were created, bound and Ready in the scale-up.
+    let with_stages = std::env::args().any(|a| a == "--stages");
     let sizes = if full {
         Sizes {
             scale_to: 1000,
@@ -237,13 +333,14 @@ async fn main() -> anyhow::Result<()> {
     let client = up.client().await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let run = async {
-        let scale_ms = scale_up(&deploys, &v1, sizes.scale_to).await?;
+        let (scale_ms, stages) =
+            scale_up(&client, &deploys, &v1, sizes.scale_to, with_stages).await?;
         let rolling_ms = rolling(&deploys, &v1, &v2, sizes.rolling).await?;
         let mut heal = replacements(&client, &deploys, &v1, sizes.replacements).await?;
         heal.sort_by(f64::total_cmp);
-        anyhow::Ok((scale_ms, rolling_ms, heal))
+        anyhow::Ok((scale_ms, stages, rolling_ms, heal))
     };
-    let (scale_ms, rolling_ms, heal) = match run.await {
+    let (scale_ms, stages, rolling_ms, heal) = match run.await {
         Ok(r) => r,
         Err(e) => {
             let saved = std::env::temp_dir().join("shoal-controllers-bench-up.log");
@@ -255,7 +352,12 @@ async fn main() -> anyhow::Result<()> {
         "benchmark": "controllers",
         "mode": if full { "full" } else { "smoke" },
         "shoal": shoal_tests::shoal_bin().display().to_string(),
-        "scale_up": {"from": 0, "to": sizes.scale_to, "ms_to_all_ready": scale_ms},
+        "scale_up": {
+            "from": 0,
+            "to": sizes.scale_to,
+            "ms_to_all_ready": scale_ms,
+            "stages": stages.map(Stages::report),
+        },
         "rolling_update": {"replicas": sizes.rolling, "max_surge": "25%", "max_unavailable": "25%", "ms": rolling_ms},
         "replacement": {
             "samples": heal.len(),
