@@ -117,8 +117,11 @@ async fn two_nodes_run_pods_and_survive_crashes() -> anyhow::Result<()> {
 
     // kill -9 the server: pods keep running on the nodes (their logs grow
     // on disk), and status catches up when the server is back.
-    let before = std::fs::read_dir(b.data_dir().join("pods"))?.count();
-    assert!(before >= 2);
+    let logs = std::fs::read_dir(b.data_dir().join("logs"))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert!(logs >= 2, "{logs} log files on node-b");
     s.kill9();
     let log_file = find_log(b.data_dir(), "tick-b")?;
     let size = std::fs::metadata(&log_file)?.len();
@@ -151,18 +154,18 @@ async fn two_nodes_run_pods_and_survive_crashes() -> anyhow::Result<()> {
 
 /// The current log file of pod `name`'s container on a node, on disk.
 fn find_log(node_dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
-    for entry in std::fs::read_dir(node_dir.join("pods"))? {
+    for entry in std::fs::read_dir(node_dir.join("logs"))? {
         let path = entry?.path();
         let fname = path
             .file_name()
             .and_then(|f| f.to_str())
             .unwrap_or_default()
             .to_string();
-        if fname.starts_with(&format!("default_{name}_")) {
-            return Ok(path.join("main_0.log"));
+        if fname.starts_with(&format!("default_{name}_")) && fname.ends_with("_main_0.log") {
+            return Ok(path);
         }
     }
-    anyhow::bail!("no log directory for {name} under {}", node_dir.display())
+    anyhow::bail!("no log file for {name} under {}", node_dir.display())
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::logs::{self, ContainerLog};
+use super::logs::ContainerLog;
 use super::NodeCtx;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
@@ -141,8 +141,7 @@ async fn container_logs(
             &format!("pod {ns}/{pod} is not running on this node"),
         );
     };
-    let dir = logs::pod_dir(ctx.logs.root(), &ns, &pod, &key.uid);
-    let starts = logs::starts(&dir, &container);
+    let starts = ctx.logs.starts(&key.uid, &container);
     let previous = truthy(&q.previous);
     let chosen = if previous {
         starts

@@ -66,6 +66,8 @@ pub struct NodeCtx {
     pub host_ip: String,
     pub backends: HashMap<&'static str, Arc<dyn Backend>>,
     pub logs: LogStore,
+    /// Where each pod's volumes are materialised, one directory per pod.
+    pub pods_dir: PathBuf,
     pub status: StatusSync,
     pub events: EventRecorder,
     pub backoff: BackoffPolicy,
@@ -78,6 +80,12 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// A pod's own directory (its volumes), made only when it has some.
+    pub fn pod_dir(&self, pod: &PodKey) -> PathBuf {
+        self.pods_dir
+            .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
+    }
+
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodKey> {
         self.pods
             .lock()
@@ -119,7 +127,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         name: cfg.name.clone(),
         host_ip: cfg.address.to_string(),
         backends,
-        logs: LogStore::new(cfg.data_dir.join("pods")),
+        logs: LogStore::new(cfg.data_dir.join("logs"))
+            .with_context(|| format!("opening {}", cfg.data_dir.join("logs").display()))?,
+        pods_dir: cfg.data_dir.join("pods"),
         backoff: cfg.backoff,
         metrics,
         token: cfg.token.clone(),

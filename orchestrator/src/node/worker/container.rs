@@ -3,7 +3,6 @@
 //! containers live side by side; reports every state change to the pod
 //! worker, which owns the pod status.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +57,6 @@ pub(crate) struct Update {
 pub(crate) struct ContainerTask {
     pub ctx: Arc<NodeCtx>,
     pub pod: PodKey,
-    pub pod_dir: PathBuf,
     pub backend: Arc<dyn Backend>,
     pub ready: Arc<ReadyContainer>,
     pub init: bool,
@@ -176,17 +174,7 @@ impl ContainerTask {
     async fn start_once(&mut self, exited_at: Option<Instant>) -> Option<Exit> {
         let name = self.ready.spec.name.clone();
         let restart = self.status.restart_count;
-        let log = match self
-            .ctx
-            .logs
-            .open(&self.pod_dir, &self.pod.uid, &name, restart)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                self.fail_start(format!("creating the log file: {e}"));
-                return None;
-            }
-        };
+        let log = self.ctx.logs.open(&self.pod, &name, restart);
         let r = &self.ready.resolved;
         let spec = ContainerSpec {
             argv: r.argv.clone(),

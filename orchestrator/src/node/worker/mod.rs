@@ -98,7 +98,7 @@ impl PodWorker {
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
         };
-        let dir = super::logs::pod_dir(ctx.logs.root(), &key.namespace, &key.name, &key.uid);
+        let dir = ctx.pod_dir(&key);
         let object = ObjectRef {
             kind: "Pod",
             api_version: "v1",

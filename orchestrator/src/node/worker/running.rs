@@ -56,7 +56,6 @@ impl Supervisor {
         let task = ContainerTask {
             ctx: w.ctx.clone(),
             pod: w.key.clone(),
-            pod_dir: w.dir.clone(),
             backend: backend.clone(),
             object: w.container_object(init, &ready.spec.name),
             ready,

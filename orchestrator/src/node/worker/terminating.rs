@@ -37,7 +37,9 @@ pub(super) async fn run(w: &mut PodWorker) -> Phase {
             }
         }
     }
-    w.ctx.logs.remove_pod(&w.dir, &w.key.uid);
+    w.ctx.logs.remove_pod(&w.key.uid);
+    // Its volumes, if it had any.
+    let _ = std::fs::remove_dir_all(&w.dir);
     w.ctx.metrics.pod_removed(w.last.as_ref());
     Phase::Done
 }
