@@ -12,6 +12,7 @@ pub struct Metrics {
     pub watches: IntGauge,
     pub watch_delivery: Histogram,
     pub store_latency: HistogramVec,
+    pub store_group_writes: Histogram,
     pub controllers: ControllerMetrics,
 }
 
@@ -103,11 +104,22 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["operation"],
         )?;
+        // How well group commit groups: writes sharing one durable flush.
+        let store_group_writes = Histogram::with_opts(
+            HistogramOpts::new(
+                "shoal_store_commit_group_writes",
+                "Writes made durable by one flush of the store (group commit)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+            ]),
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_latency.clone()))?;
         registry.register(Box::new(watches.clone()))?;
         registry.register(Box::new(watch_delivery.clone()))?;
         registry.register(Box::new(store_latency.clone()))?;
+        registry.register(Box::new(store_group_writes.clone()))?;
         let controllers = ControllerMetrics::register(&registry)?;
         Ok(Metrics {
             controllers,
@@ -117,6 +129,7 @@ impl Metrics {
             watches,
             watch_delivery,
             store_latency,
+            store_group_writes,
         })
     }
 

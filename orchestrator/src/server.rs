@@ -50,6 +50,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         path: data_dir.join("store"),
         history: cfg.watch_history,
         op_latency: Some(metrics.store_latency.clone()),
+        group_writes: Some(metrics.store_group_writes.clone()),
     })
     .with_context(|| format!("opening the store in {}", data_dir.join("store").display()))?;
     let admin = bootstrap::token(&data_dir.join("admin-token"))?;

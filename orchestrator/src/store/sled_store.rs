@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use prometheus::HistogramVec;
+use prometheus::{Histogram, HistogramVec};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{info, instrument};
@@ -22,6 +22,8 @@ pub struct SledStoreConfig {
     /// Events kept for watch resume; older revisions answer 410 Gone.
     pub history: usize,
     pub op_latency: Option<HistogramVec>,
+    /// Writes per durable flush, observed once per group.
+    pub group_writes: Option<Histogram>,
 }
 
 pub struct SledStore {
@@ -63,6 +65,7 @@ impl SledStore {
             applied: applied.clone(),
             log: log.clone(),
             history: cfg.history.max(1) as u64,
+            group_writes: cfg.group_writes,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -287,6 +290,7 @@ mod tests {
             path: dir.join("db"),
             history: 100,
             op_latency: None,
+            group_writes: None,
         })
         .expect("open store")
     }
@@ -387,6 +391,7 @@ mod tests {
                 path: dir.path().join("db"),
                 history: 100,
                 op_latency: None,
+                group_writes: None,
             }) {
                 Ok(s) => break s,
                 Err(_) if tries < 500 => {

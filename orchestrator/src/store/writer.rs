@@ -57,6 +57,7 @@ pub struct Writer {
     pub applied: Arc<Mutex<Revision>>,
     pub log: Arc<EventLog>,
     pub history: u64,
+    pub group_writes: Option<prometheus::Histogram>,
 }
 
 /// The state of a key as this group sees it: stored, or written earlier in
@@ -215,6 +216,9 @@ impl Writer {
         }
         if events.is_empty() {
             return applied;
+        }
+        if let Some(h) = &self.group_writes {
+            h.observe(events.len() as f64);
         }
         batch.insert(record::REV_KEY, &rv.to_be_bytes()[..]);
         let result = {
