@@ -1,8 +1,9 @@
 //! Every bad input gets the right status code and a message naming the
 //! problem, and nothing stored changes.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shoal_tests::Server;
 
@@ -213,6 +214,75 @@ async fn bad_requests_get_status_and_store_nothing() -> anyhow::Result<()> {
             .and_then(|d| d.get("a").cloned()),
         Some("1".into())
     );
+    Ok(())
+}
+
+/// A patch without a resourceVersion is applied to whatever is current,
+/// however many writers race it (Kubernetes retries it server-side); one
+/// that names a stale resourceVersion is a 409.
+#[tokio::test]
+async fn patches_race_other_writers_without_conflict() -> anyhow::Result<()> {
+    let s = Server::start()?;
+    let deploys: Api<Deployment> = Api::namespaced(s.client().await?, "default");
+    deploys
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "raced"},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "raced"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "raced"}},
+                        "spec": {"containers": [{"name": "main", "image": "file:///nowhere.wasm"}]},
+                    },
+                },
+            }))?,
+        )
+        .await?;
+    let pp = PatchParams::default();
+    // Annotation patches and scale patches, interleaved from many tasks.
+    let writers = (0..40).map(|i| {
+        let (deploys, pp) = (deploys.clone(), pp.clone());
+        async move {
+            if i % 2 == 0 {
+                let patch = json!({"metadata": {"annotations": {format!("n{i}"): "x"}}});
+                deploys
+                    .patch("raced", &pp, &Patch::Merge(patch))
+                    .await
+                    .map(|_| ())
+            } else {
+                let patch = json!({"spec": {"replicas": i}});
+                deploys
+                    .patch_scale("raced", &pp, &Patch::Merge(patch))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert!(failed.is_empty(), "patches failed: {failed:?}");
+    let d = deploys.get("raced").await?;
+    let annotations = d.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.keys().filter(|k| k.starts_with('n')).count(),
+        20,
+        "every annotation patch landed: {annotations:?}"
+    );
+
+    // A resourceVersion in the patch is a precondition.
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 3}});
+    match deploys
+        .patch_scale("raced", &pp, &Patch::Merge(stale))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     Ok(())
 }
 

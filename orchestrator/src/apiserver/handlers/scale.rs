@@ -65,9 +65,8 @@ pub async fn get(st: &ApiState, t: &Target<'_>) -> ApiResult<Response> {
     ))
 }
 
-/// Writes `replicas` from a Scale object to the workload.
-async fn set_replicas(st: &ApiState, t: &Target<'_>, scale: &Value) -> ApiResult<Response> {
-    let name = object_name(t);
+/// The replicas a Scale object asks for, validated as Kubernetes does.
+fn wanted_replicas(scale: &Value, name: &str) -> ApiResult<i64> {
     let replicas = match scale.pointer("/spec/replicas") {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
         Some(Value::Null) | None => 0,
@@ -86,10 +85,22 @@ async fn set_replicas(st: &ApiState, t: &Target<'_>, scale: &Value) -> ApiResult
             )],
         ));
     }
-    let precondition: Option<Revision> = scale
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|rv| rv.parse().ok());
+    Ok(replicas)
+}
+
+/// Writes the replicas of the Scale that `client` makes of the workload's
+/// current Scale. `client` runs again on the fresh object when another
+/// writer got in first, so only a `precondition` the client itself sent
+/// can end in 409: the Scale view carries the workload's resourceVersion,
+/// and taking that as a precondition made `kubectl scale` fail whenever a
+/// controller wrote the status meanwhile.
+async fn set_replicas(
+    st: &ApiState,
+    t: &Target<'_>,
+    precondition: Option<Revision>,
+    client: impl Fn(&Value) -> ApiResult<Value>,
+) -> ApiResult<Response> {
+    let name = object_name(t).to_string();
     let main = Target {
         res: t.res,
         namespace: t.namespace.clone(),
@@ -97,6 +108,7 @@ async fn set_replicas(st: &ApiState, t: &Target<'_>, scale: &Value) -> ApiResult
         sub: None,
     };
     let out = write_with_retry(st, &main, &Query::default(), precondition, |cur| {
+        let replicas = wanted_replicas(&client(&scale_of(cur))?, &name)?;
         let mut next = cur.clone();
         crate::apiserver::admission::obj_mut(&mut next, "spec")
             .insert("replicas".into(), json!(replicas));
@@ -104,6 +116,13 @@ async fn set_replicas(st: &ApiState, t: &Target<'_>, scale: &Value) -> ApiResult
     })
     .await?;
     Ok(respond(StatusCode::OK, &scale_of(&out), &[]))
+}
+
+/// A resourceVersion the client sent in its Scale or patch.
+fn precondition_in(doc: &Value) -> Option<Revision> {
+    doc.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|rv| rv.parse().ok())
 }
 
 pub async fn put(
@@ -114,7 +133,7 @@ pub async fn put(
 ) -> ApiResult<Response> {
     let bytes = request::read_body(body).await?;
     let scale = request::decode_object(&request::content_type(headers), &bytes)?;
-    set_replicas(st, t, &scale).await
+    set_replicas(st, t, precondition_in(&scale), |_| Ok(scale.clone())).await
 }
 
 pub async fn patch(
@@ -127,7 +146,8 @@ pub async fn patch(
     let bytes = request::read_body(body).await?;
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the patch body is not valid JSON: {e}")))?;
-    let view = scale_of(&current(st, t).await?);
-    let patched = apply_patch(kind, &view, &doc, "Scale")?;
-    set_replicas(st, t, &patched).await
+    set_replicas(st, t, precondition_in(&doc), |view| {
+        apply_patch(kind, view, &doc, "Scale")
+    })
+    .await
 }
