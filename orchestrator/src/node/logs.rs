@@ -153,7 +153,6 @@ impl OutputSink for ContainerLog {
 }
 
 /// Log files on disk by pod uid, and the emptied files waiting for reuse.
-#[derive(Default)]
 struct Files {
     free_dir: PathBuf,
     state: Mutex<FilesState>,
