@@ -7,11 +7,10 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::respond;
-use super::write::{type_check, write_with_retry};
+use super::write::{precondition_in, type_check, write_with_retry};
 use crate::apiserver::error::{ApiError, ApiResult};
 use crate::apiserver::request::{self, Query, Target};
 use crate::apiserver::{strategic, ApiState};
-use crate::store::Revision;
 
 #[derive(Clone, Copy)]
 pub enum PatchKind {
@@ -83,10 +82,7 @@ pub async fn patch(
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the patch body is not valid JSON: {e}")))?;
     // A resourceVersion inside a merge-style patch is a precondition.
-    let precondition: Option<Revision> = doc
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|rv| rv.parse().ok());
+    let precondition = precondition_in(&doc)?;
     let res = t.res;
     let warnings = std::sync::Mutex::new(Vec::new());
     let out = write_with_retry(st, t, q, precondition, |cur| {

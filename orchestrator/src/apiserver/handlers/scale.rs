@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patch::{apply_patch, PatchKind};
-use super::write::write_with_retry;
+use super::write::{precondition_in, write_with_retry};
 use super::{object_name, respond};
 use crate::apiserver::error::{ApiError, ApiResult, Cause};
 use crate::apiserver::request::{self, Query, Target};
@@ -118,13 +118,6 @@ async fn set_replicas(
     Ok(respond(StatusCode::OK, &scale_of(&out), &[]))
 }
 
-/// A resourceVersion the client sent in its Scale or patch.
-fn precondition_in(doc: &Value) -> Option<Revision> {
-    doc.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|rv| rv.parse().ok())
-}
-
 pub async fn put(
     st: &ApiState,
     t: &Target<'_>,
@@ -133,7 +126,7 @@ pub async fn put(
 ) -> ApiResult<Response> {
     let bytes = request::read_body(body).await?;
     let scale = request::decode_object(&request::content_type(headers), &bytes)?;
-    set_replicas(st, t, precondition_in(&scale), |_| Ok(scale.clone())).await
+    set_replicas(st, t, precondition_in(&scale)?, |_| Ok(scale.clone())).await
 }
 
 pub async fn patch(
@@ -146,7 +139,7 @@ pub async fn patch(
     let bytes = request::read_body(body).await?;
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the patch body is not valid JSON: {e}")))?;
-    set_replicas(st, t, precondition_in(&doc), |view| {
+    set_replicas(st, t, precondition_in(&doc)?, |view| {
         apply_patch(kind, view, &doc, "Scale")
     })
     .await

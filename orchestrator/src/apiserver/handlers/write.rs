@@ -416,19 +416,25 @@ pub async fn update(
         )));
     }
     let (obj, warnings) = type_check(t.res, &obj, q)?;
-    let precondition: Option<Revision> = match obj
+    let precondition = precondition_in(&obj)?;
+    let out = write_with_retry(st, t, q, precondition, |_old| Ok(obj.clone())).await?;
+    Ok(respond(StatusCode::OK, &out, &warnings))
+}
+
+/// The resourceVersion a client put in its object or patch: the revision
+/// the write must find, or it is a 409.
+pub fn precondition_in(doc: &Value) -> ApiResult<Option<Revision>> {
+    match doc
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
     {
-        Some(rv) if !rv.is_empty() => Some(rv.parse().map_err(|_| {
+        Some(rv) if !rv.is_empty() => rv.parse().map(Some).map_err(|_| {
             ApiError::bad_request(format!(
                 "metadata.resourceVersion: Invalid value: {rv:?}: must be an integer"
             ))
-        })?),
-        _ => None,
-    };
-    let out = write_with_retry(st, t, q, precondition, |_old| Ok(obj.clone())).await?;
-    Ok(respond(StatusCode::OK, &out, &warnings))
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// Read-modify-write: `change` maps the stored object to the client's
