@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use shoal_runtime::{OutputSink, StdStream};
 use tokio::sync::Notify;
@@ -43,10 +43,9 @@ pub struct ContainerLog {
     /// The pod this log belongs to, to list its files for `remove_pod`.
     uid: String,
     files: Arc<Files>,
-    /// Whether the file is on disk; until then the first write puts it
-    /// there, from the free files where it can.
-    placed: AtomicBool,
-    placing: Mutex<()>,
+    /// Set once the file is on disk; the first write puts it there, from
+    /// the free files where it can.
+    placed: OnceLock<()>,
     /// Wakes followers when lines are appended or the container ends.
     pub changed: Notify,
     finished: AtomicBool,
@@ -73,26 +72,17 @@ impl ContainerLog {
     /// Puts the file on disk before its first write, reusing a free one
     /// when there is one.
     fn place(&self) {
-        let Ok(_only_one) = self.placing.lock() else {
-            return;
-        };
-        if self.placed.load(Ordering::Acquire) {
-            return;
-        }
         if let Some(free) = self.files.take_free() {
             if let Err(e) = std::fs::rename(&free, &self.path) {
-                // Creating it below still works; the free file is forgotten.
+                // Creating it on the write still works; the free file is forgotten.
                 tracing::debug!(from = %free.display(), error = %e, "reusing a log file failed");
             }
         }
         self.files.record(&self.uid, self.path.clone());
-        self.placed.store(true, Ordering::Release);
     }
 
     fn append(&self, bytes: &[u8]) {
-        if !self.placed.load(Ordering::Acquire) {
-            self.place();
-        }
+        self.placed.get_or_init(|| self.place());
         if self.size.load(Ordering::Relaxed) > MAX_LOG_BYTES {
             let rotated = self.path.with_extension("log.1");
             if std::fs::rename(&self.path, &rotated).is_ok() {
@@ -279,8 +269,10 @@ impl LogStore {
             path,
             uid: pod.uid.clone(),
             files: self.files.clone(),
-            placed: AtomicBool::new(size.is_some()),
-            placing: Mutex::new(()),
+            placed: match size {
+                Some(_) => OnceLock::from(()),
+                None => OnceLock::new(),
+            },
             changed: Notify::new(),
             finished: AtomicBool::new(false),
             size: AtomicU64::new(size.unwrap_or(0)),
