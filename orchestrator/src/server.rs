@@ -38,6 +38,18 @@ pub struct Started {
     pub ca_pem: String,
     pub node_token: String,
     pub serving: JoinHandle<()>,
+    app: axum::Router,
+}
+
+impl Started {
+    /// A client of this server that calls its API in-process with `token`.
+    pub fn local_client(&self, token: &str) -> anyhow::Result<kube::Client> {
+        local_client(&self.app, token)
+    }
+}
+
+fn local_client(app: &axum::Router, token: &str) -> anyhow::Result<kube::Client> {
+    apiserver::local::client(app.clone(), token).context("the in-process API client")
 }
 
 /// Prepares everything and starts serving in the background.
@@ -86,16 +98,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     let acceptor = apiserver::serve::acceptor(&tls)?;
     info!(listen = %advertise, data_dir = %data_dir.display(), "shoal server ready");
     let app = apiserver::router(state);
-    let serving = tokio::spawn(async move {
-        apiserver::serve_tls(listener, acceptor, app).await;
-    });
-    // The scheduler is an API client like any other, here in-process.
+    // The scheduler and controllers are API clients like any other; being
+    // in this process, theirs call the router without the network.
     if let Some(scoring) = cfg.scoring {
-        let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
-        tokio::spawn(scheduler::run(client, scoring));
+        tokio::spawn(scheduler::run(local_client(&app, &admin)?, scoring));
     }
     if cfg.controllers {
-        let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+        let client = local_client(&app, &admin)?;
         let identity = controllers::leader::identity(&data_dir);
         tokio::spawn(controllers::run(
             client,
@@ -103,12 +112,17 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
             identity,
         ));
     }
+    let serving = tokio::spawn({
+        let app = app.clone();
+        async move { apiserver::serve_tls(listener, acceptor, app).await }
+    });
     Ok(Started {
         kubeconfig,
         url,
         ca_pem: tls.ca_pem.clone(),
         node_token: node,
         serving,
+        app,
     })
 }
 
@@ -121,4 +135,74 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+    use std::time::Duration;
+
+    fn config(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("a literal address"),
+            watch_history: 1000,
+            scoring: None,
+            controllers: false,
+            service_cidr: "10.43.0.0/16".parse().expect("a literal range"),
+            node_port_range: 30000..=32767,
+        }
+    }
+
+    /// The in-process client goes through the same router as the network:
+    /// writes, reads and watches work, and its token is checked.
+    #[tokio::test]
+    async fn the_in_process_client_is_a_client_like_any_other() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let started = start(config(dir.path())).await.expect("the server starts");
+        let client = started
+            .local_client(&started.node_token)
+            .expect("an in-process client");
+        let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+        let mut events = cms
+            .watch(&WatchParams::default().timeout(30), "0")
+            .await
+            .expect("a watch")
+            .boxed();
+        let cm: ConfigMap = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "local"}, "data": {"a": "1"}}),
+        )
+        .expect("a literal ConfigMap");
+        let made = cms
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("created");
+        assert!(made.metadata.uid.is_some(), "the server filled in the uid");
+        let got = cms.get("local").await.expect("read back");
+        assert_eq!(got.data, cm.data);
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(ev) = events.next().await {
+                if let Ok(WatchEvent::Added(c)) = ev {
+                    return c.metadata.name;
+                }
+            }
+            None
+        })
+        .await
+        .expect("the watch delivers within 10 s");
+        assert_eq!(seen.as_deref(), Some("local"));
+        // The router still authenticates what the in-process client sends.
+        let stranger = started.local_client("not-a-token").expect("a client");
+        let denied = Api::<ConfigMap>::namespaced(stranger, "default")
+            .get("local")
+            .await;
+        assert!(
+            matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 401),
+            "an unknown token is refused: {denied:?}"
+        );
+        started.serving.abort();
+    }
 }

@@ -8,6 +8,7 @@ mod discovery;
 pub mod error;
 mod handlers;
 pub mod kinds;
+pub mod local;
 mod protobuf;
 pub mod proxy;
 pub mod registry;

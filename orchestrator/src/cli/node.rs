@@ -109,6 +109,7 @@ impl NodeTuning {
                 reset_after: Duration::from_secs(self.backoff_reset_seconds),
             },
             lease_interval: Duration::from_millis(self.lease_interval_ms.max(10)),
+            client: None,
         }
     }
 }
@@ -180,7 +181,7 @@ pub async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         a.listen.ip()
     };
     let name = a.node_name.clone().unwrap_or_else(hostname);
-    let cfg = a.tuning.config(
+    let mut cfg = a.tuning.config(
         started.url.clone(),
         started.node_token.clone(),
         started.ca_pem.clone(),
@@ -188,6 +189,8 @@ pub async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         data_dir.join("node"),
         address,
     );
+    // The embedded node shares the server's process: it needs no socket.
+    cfg.client = Some(started.local_client(&started.node_token)?);
     if a.demo {
         let kubeconfig = started.kubeconfig.clone();
         let samples = data_dir.join("samples");

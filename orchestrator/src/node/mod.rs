@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub wasm: WasmConfig,
     pub backoff: BackoffPolicy,
     pub lease_interval: Duration,
+    /// A client to use instead of one for `server`: `shoal up` hands its
+    /// embedded node one that calls the API in-process.
+    pub client: Option<kube::Client>,
 }
 
 /// What every pod worker and the node API share.
@@ -107,7 +110,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         &cfg.token,
     )
     .context("writing the node's kubeconfig")?;
-    let client = shoal_sdk::client_from_kubeconfig(&kubeconfig).await?;
+    let client = match &cfg.client {
+        Some(c) => c.clone(),
+        None => shoal_sdk::client_from_kubeconfig(&kubeconfig).await?,
+    };
     let wasm = WasmBackend::new(&cfg.data_dir.join("wasm"), cfg.wasm.clone())
         .context("starting the wasmtime backend")?;
     let mut backends: HashMap<&'static str, Arc<dyn Backend>> = HashMap::new();
