@@ -103,16 +103,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating node data directory {}", cfg.data_dir.display()))?;
     registration::raise_map_count(cfg.wasm.max_instances);
-    let kubeconfig = crate::apiserver::bootstrap::kubeconfig(
-        &cfg.data_dir,
-        &cfg.server,
-        &cfg.ca_pem,
-        &cfg.token,
-    )
-    .context("writing the node's kubeconfig")?;
     let client = match &cfg.client {
         Some(c) => c.clone(),
-        None => shoal_sdk::client_from_kubeconfig(&kubeconfig).await?,
+        None => {
+            let kubeconfig = crate::apiserver::bootstrap::kubeconfig(
+                &cfg.data_dir,
+                &cfg.server,
+                &cfg.ca_pem,
+                &cfg.token,
+            )
+            .context("writing the node's kubeconfig")?;
+            shoal_sdk::client_from_kubeconfig(&kubeconfig).await?
+        }
     };
     let wasm = WasmBackend::new(&cfg.data_dir.join("wasm"), cfg.wasm.clone())
         .context("starting the wasmtime backend")?;
