@@ -9,6 +9,7 @@
 //! A write is acknowledged only once it is durable; concurrent writes share
 //! one flush (group commit).
 
+mod cache;
 mod events;
 mod record;
 mod sled_store;

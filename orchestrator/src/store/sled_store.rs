@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{info, instrument};
 
+use super::cache::{self, ObjectCache};
 use super::events::{lock, Event, EventLog, WatchReceiver};
 use super::record::{self, REV_KEY};
 use super::writer::{Reply, WriteOp, Writer};
@@ -34,6 +35,7 @@ pub struct SledStore {
     /// To the writer thread; dropping it ends the thread.
     writes: Mutex<mpsc::Sender<(WriteOp, Reply)>>,
     op_latency: Option<HistogramVec>,
+    cache: Arc<ObjectCache>,
 }
 
 impl SledStore {
@@ -59,6 +61,7 @@ impl SledStore {
         let log = Arc::new(EventLog::new(history, compacted, cfg.history));
         let applied = Arc::new(Mutex::new(current));
         let (tx, rx) = mpsc::channel();
+        let cache = Arc::new(ObjectCache::new(cache::CAPACITY));
         let writer = Writer {
             tree: tree.clone(),
             db,
@@ -66,6 +69,7 @@ impl SledStore {
             log: log.clone(),
             history: cfg.history.max(1) as u64,
             group_writes: cfg.group_writes,
+            cache: cache.clone(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -77,6 +81,7 @@ impl SledStore {
             log,
             writes: Mutex::new(tx),
             op_latency: cfg.op_latency,
+            cache,
         }))
     }
 
@@ -149,6 +154,14 @@ fn load_history(tree: &sled::Tree) -> Result<Vec<Arc<Event>>, StoreError> {
 impl Store for SledStore {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
         let started = Instant::now();
+        if let Some(c) = self.cache.get(key) {
+            self.observe("get", started);
+            return Ok(Some(StoredObject {
+                key: key.to_string(),
+                rv: c.rv,
+                value: c.object,
+            }));
+        }
         let out = match self.tree.get(record::obj_key(key))? {
             Some(b) => {
                 let (rv, value) = record::decode(key, &b)?;
@@ -295,6 +308,28 @@ mod tests {
         .expect("open store")
     }
 
+    /// Opens a store again once the previous one's writer thread has let
+    /// go: sled's file lock goes with that thread's handle, which it drops
+    /// once it sees the store gone.
+    async fn reopen(dir: &std::path::Path) -> Arc<SledStore> {
+        let mut tries = 0;
+        loop {
+            match SledStore::open(SledStoreConfig {
+                path: dir.join("db"),
+                history: 100,
+                op_latency: None,
+                group_writes: None,
+            }) {
+                Ok(s) => return s,
+                Err(_) if tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn crud_with_revisions_and_conflicts() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -355,6 +390,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_agree_with_the_tree_past_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        // More objects than the cache holds: the oldest are read from disk.
+        for i in 0..cache::CAPACITY + 10 {
+            s.create(&format!("/r/x/{i}"), json!({"n": i}))
+                .await
+                .expect("create");
+        }
+        for i in [0, 5, cache::CAPACITY + 9] {
+            let got = s
+                .get(&format!("/r/x/{i}"))
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(got.value["n"], i);
+            assert_eq!(got.rv, i as u64 + 1);
+        }
+        // An update and a delete are seen at once, through the cache or not.
+        let last = format!("/r/x/{}", cache::CAPACITY + 9);
+        s.update(&last, None, json!({"n": "new"}))
+            .await
+            .expect("update");
+        let got = s.get(&last).await.expect("get").expect("present");
+        assert_eq!(got.value["n"], "new");
+        // A stale precondition is still caught when the writer reads the
+        // current revision from the cache.
+        assert!(matches!(
+            s.update(&last, Some(1), json!({})).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        s.delete(&last, None).await.expect("delete");
+        assert!(s.get(&last).await.expect("get").is_none());
+        s.create(&last, json!({"n": "again"}))
+            .await
+            .expect("re-create");
+        let got = s.get(&last).await.expect("get").expect("present");
+        assert_eq!(got.value["n"], "again");
+        drop(s);
+        // What the cache served is what is on disk.
+        let s = reopen(dir.path()).await;
+        let got = s.get(&last).await.expect("get").expect("present");
+        assert_eq!(got.value["n"], "again");
+    }
+
+    #[tokio::test]
     async fn pagination_counts_remaining() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = open(dir.path());
@@ -383,24 +464,7 @@ mod tests {
             s.create("/w/a", json!({})).await.expect("create");
             s.create("/w/b", json!({})).await.expect("create");
         }
-        // sled's file lock goes with the writer thread's handle, which it
-        // drops once it sees the store gone: retry the open until then.
-        let mut tries = 0;
-        let s = loop {
-            match SledStore::open(SledStoreConfig {
-                path: dir.path().join("db"),
-                history: 100,
-                op_latency: None,
-                group_writes: None,
-            }) {
-                Ok(s) => break s,
-                Err(_) if tries < 500 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("reopen failed: {e}"),
-            }
-        };
+        let s = reopen(dir.path()).await;
         assert_eq!(s.current_revision(), 2);
         let mut w = s.watch("/w/", 1).expect("watch");
         match w.next().await {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::error;
 
+use super::cache::{Cached, ObjectCache};
 use super::events::{lock, Event, EventLog, EventType};
 use super::record;
 use super::{Revision, StoreError, StoredObject};
@@ -58,6 +59,8 @@ pub struct Writer {
     pub log: Arc<EventLog>,
     pub history: u64,
     pub group_writes: Option<prometheus::Histogram>,
+    /// Decoded objects, kept in step with the tree as groups are applied.
+    pub cache: Arc<ObjectCache>,
 }
 
 /// The state of a key as this group sees it: stored, or written earlier in
@@ -96,6 +99,13 @@ impl Writer {
                     object: object.clone(),
                     bytes: bytes.clone(),
                 },
+            });
+        }
+        if let Some(c) = self.cache.get(key) {
+            return Ok(Seen::Present {
+                rv: c.rv,
+                object: c.object,
+                bytes: c.bytes,
             });
         }
         match self.tree.get(record::obj_key(key))? {
@@ -226,6 +236,17 @@ impl Writer {
             let r = self.tree.apply_batch(batch);
             if r.is_ok() {
                 *guard = rv;
+                self.cache.apply(overlay.iter().map(|(key, seen)| {
+                    let state = match seen {
+                        Seen::Absent => None,
+                        Seen::Present { rv, object, bytes } => Some(Cached {
+                            rv: *rv,
+                            object: object.clone(),
+                            bytes: bytes.clone(),
+                        }),
+                    };
+                    (key, state)
+                }));
             }
             r
         }
@@ -246,6 +267,7 @@ impl Writer {
                 // The writes may be applied in memory but are not durable; the
                 // store cannot vouch for them, so every caller hears it failed.
                 error!(error = %e, "store write or flush failed");
+                self.cache.clear();
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
