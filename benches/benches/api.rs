@@ -79,9 +79,135 @@ async fn lists(pods: &Api<Pod>, s: &Sizes) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
-/// Opens `watchers` watches, then creates objects one at a time; each
-/// delivery is timed from the moment its create request was sent.
-async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// A watch reduced to what the bench needs: the names of added objects,
+/// yielded once their event is decoded into a typed ConfigMap.
+type Added = futures::stream::BoxStream<'static, String>;
+
+fn added_name(ev: WatchEvent<ConfigMap>) -> Option<String> {
+    match ev {
+        WatchEvent::Added(cm) => cm.metadata.name,
+        _ => None,
+    }
+}
+
+/// A watch through the `kube` client: HTTP/1.1, one connection per watch
+/// (kube-client 5 offers nothing else).
+async fn kube_watch(cms: Api<ConfigMap>, rv: String) -> anyhow::Result<Added> {
+    let stream = cms.watch(&WatchParams::default().timeout(120), &rv).await?;
+    Ok(stream
+        .filter_map(|ev| async move { ev.ok().and_then(added_name) })
+        .boxed())
+}
+
+/// One HTTP/2 connection carrying every watch as a stream of its own, as
+/// kubectl and client-go connect.
+#[derive(Clone)]
+struct H2 {
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    authority: String,
+    token: String,
+}
+
+impl H2 {
+    async fn connect(server: &Server) -> anyhow::Result<H2> {
+        use rustls::pki_types::pem::PemObject;
+        let authority = server.url().trim_start_matches("https://").to_string();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(
+            server.data_dir().join("tls").join("ca.crt"),
+        )?)?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        tcp.set_nodelay(true)?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await?;
+        anyhow::ensure!(
+            stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()),
+            "the server did not agree to HTTP/2"
+        );
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        Ok(H2 {
+            send,
+            authority,
+            token: server.token()?,
+        })
+    }
+
+    async fn watch(self, rv: String) -> anyhow::Result<Added> {
+        let req = http::Request::get(format!(
+            "https://{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=120",
+            self.authority
+        ))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+        .body(http_body_util::Empty::new())?;
+        let mut send = self.send;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "watch answered {}",
+            resp.status()
+        );
+        // Frames do not follow event lines: cut the body at newlines.
+        let lines = futures::stream::unfold(
+            (resp.into_body(), Vec::<u8>::new()),
+            |(mut body, mut buf)| async move {
+                use http_body_util::BodyExt;
+                loop {
+                    if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=nl).collect();
+                        return Some((line, (body, buf)));
+                    }
+                    match body.frame().await {
+                        Some(Ok(f)) => {
+                            if let Ok(data) = f.into_data() {
+                                buf.extend_from_slice(&data);
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+            },
+        );
+        Ok(lines
+            .filter_map(|line| async move {
+                serde_json::from_slice::<WatchEvent<ConfigMap>>(&line)
+                    .ok()
+                    .and_then(added_name)
+            })
+            .boxed())
+    }
+}
+
+/// Opens `watchers` watches with `open`, then creates objects named
+/// `{prefix}{i}` one at a time; each delivery is timed from the moment its
+/// create request was sent. Returns the deliveries and the creates' own
+/// round trips, sorted.
+async fn watch_latency<F, Fut>(
+    client: kube::Client,
+    s: &Sizes,
+    prefix: &'static str,
+    open: F,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Added>>,
+{
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let rv = cms
         .list(&ListParams::default())
@@ -93,29 +219,25 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     let deliveries: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for _ in 0..s.watchers {
-        let stream = cms.watch(&WatchParams::default().timeout(120), &rv).await?;
+        let mut stream = open(rv.clone()).await?;
         let (sent, deliveries, want) = (sent.clone(), deliveries.clone(), s.watch_events);
         tasks.push(tokio::spawn(async move {
-            let mut stream = stream.boxed();
             let mut got = 0;
-            while let Some(Ok(ev)) = stream.next().await {
+            while let Some(name) = stream.next().await {
                 let now = Instant::now();
-                if let WatchEvent::Added(cm) = ev {
-                    let idx: usize = cm
-                        .metadata
-                        .name
-                        .as_deref()
-                        .and_then(|n| n.strip_prefix("w-"))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(usize::MAX);
-                    let at = sent.lock().ok().and_then(|s| s.get(idx).copied().flatten());
-                    if let (Some(at), Ok(mut d)) = (at, deliveries.lock()) {
-                        d.push(ms(now.duration_since(at)));
-                    }
-                    got += 1;
-                    if got == want {
-                        break;
-                    }
+                let Some(idx) = name
+                    .strip_prefix(prefix)
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                let at = sent.lock().ok().and_then(|s| s.get(idx).copied().flatten());
+                if let (Some(at), Ok(mut d)) = (at, deliveries.lock()) {
+                    d.push(ms(now.duration_since(at)));
+                }
+                got += 1;
+                if got == want {
+                    break;
                 }
             }
         }));
@@ -123,7 +245,7 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     let mut create_ms = Vec::new();
     for i in 0..s.watch_events {
         let cm: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": format!("w-{i}")}}))?;
+            serde_json::from_value(json!({"metadata": {"name": format!("{prefix}{i}")}}))?;
         let at = Instant::now();
         if let Ok(mut s) = sent.lock() {
             s[i] = Some(at);
@@ -140,6 +262,12 @@ async fn watch_latency(client: kube::Client, s: &Sizes) -> anyhow::Result<(Vec<f
     let mut d = deliveries.lock().map(|d| d.clone()).unwrap_or_default();
     d.sort_by(f64::total_cmp);
     create_ms.sort_by(f64::total_cmp);
+    anyhow::ensure!(
+        d.len() == s.watchers * s.watch_events,
+        "some watch events were not delivered ({prefix}: {} of {})",
+        d.len(),
+        s.watchers * s.watch_events
+    );
     Ok((d, create_ms))
 }
 
@@ -174,7 +302,14 @@ async fn main() -> anyhow::Result<()> {
     let creates_per_sec = creates(&pods, &sizes).await?;
     let gets_per_sec = gets(&pods, &sizes).await?;
     let list_ms = lists(&pods, &sizes).await?;
-    let (delivery, create_ms) = watch_latency(client.clone(), &sizes).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let (delivery, create_ms) = watch_latency(client.clone(), &sizes, "w-", |rv| {
+        kube_watch(cms.clone(), rv)
+    })
+    .await?;
+    let h2 = H2::connect(&server).await?;
+    let (delivery_h2, create_h2_ms) =
+        watch_latency(client.clone(), &sizes, "h-", |rv| h2.clone().watch(rv)).await?;
     let (fanout_p50, fanout_p99, fanout_n) =
         server_histogram(&client, "shoal_watch_event_delivery_seconds", "").await?;
     let (list_server_p50, _, _) = server_histogram(
@@ -201,16 +336,22 @@ async fn main() -> anyhow::Result<()> {
             "delivery_ms_p99": percentile(&delivery, 0.99),
             "create_ack_ms_p50": percentile(&create_ms, 0.5),
             "create_ack_ms_p99": percentile(&create_ms, 0.99),
+            // The same, with every watch a stream on one HTTP/2 connection
+            // (kubectl's and client-go's way); the creates still go
+            // through the kube client.
+            "http2": {
+                "deliveries": delivery_h2.len(),
+                "delivery_ms_p50": percentile(&delivery_h2, 0.5),
+                "delivery_ms_p99": percentile(&delivery_h2, 0.99),
+                "create_ack_ms_p50": percentile(&create_h2_ms, 0.5),
+                "create_ack_ms_p99": percentile(&create_h2_ms, 0.99),
+            },
             // Server side, from durable to handed to the connection: bucket upper bounds.
             "fanout_ms_p50_le": fanout_p50,
             "fanout_ms_p99_le": fanout_p99,
             "fanout_observations": fanout_n,
         },
     });
-    anyhow::ensure!(
-        delivery.len() == sizes.watchers * sizes.watch_events,
-        "some watch events were not delivered"
-    );
     println!("{report}");
     Ok(())
 }
