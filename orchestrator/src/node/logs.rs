@@ -91,9 +91,9 @@ impl ContainerLog {
             self.size.store(0, Ordering::Relaxed);
         }
         // Opened without O_CREAT first: a create takes the directory's
-        // inode lock, so a thousand guests starting at once queued on it
-        // (profiled: 4% of a 1,000-pod scale-up's CPU, spinning in
-        // `rwsem_spin_on_owner`); a plain open is a lock-free lookup.
+        // inode lock even when the file exists, and with a thousand guests
+        // writing at once they queued on it (`rwsem_spin_on_owner` under
+        // perf); a plain open is a lock-free lookup.
         // Creating covers a file removed behind the node's back and the
         // first write after a rotation.
         let file = match std::fs::OpenOptions::new().append(true).open(&self.path) {

@@ -63,16 +63,9 @@ pub struct Writer {
     pub cache: Arc<ObjectCache>,
 }
 
-/// The state of a key as this group sees it: stored, or written earlier in
-/// the same group.
-enum Seen {
-    Absent,
-    Present {
-        rv: Revision,
-        object: Arc<Value>,
-        bytes: sled::IVec,
-    },
-}
+/// The state of a key as this group sees it (stored, or written earlier
+/// in the same group): the object, or `None` when absent.
+type Seen = Option<Cached>;
 
 impl Writer {
     /// Runs until every sender is gone.
@@ -92,32 +85,21 @@ impl Writer {
 
     fn current(&self, key: &str, overlay: &HashMap<String, Seen>) -> Result<Seen, StoreError> {
         if let Some(seen) = overlay.get(key) {
-            return Ok(match seen {
-                Seen::Absent => Seen::Absent,
-                Seen::Present { rv, object, bytes } => Seen::Present {
-                    rv: *rv,
-                    object: object.clone(),
-                    bytes: bytes.clone(),
-                },
-            });
+            return Ok(seen.clone());
         }
         if let Some(c) = self.cache.get(key) {
-            return Ok(Seen::Present {
-                rv: c.rv,
-                object: c.object,
-                bytes: c.bytes,
-            });
+            return Ok(Some(c));
         }
         match self.tree.get(record::obj_key(key))? {
             Some(bytes) => {
                 let (rv, object) = record::decode(key, &bytes)?;
-                Ok(Seen::Present {
+                Ok(Some(Cached {
                     rv,
                     object: Arc::new(object),
                     bytes,
-                })
+                }))
             }
-            None => Ok(Seen::Absent),
+            None => Ok(None),
         }
     }
 
@@ -134,12 +116,12 @@ impl Writer {
         let cur = self.current(&key, overlay)?;
         let check = |expected: Option<Revision>| -> Result<(Arc<Value>, sled::IVec), StoreError> {
             match &cur {
-                Seen::Absent => Err(StoreError::NotFound { key: key.clone() }),
-                Seen::Present {
+                None => Err(StoreError::NotFound { key: key.clone() }),
+                Some(Cached {
                     rv: actual,
                     object,
                     bytes,
-                } => match expected {
+                }) => match expected {
                     Some(e) if e != *actual => Err(StoreError::Conflict {
                         key: key.clone(),
                         expected: e,
@@ -151,7 +133,7 @@ impl Writer {
         };
         let (kind, object, prev) = match op {
             WriteOp::Create { value, .. } => {
-                if matches!(cur, Seen::Present { .. }) {
+                if cur.is_some() {
                     return Err(StoreError::AlreadyExists { key });
                 }
                 (EventType::Added, value, None)
@@ -171,17 +153,17 @@ impl Writer {
         match kind {
             EventType::Deleted => {
                 batch.remove(record::obj_key(&key));
-                overlay.insert(key.clone(), Seen::Absent);
+                overlay.insert(key.clone(), None);
             }
             _ => {
                 batch.insert(record::obj_key(&key), bytes.clone());
                 overlay.insert(
                     key.clone(),
-                    Seen::Present {
+                    Some(Cached {
                         rv,
                         object: object.clone(),
                         bytes: bytes.clone(),
-                    },
+                    }),
                 );
             }
         }
@@ -236,17 +218,8 @@ impl Writer {
             let r = self.tree.apply_batch(batch);
             if r.is_ok() {
                 *guard = rv;
-                self.cache.apply(overlay.iter().map(|(key, seen)| {
-                    let state = match seen {
-                        Seen::Absent => None,
-                        Seen::Present { rv, object, bytes } => Some(Cached {
-                            rv: *rv,
-                            object: object.clone(),
-                            bytes: bytes.clone(),
-                        }),
-                    };
-                    (key, state)
-                }));
+                self.cache
+                    .apply(overlay.iter().map(|(key, seen)| (key, seen.clone())));
             }
             r
         }
