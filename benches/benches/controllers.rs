@@ -331,6 +331,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::copy(v1.trim_start_matches("file://"), &v2_path)?;
     let v2 = format!("file://{}", v2_path.display());
     let client = up.client().await?;
+    // Measured on a running cluster, as a user's `kubectl scale` is: the
+    // node's own start-up is not part of any figure.
+    up.wait_nodes_ready(&[shoal_tests::UP_NODE]).await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let run = async {
         let (scale_ms, stages) =
