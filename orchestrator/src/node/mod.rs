@@ -26,7 +26,7 @@ use crate::controllers::informer::Informer;
 use crate::events::EventRecorder;
 use gateway::table::Table;
 use gateway::Gateway;
-use logs::LogStore;
+use logs::{LogStore, PREFILLED_FREE_FILES};
 use metrics::NodeMetrics;
 use status_sync::{PodKey, StatusSync};
 pub use worker::BackoffPolicy;
@@ -127,6 +127,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let metrics = NodeMetrics::new().context("registering node metrics")?;
     let gateway = start_gateway(&client, &cfg, &metrics).await?;
     let gateway_port = gateway.1;
+    let logs_dir = cfg.data_dir.join("logs");
+    let logs = {
+        let dir = logs_dir.clone();
+        tokio::task::spawn_blocking(move || LogStore::new(dir, PREFILLED_FREE_FILES))
+            .await
+            .context("opening the logs directory")?
+            .with_context(|| format!("opening {}", logs_dir.display()))?
+    };
     let ctx = Arc::new(NodeCtx {
         gateway: gateway.0,
         events: EventRecorder::start(client.clone(), COMPONENT, Some(cfg.name.clone())),
@@ -135,8 +143,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         name: cfg.name.clone(),
         host_ip: cfg.address.to_string(),
         backends,
-        logs: LogStore::new(cfg.data_dir.join("logs"))
-            .with_context(|| format!("opening {}", cfg.data_dir.join("logs").display()))?,
+        logs,
         pods_dir: cfg.data_dir.join("pods"),
         backoff: cfg.backoff,
         metrics,
