@@ -51,11 +51,63 @@ type Change<K> = (Option<Arc<K>>, Option<Arc<K>>);
 /// Called with (old, new): new is None for a deletion, old None for an add.
 type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 
+/// The index bucket an object sits in: its controller's uid, or, when no
+/// controller owns it, its namespace. A ReplicaSet's reconcile reads its
+/// own pods and the namespace's orphans from here instead of scanning the
+/// namespace: with a thousand pods that scan (twice per pass, pointer-chasing
+/// through every pod's metadata) was a tenth of a scale-up's CPU.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Controller(String),
+    Orphan(String),
+}
+
+fn owner_of<K: Resource>(obj: &K) -> Owner {
+    let m = obj.meta();
+    match super::owners::controller_of(m) {
+        Some(r) => Owner::Controller(r.uid.clone()),
+        None => Owner::Orphan(m.namespace.clone().unwrap_or_default()),
+    }
+}
+
 struct Cache<K> {
     objects: HashMap<String, Arc<K>>,
+    /// `objects` again, bucketed by [`Owner`]; kept in step by `put` and `take`.
+    by_owner: HashMap<Owner, HashMap<String, Arc<K>>>,
     /// Revisions at which keys were deleted, so a late event about the old
     /// object cannot bring it back.
     tombstones: HashMap<String, u64>,
+}
+
+impl<K: Resource> Cache<K> {
+    fn put(&mut self, key: String, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self.take(&key);
+        self.by_owner
+            .entry(owner_of(obj.as_ref()))
+            .or_default()
+            .insert(key.clone(), obj.clone());
+        self.objects.insert(key, obj);
+        old
+    }
+
+    fn take(&mut self, key: &str) -> Option<Arc<K>> {
+        let old = self.objects.remove(key)?;
+        let owner = owner_of(old.as_ref());
+        if let Some(bucket) = self.by_owner.get_mut(&owner) {
+            bucket.remove(key);
+            if bucket.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+        Some(old)
+    }
+
+    fn bucket(&self, owner: &Owner) -> Vec<Arc<K>> {
+        self.by_owner
+            .get(owner)
+            .map(|b| b.values().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 pub struct Informer<K> {
@@ -75,6 +127,7 @@ where
             resource,
             cache: RwLock::new(Cache {
                 objects: HashMap::new(),
+                by_owner: HashMap::new(),
                 tombstones: HashMap::new(),
             }),
             handlers: RwLock::new(Vec::new()),
@@ -108,6 +161,17 @@ where
                 .cloned()
                 .collect()
         })
+    }
+
+    /// Objects whose controller (owner reference with `controller: true`)
+    /// has `uid`, in any namespace.
+    pub fn list_controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
+        self.read(|c| c.bucket(&Owner::Controller(uid.to_string())))
+    }
+
+    /// Objects in one namespace that no controller owns.
+    pub fn list_orphans(&self, ns: &str) -> Vec<Arc<K>> {
+        self.read(|c| c.bucket(&Owner::Orphan(ns.to_string())))
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
@@ -155,7 +219,7 @@ where
                 }
             }
             c.tombstones.remove(&key);
-            c.objects.insert(key, obj.clone())
+            c.put(key, obj.clone())
         };
         self.notify(old.as_deref(), Some(&obj));
     }
@@ -173,7 +237,7 @@ where
                 }
             }
             c.tombstones.insert(key.clone(), at);
-            c.objects.remove(&key)
+            c.take(&key)
         };
         if let Some(old) = old {
             self.notify(Some(&old), None);
@@ -211,6 +275,13 @@ where
             for (key, new) in fresh {
                 changes.push((None, Some(new.clone())));
                 next.insert(key, new);
+            }
+            c.by_owner.clear();
+            for (key, obj) in &next {
+                c.by_owner
+                    .entry(owner_of(obj.as_ref()))
+                    .or_default()
+                    .insert(key.clone(), obj.clone());
             }
             c.objects = next;
             c.tombstones.retain(|_, at| *at > list_rv);
@@ -341,6 +412,60 @@ mod tests {
             waited.is_ok(),
             "a first list nobody was waiting for still counts"
         );
+    }
+
+    fn owned(name: &str, rv: u64, controller: Option<&str>) -> Pod {
+        let mut p = pod(name, rv);
+        p.metadata.owner_references = controller.map(|uid| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]
+        });
+        p
+    }
+
+    fn names(pods: Vec<Arc<Pod>>) -> Vec<String> {
+        let mut n: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn the_owner_index_follows_adoption_deletion_and_relists() {
+        let inf = Informer::<Pod>::new("pods");
+        inf.upsert(owned("a", 1, Some("rs-1")));
+        inf.upsert(owned("b", 2, Some("rs-1")));
+        inf.upsert(owned("c", 3, Some("rs-2")));
+        inf.upsert(owned("orphan", 4, None));
+        assert_eq!(names(inf.list_controlled_by("rs-1")), ["a", "b"]);
+        assert_eq!(names(inf.list_orphans("default")), ["orphan"]);
+        assert!(inf.list_orphans("other").is_empty());
+
+        // Adopted: it leaves the orphans for its new controller.
+        inf.assume(owned("orphan", 5, Some("rs-2")));
+        assert!(inf.list_orphans("default").is_empty());
+        assert_eq!(names(inf.list_controlled_by("rs-2")), ["c", "orphan"]);
+        // Released and deleted.
+        inf.upsert(owned("b", 6, None));
+        inf.assume_deleted(&owned("a", 7, Some("rs-1")));
+        assert!(inf.list_controlled_by("rs-1").is_empty());
+        assert_eq!(names(inf.list_orphans("default")), ["b"]);
+
+        // A relist rebuilds the index from what it keeps.
+        inf.replace(
+            vec![owned("c", 3, Some("rs-2")), owned("d", 8, Some("rs-1"))],
+            8,
+        );
+        assert_eq!(names(inf.list_controlled_by("rs-1")), ["d"]);
+        assert_eq!(names(inf.list_controlled_by("rs-2")), ["c"]);
+        assert!(inf.list_orphans("default").is_empty());
     }
 
     #[test]

@@ -73,13 +73,19 @@ impl ReplicaSetController {
         let owned = self.claim(&rs, &sel).await?;
         let active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| pods::is_active(p)).collect();
         let want = spec.replicas.unwrap_or(1).max(0) as usize;
-        let failure = if rs.metadata.deletion_timestamp.is_some() {
+        let deleting = rs.metadata.deletion_timestamp.is_some();
+        let failure = if deleting || active.len() == want {
             None
         } else {
             self.manage(&rs, &active, want).await
         };
-        // Count from the cache, which now includes what was just done.
-        let now_active = self.owned_active(&rs, &sel);
+        // After creating or deleting, count from the cache, which now
+        // includes what was just done; otherwise what was claimed is current.
+        let now_active = if deleting || active.len() == want {
+            active
+        } else {
+            self.owned_active(&rs, &sel)
+        };
         let (status, wake) = status_of(&rs, &now_active, failure.as_ref());
         if rs.status.as_ref() != Some(&status) {
             self.write_status(&rs, &status).await?;
@@ -96,10 +102,10 @@ impl ReplicaSetController {
         self.ctx
             .informers
             .pods
-            .list_namespace(ns)
+            .list_controlled_by(uid)
             .into_iter()
             .filter(|p| {
-                owners::controlled_by(&p.metadata, uid)
+                p.metadata.namespace.as_deref() == Some(ns)
                     && sel.matches(p.metadata.labels.as_ref())
                     && pods::is_active(p)
             })
@@ -116,8 +122,16 @@ impl ReplicaSetController {
         let uid = rs.metadata.uid.as_deref().unwrap_or_default();
         let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let deleting = rs.metadata.deletion_timestamp.is_some();
+        let pods = &self.ctx.informers.pods;
         let mut owned = Vec::new();
-        for p in self.ctx.informers.pods.list_namespace(ns) {
+        // Its own pods (an owner reference across namespaces counts for
+        // nothing, as in Kubernetes), then the namespace's orphans.
+        let candidates = pods
+            .list_controlled_by(uid)
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .chain(pods.list_orphans(ns));
+        for p in candidates {
             let matches = sel.matches(p.metadata.labels.as_ref());
             match controller_of(&p.metadata) {
                 Some(r) if r.uid == uid => {
