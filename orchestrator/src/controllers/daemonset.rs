@@ -5,7 +5,7 @@
 //! `metadata.name`, so the scheduler still places them (and checks fit),
 //! as in Kubernetes since 1.12.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,8 +17,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
 
 use super::deployment::revision::template_hash;
+use super::history;
 use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
@@ -186,10 +188,26 @@ impl DaemonSetController {
         let owner = object_ref(ds.as_ref());
         let uid = ds.metadata.uid.as_deref().unwrap_or_default();
         let ns = ds.metadata.namespace.as_deref().unwrap_or_default();
+        let owner_history = history::Owner {
+            namespace: ns,
+            name: ds.metadata.name.as_deref().unwrap_or_default(),
+            uid,
+            controller_ref: owners::controller_ref(ds.as_ref()),
+            template: &spec.template,
+            hash: &hash,
+        };
+        if !history::record(&self.ctx, &owner_history).await? {
+            // Another template already has this hash's revision name: a
+            // new collision count gives a new hash, on the next pass.
+            let count = ds.status.as_ref().and_then(|s| s.collision_count);
+            let bumped = json!({"collisionCount": count.unwrap_or(0) + 1});
+            wiring::write_status(&self.ctx, &self.ctx.informers.daemonsets, &ds, &bumped).await?;
+            return Ok(Action::AwaitChange);
+        }
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         let mut orphaned: Vec<Arc<Pod>> = Vec::new();
-        for p in self.ctx.informers.pods.list_namespace(ns) {
-            if !owners::controlled_by(&p.metadata, uid)
+        for p in self.ctx.informers.pods.list_controlled_by(uid) {
+            if p.metadata.namespace.as_deref() != Some(ns)
                 || !sel.matches(p.metadata.labels.as_ref())
                 || !pods::is_active(&p)
             {
@@ -253,6 +271,19 @@ impl DaemonSetController {
         let deleted = join_all(delete.iter().map(|p| self.pods.delete(&owner, p))).await;
         self.write_status(&ds, &sel, &hash, &nodes, &template_pod)
             .await?;
+        // History keeps the revisions any pod still runs, and up to the
+        // limit of the others.
+        let mut in_use: HashSet<String> =
+            [history::revision_name(owner_history.name, &hash)].into();
+        for p in self.ctx.informers.pods.list_controlled_by(uid) {
+            if let Some(h) = p.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) {
+                in_use.insert(history::revision_name(owner_history.name, h));
+            }
+        }
+        let limit = spec
+            .revision_history_limit
+            .unwrap_or(history::DEFAULT_HISTORY_LIMIT);
+        history::prune(&self.ctx, &owner_history, &in_use, limit).await?;
         if let Some(e) = create_err.or_else(|| deleted.into_iter().find_map(Result::err)) {
             return Err(e);
         }
@@ -314,8 +345,8 @@ impl DaemonSetController {
             .unwrap_or(0);
         let now = Timestamp::now();
         let mut on: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        for p in self.ctx.informers.pods.list_namespace(ns) {
-            if owners::controlled_by(&p.metadata, uid)
+        for p in self.ctx.informers.pods.list_controlled_by(uid) {
+            if p.metadata.namespace.as_deref() == Some(ns)
                 && sel.matches(p.metadata.labels.as_ref())
                 && pods::is_active(&p)
             {

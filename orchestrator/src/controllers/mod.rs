@@ -8,6 +8,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod informer;
 pub mod job;
 pub mod leader;
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -94,6 +97,7 @@ pub struct Informers {
     pub deployments: Arc<Informer<Deployment>>,
     pub daemonsets: Arc<Informer<DaemonSet>>,
     pub statefulsets: Arc<Informer<StatefulSet>>,
+    pub controllerrevisions: Arc<Informer<ControllerRevision>>,
     pub jobs: Arc<Informer<Job>>,
     pub cronjobs: Arc<Informer<CronJob>>,
     pub services: Arc<Informer<Service>>,
@@ -112,6 +116,7 @@ impl Informers {
             deployments: Informer::new("deployments"),
             daemonsets: Informer::new("daemonsets"),
             statefulsets: Informer::new("statefulsets"),
+            controllerrevisions: Informer::new("controllerrevisions"),
             jobs: Informer::new("jobs"),
             cronjobs: Informer::new("cronjobs"),
             services: Informer::new("services"),
@@ -129,6 +134,7 @@ impl Informers {
         self.deployments.start(Api::all(client.clone()));
         self.daemonsets.start(Api::all(client.clone()));
         self.statefulsets.start(Api::all(client.clone()));
+        self.controllerrevisions.start(Api::all(client.clone()));
         self.jobs.start(Api::all(client.clone()));
         self.cronjobs.start(Api::all(client.clone()));
         self.services.start(Api::all(client.clone()));
@@ -145,6 +151,7 @@ impl Informers {
         self.deployments.wait_synced().await;
         self.daemonsets.wait_synced().await;
         self.statefulsets.wait_synced().await;
+        self.controllerrevisions.wait_synced().await;
         self.jobs.wait_synced().await;
         self.cronjobs.wait_synced().await;
         self.services.wait_synced().await;

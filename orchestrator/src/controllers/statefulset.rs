@@ -4,16 +4,18 @@
 //! ordinal down, and updated from the highest ordinal down to `partition`,
 //! one pod at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use serde_json::json;
 use tracing::debug;
 
 use super::daemonset::HASH_LABEL;
 use super::deployment::revision::template_hash;
+use super::history;
 use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
@@ -157,22 +159,24 @@ impl StatefulSetController {
         self.ctx
             .informers
             .pods
-            .list_namespace(ns)
+            .list_controlled_by(uid)
             .into_iter()
             .filter(|p| {
-                owners::controlled_by(&p.metadata, uid) && sel.matches(p.metadata.labels.as_ref())
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && sel.matches(p.metadata.labels.as_ref())
             })
             .filter_map(|p| Some((ordinal(name, &p)?, p)))
             .collect()
     }
 
-    fn pod(&self, sts: &StatefulSet, i: i32, hash: &str) -> Pod {
+    /// Pod `i` from `template`, the template of revision `hash`.
+    fn pod(&self, sts: &StatefulSet, i: i32, template: &PodTemplateSpec, hash: &str) -> Pod {
         let spec = sts.spec.clone().unwrap_or_default();
         let ns = sts.metadata.namespace.as_deref().unwrap_or("default");
         let set = sts.metadata.name.as_deref().unwrap_or_default();
         let name = format!("{set}-{i}");
         let mut p = pods::from_template(
-            &spec.template,
+            template,
             owners::controller_ref(sts),
             ns,
             "",
@@ -202,10 +206,26 @@ impl StatefulSetController {
             object: format!("statefulset {key}"),
             message,
         })?;
-        let hash = template_hash(
-            &spec.template,
-            sts.status.as_ref().and_then(|s| s.collision_count),
-        );
+        let status = sts.status.clone().unwrap_or_default();
+        let hash = template_hash(&spec.template, status.collision_count);
+        let set = sts.metadata.name.as_deref().unwrap_or_default();
+        let ns = sts.metadata.namespace.as_deref().unwrap_or_default();
+        let owner_history = history::Owner {
+            namespace: ns,
+            name: set,
+            uid: sts.metadata.uid.as_deref().unwrap_or_default(),
+            controller_ref: owners::controller_ref(sts.as_ref()),
+            template: &spec.template,
+            hash: &hash,
+        };
+        if !history::record(&self.ctx, &owner_history).await? {
+            // Another template already has this hash's revision name: a
+            // new collision count gives a new hash, on the next pass.
+            let bumped = json!({"collisionCount": status.collision_count.unwrap_or(0) + 1});
+            wiring::write_status(&self.ctx, &self.ctx.informers.statefulsets, &sts, &bumped)
+                .await?;
+            return Ok(Action::AwaitChange);
+        }
         let pods = self.owned(&sts, &sel);
         let replicas = spec.replicas.unwrap_or(1).max(0);
         let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
@@ -215,6 +235,7 @@ impl StatefulSetController {
             _ => Some(
                 strategy
                     .rolling_update
+                    .as_ref()
                     .and_then(|r| r.partition)
                     .unwrap_or(0),
             ),
@@ -222,7 +243,40 @@ impl StatefulSetController {
         let p = plan(&pods, replicas, ordered, &hash, update);
         debug!(statefulset = %key, ?p, "plan");
         let owner = object_ref(sts.as_ref());
-        let fresh: Vec<Pod> = p.create.iter().map(|i| self.pod(&sts, *i, &hash)).collect();
+        // As in Kubernetes, a pod (re)created below the partition (or,
+        // without one, below the pods still current) gets the current
+        // revision's template: the update has not reached it yet.
+        let current_name = status
+            .current_revision
+            .clone()
+            .unwrap_or_else(|| history::revision_name(set, &hash));
+        let current_hash = current_name
+            .strip_prefix(&format!("{set}-"))
+            .unwrap_or_default()
+            .to_string();
+        let current_template = (current_hash != hash)
+            .then(|| {
+                history::revisions(&self.ctx, &owner_history)
+                    .into_iter()
+                    .find(|r| r.metadata.name.as_deref() == Some(current_name.as_str()))
+                    .and_then(|r| history::template_of(&r))
+            })
+            .flatten();
+        let below_update = |i: i32| match strategy.type_.as_deref() {
+            Some("OnDelete") => false,
+            _ => match strategy.rolling_update.as_ref().and_then(|r| r.partition) {
+                Some(partition) => i < partition,
+                None => i < status.current_replicas.unwrap_or(0),
+            },
+        };
+        let fresh: Vec<Pod> = p
+            .create
+            .iter()
+            .map(|i| match &current_template {
+                Some(t) if below_update(*i) => self.pod(&sts, *i, t, &current_hash),
+                _ => self.pod(&sts, *i, &spec.template, &hash),
+            })
+            .collect();
         let (_, err) = self.pods.create_all(&owner, fresh).await;
         // A name still held by a pod on its way out: the next pass retries.
         let err = err.filter(
@@ -234,10 +288,44 @@ impl StatefulSetController {
             }
         }
         self.write_status(&sts, &sel, &hash).await?;
+        self.prune_history(&sts, &sel, &owner_history, &spec)
+            .await?;
         match err {
             Some(e) => Err(e),
             None => Ok(Action::AwaitChange),
         }
+    }
+
+    /// Drops revisions beyond `revisionHistoryLimit` that neither the
+    /// status nor any pod still uses.
+    async fn prune_history(
+        &self,
+        sts: &StatefulSet,
+        sel: &Selector,
+        owner: &history::Owner<'_>,
+        spec: &StatefulSetSpec,
+    ) -> Result<(), ControllerError> {
+        let status = self
+            .ctx
+            .informers
+            .statefulsets
+            .get(&key_of(sts))
+            .and_then(|s| s.status.clone())
+            .unwrap_or_default();
+        let mut in_use: HashSet<String> = [status.current_revision, status.update_revision]
+            .into_iter()
+            .flatten()
+            .collect();
+        in_use.insert(history::revision_name(owner.name, owner.hash));
+        for p in self.owned(sts, sel).values() {
+            if let Some(h) = revision_of(p) {
+                in_use.insert(history::revision_name(owner.name, h));
+            }
+        }
+        let limit = spec
+            .revision_history_limit
+            .unwrap_or(history::DEFAULT_HISTORY_LIMIT);
+        history::prune(&self.ctx, owner, &in_use, limit).await
     }
 
     async fn write_status(

@@ -96,5 +96,25 @@ async fn one_pod_per_node_following_nodes_and_labels() -> anyhow::Result<()> {
         (v2_ready.count() == 2 && list.items.len() == 2).then_some(())
     })
     .await?;
+
+    // Its history has both templates, and undo brings the first back.
+    let history = s.kubectl(&["rollout", "history", "daemonset/agent"])?;
+    let rows: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<i64>().is_ok())
+        .collect();
+    assert_eq!(rows, ["1", "2"], "{history}");
+    s.kubectl(&["rollout", "undo", "daemonset/agent"])?;
+    let image = s.kubectl(&[
+        "get",
+        "daemonset",
+        "agent",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ])?;
+    assert_eq!(image.trim(), ticker);
+    let out = s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=90s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
     Ok(())
 }

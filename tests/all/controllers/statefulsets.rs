@@ -130,3 +130,116 @@ async fn ordered_names_scale_down_and_update() -> anyhow::Result<()> {
     assert_eq!(names, ["cache-0", "cache-1", "cache-2"]);
     Ok(())
 }
+
+fn image_of(p: &Pod) -> Option<String> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+}
+
+/// A partitioned update stops at the partition; a pod recreated below it
+/// comes back on the current revision's template, which only the
+/// StatefulSet's ControllerRevisions still hold; `kubectl rollout history`
+/// lists them and `kubectl rollout undo` puts the previous one back.
+#[tokio::test]
+async fn partition_keeps_history_and_undo_restores() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let v1 = sample("ticker")?;
+    let spec = "  serviceName: web\n  replicas: 3\n  podManagementPolicy: Parallel\n  updateStrategy:\n    type: RollingUpdate\n    rollingUpdate: {partition: 2}\n";
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&workload_yaml("StatefulSet", "web", &v1, "", spec, "")),
+    )?;
+    wait_ready_pods(&pods, "web", 3).await?;
+    let v2 = image_copy(&s, &v1, "ticker-v2.wasm")?;
+    s.kubectl(&["set", "image", "statefulset/web", &format!("main={v2}")])?;
+    let out = s.kubectl(&["rollout", "status", "statefulset/web", "--timeout=90s"])?;
+    assert!(out.contains("partitioned roll out complete"), "{out}");
+    let images = |list: &[Pod]| -> BTreeMap<String, Option<String>> {
+        list.iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), image_of(p)))
+            .collect()
+    };
+    let now = wait_ready_pods(&pods, "web", 3).await?;
+    let want: BTreeMap<String, Option<String>> = [
+        ("web-0".to_string(), Some(v1.clone())),
+        ("web-1".to_string(), Some(v1.clone())),
+        ("web-2".to_string(), Some(v2.clone())),
+    ]
+    .into();
+    assert_eq!(images(&now), want, "the update stops at the partition");
+
+    // web-0 deleted: it comes back, on v1 still.
+    let old_uid = pods.get("web-0").await?.metadata.uid;
+    s.kubectl(&["delete", "pod", "web-0", "--wait=false"])?;
+    let back = wait_for("web-0 recreated and Ready", PATIENCE, || async {
+        let p = pods.get("web-0").await.ok()?;
+        (p.metadata.uid != old_uid && is_ready(&p)).then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        image_of(&back),
+        Some(v1.clone()),
+        "recreated below the partition"
+    );
+
+    // Two revisions, the newest holding v2.
+    let revs: Api<k8s_openapi::api::apps::v1::ControllerRevision> =
+        Api::namespaced(client.clone(), "default");
+    let mut list = revs
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items;
+    list.sort_by_key(|r| r.revision);
+    let numbers: Vec<i64> = list.iter().map(|r| r.revision).collect();
+    assert_eq!(numbers, [1, 2]);
+    let newest = list.last().and_then(|r| r.data.clone()).map(|d| d.0);
+    assert_eq!(
+        newest
+            .as_ref()
+            .and_then(|d| d.pointer("/spec/template/spec/containers/0/image"))
+            .and_then(|i| i.as_str()),
+        Some(v2.as_str())
+    );
+    let history = s.kubectl(&["rollout", "history", "statefulset/web"])?;
+    let rows: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<i64>().is_ok())
+        .collect();
+    assert_eq!(rows, ["1", "2"], "{history}");
+
+    // Undo: the template is v1 again, and its revision is now the newest.
+    s.kubectl(&["rollout", "undo", "statefulset/web"])?;
+    let image = s.kubectl(&[
+        "get",
+        "statefulset",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ])?;
+    assert_eq!(image.trim(), v1);
+    let renumbered = wait_for("v1's revision renumbered", PATIENCE, || async {
+        let list = revs
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .find(|r| {
+                r.data
+                    .as_ref()
+                    .and_then(|d| d.0.pointer("/spec/template/spec/containers/0/image"))
+                    .and_then(|i| i.as_str())
+                    == Some(v1.as_str())
+            })
+            .filter(|r| r.revision == 3)
+            .map(|r| r.revision)
+    })
+    .await?;
+    assert_eq!(renumbered, 3);
+    Ok(())
+}
