@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use kube::Api;
 use shoal_tests::{sample, wait_for, Node, Server};
 
-use super::{image_copy, is_ready, workload_yaml, PATIENCE};
+use super::{history_rows, image_copy, is_ready, undo_to_image, workload_yaml, PATIENCE};
 
 fn ds_yaml(name: &str, image: &str, node_selector: &str) -> String {
     workload_yaml("DaemonSet", name, image, "", "", node_selector)
@@ -98,22 +98,8 @@ async fn one_pod_per_node_following_nodes_and_labels() -> anyhow::Result<()> {
     .await?;
 
     // Its history has both templates, and undo brings the first back.
-    let history = s.kubectl(&["rollout", "history", "daemonset/agent"])?;
-    let rows: Vec<&str> = history
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.parse::<i64>().is_ok())
-        .collect();
-    assert_eq!(rows, ["1", "2"], "{history}");
-    s.kubectl(&["rollout", "undo", "daemonset/agent"])?;
-    let image = s.kubectl(&[
-        "get",
-        "daemonset",
-        "agent",
-        "-o",
-        "jsonpath={.spec.template.spec.containers[0].image}",
-    ])?;
-    assert_eq!(image.trim(), ticker);
+    assert_eq!(history_rows(&s, "daemonset/agent")?, [1, 2]);
+    assert_eq!(undo_to_image(&s, "daemonset", "agent")?, ticker);
     let out = s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=90s"])?;
     assert!(out.contains("successfully rolled out"), "{out}");
     Ok(())

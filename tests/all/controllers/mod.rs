@@ -71,6 +71,30 @@ pub fn image_copy(s: &Server, image: &str, name: &str) -> anyhow::Result<String>
     Ok(format!("file://{}", dst.display()))
 }
 
+/// The revision numbers `kubectl rollout history <what>` lists.
+pub fn history_rows(s: &Server, what: &str) -> anyhow::Result<Vec<i64>> {
+    let out = s.kubectl(&["rollout", "history", what])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|w| w.parse().ok())
+        .collect())
+}
+
+/// `kubectl rollout undo <kind>/<name>`, then the first container's image
+/// its template names.
+pub fn undo_to_image(s: &Server, kind: &str, name: &str) -> anyhow::Result<String> {
+    s.kubectl(&["rollout", "undo", &format!("{kind}/{name}")])?;
+    let image = s.kubectl(&[
+        "get",
+        kind,
+        name,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ])?;
+    Ok(image.trim().to_string())
+}
+
 pub fn is_ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status

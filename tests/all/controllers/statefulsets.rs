@@ -10,7 +10,9 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::Api;
 use shoal_tests::{sample, wait_for, Server};
 
-use super::{image_copy, is_ready, wait_ready_pods, workload_yaml, PATIENCE};
+use super::{
+    history_rows, image_copy, is_ready, undo_to_image, wait_ready_pods, workload_yaml, PATIENCE,
+};
 
 fn sts_yaml(name: &str, replicas: i32, image: &str, policy: &str) -> String {
     let spec =
@@ -204,24 +206,10 @@ async fn partition_keeps_history_and_undo_restores() -> anyhow::Result<()> {
             .and_then(|i| i.as_str()),
         Some(v2.as_str())
     );
-    let history = s.kubectl(&["rollout", "history", "statefulset/web"])?;
-    let rows: Vec<&str> = history
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.parse::<i64>().is_ok())
-        .collect();
-    assert_eq!(rows, ["1", "2"], "{history}");
+    assert_eq!(history_rows(&s, "statefulset/web")?, [1, 2]);
 
     // Undo: the template is v1 again, and its revision is now the newest.
-    s.kubectl(&["rollout", "undo", "statefulset/web"])?;
-    let image = s.kubectl(&[
-        "get",
-        "statefulset",
-        "web",
-        "-o",
-        "jsonpath={.spec.template.spec.containers[0].image}",
-    ])?;
-    assert_eq!(image.trim(), v1);
+    assert_eq!(undo_to_image(&s, "statefulset", "web")?, v1);
     let renumbered = wait_for("v1's revision renumbered", PATIENCE, || async {
         let list = revs
             .list(&ListParams::default().labels("app=web"))
