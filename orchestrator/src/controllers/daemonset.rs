@@ -5,7 +5,7 @@
 //! `metadata.name`, so the scheduler still places them (and checks fit),
 //! as in Kubernetes since 1.12.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,10 +17,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::json;
 
 use super::deployment::revision::template_hash;
-use super::history;
+use super::history::{self, HASH_LABEL};
 use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
@@ -30,7 +29,6 @@ use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::scheduler::plugins;
 
 pub const NAME: &str = "daemonset-controller";
-pub const HASH_LABEL: &str = "controller-revision-hash";
 
 pub struct DaemonSetController {
     ctx: Arc<Ctx>,
@@ -195,18 +193,22 @@ impl DaemonSetController {
             controller_ref: owners::controller_ref(ds.as_ref()),
             template: &spec.template,
             hash: &hash,
+            collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
         };
-        if !history::record(&self.ctx, &owner_history).await? {
-            // Another template already has this hash's revision name: a
-            // new collision count gives a new hash, on the next pass.
-            let count = ds.status.as_ref().and_then(|s| s.collision_count);
-            let bumped = json!({"collisionCount": count.unwrap_or(0) + 1});
-            wiring::write_status(&self.ctx, &self.ctx.informers.daemonsets, &ds, &bumped).await?;
+        if !history::record(
+            &self.ctx,
+            &self.ctx.informers.daemonsets,
+            &ds,
+            &owner_history,
+        )
+        .await?
+        {
             return Ok(Action::AwaitChange);
         }
+        let controlled = self.ctx.informers.pods.list_controlled_by(uid);
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         let mut orphaned: Vec<Arc<Pod>> = Vec::new();
-        for p in self.ctx.informers.pods.list_controlled_by(uid) {
+        for p in controlled.iter().cloned() {
             if p.metadata.namespace.as_deref() != Some(ns)
                 || !sel.matches(p.metadata.labels.as_ref())
                 || !pods::is_active(&p)
@@ -254,13 +256,7 @@ impl DaemonSetController {
             if !pods::availability(&keep, min_ready, now).0 {
                 unavailable += 1;
             }
-            if keep
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(HASH_LABEL))
-                != Some(&hash)
-            {
+            if history::pod_hash(&keep) != Some(hash.as_str()) {
                 old_pods.push(keep);
             }
         }
@@ -271,19 +267,14 @@ impl DaemonSetController {
         let deleted = join_all(delete.iter().map(|p| self.pods.delete(&owner, p))).await;
         self.write_status(&ds, &sel, &hash, &nodes, &template_pod)
             .await?;
-        // History keeps the revisions any pod still runs, and up to the
-        // limit of the others.
-        let mut in_use: HashSet<String> =
-            [history::revision_name(owner_history.name, &hash)].into();
-        for p in self.ctx.informers.pods.list_controlled_by(uid) {
-            if let Some(h) = p.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) {
-                in_use.insert(history::revision_name(owner_history.name, h));
-            }
-        }
-        let limit = spec
-            .revision_history_limit
-            .unwrap_or(history::DEFAULT_HISTORY_LIMIT);
-        history::prune(&self.ctx, &owner_history, &in_use, limit).await?;
+        history::prune(
+            &self.ctx,
+            &owner_history,
+            &controlled,
+            [],
+            spec.revision_history_limit,
+        )
+        .await?;
         if let Some(e) = create_err.or_else(|| deleted.into_iter().find_map(Result::err)) {
             return Err(e);
         }
@@ -381,14 +372,7 @@ impl DaemonSetController {
             if here.iter().any(|p| pods::availability(p, min_ready, now).0) {
                 available += 1;
             }
-            if here.iter().any(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(HASH_LABEL))
-                    .map(String::as_str)
-                    == Some(hash)
-            }) {
+            if here.iter().any(|p| history::pod_hash(p) == Some(hash)) {
                 updated += 1;
             }
         }

@@ -9,23 +9,32 @@
 //! spec has moved on.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Resource;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::{api_code, ControllerError, Ctx};
+use super::informer::Informer;
+use super::{api_code, wiring, ControllerError, Ctx};
+
+/// The label a StatefulSet's or DaemonSet's pod carries: the hash of the
+/// template (revision) it was made from.
+pub const HASH_LABEL: &str = "controller-revision-hash";
 
 /// The label Kubernetes puts on a revision to carry its template hash.
 pub const REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
 /// Revisions kept when the owner does not say (`revisionHistoryLimit`).
-pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
+const DEFAULT_HISTORY_LIMIT: i32 = 10;
 
 /// The owner's side of its history: who it is and what it runs now.
 pub struct Owner<'a> {
@@ -35,6 +44,17 @@ pub struct Owner<'a> {
     pub controller_ref: OwnerReference,
     pub template: &'a PodTemplateSpec,
     pub hash: &'a str,
+    /// `status.collisionCount`, which went into `hash`.
+    pub collision_count: Option<i32>,
+}
+
+/// The revision hash `pod` was made from.
+pub fn pod_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(HASH_LABEL)
+        .map(String::as_str)
 }
 
 pub fn revision_name(owner: &str, hash: &str) -> String {
@@ -107,15 +127,35 @@ pub fn plan_record(revs: &[Arc<ControllerRevision>], owner: &Owner<'_>) -> Recor
     }
 }
 
-/// Records the owner's current template as its newest revision. Returns
-/// false on a hash collision (see [`Record::Collision`]).
-pub async fn record(ctx: &Ctx, owner: &Owner<'_>) -> Result<bool, ControllerError> {
+/// Records the owner's current template as its newest revision. On a hash
+/// collision (see [`Record::Collision`]) it bumps the owner's
+/// `collisionCount` instead and returns false: the owner's next pass, with
+/// a new hash, records it.
+pub async fn record<K>(
+    ctx: &Ctx,
+    owners: &Informer<K>,
+    obj: &K,
+    owner: &Owner<'_>,
+) -> Result<bool, ControllerError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let revs = revisions(ctx, owner);
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), owner.namespace);
     let cache = &ctx.informers.controllerrevisions;
     match plan_record(&revs, owner) {
         Record::Current => Ok(true),
-        Record::Collision => Ok(false),
+        Record::Collision => {
+            let bumped = json!({"collisionCount": owner.collision_count.unwrap_or(0) + 1});
+            wiring::write_status(ctx, owners, obj, &bumped).await?;
+            Ok(false)
+        }
         Record::Renumber { name, revision } => {
             let patch = json!({"revision": revision});
             match api
@@ -189,16 +229,39 @@ pub fn beyond_limit<'a>(
     idle.into_iter().take(excess).collect()
 }
 
-/// Deletes the owner's idle revisions beyond `limit`.
+/// Revision names still in use: the owner's current template's, `also`,
+/// and those its `pods` were made from.
+fn in_use<'p>(
+    owner: &Owner<'_>,
+    pods: impl IntoIterator<Item = &'p Arc<Pod>>,
+    also: impl IntoIterator<Item = String>,
+) -> HashSet<String> {
+    let mut names: HashSet<String> = also.into_iter().collect();
+    names.insert(revision_name(owner.name, owner.hash));
+    names.extend(
+        pods.into_iter()
+            .filter_map(|p| pod_hash(p))
+            .map(|h| revision_name(owner.name, h)),
+    );
+    names
+}
+
+/// Deletes the owner's idle revisions beyond `limit` (the owner's
+/// `revisionHistoryLimit`, 10 when unset). In use, and kept: the owner's
+/// current template, `also` (revision names its status holds) and any of
+/// its `pods`' revisions.
 pub async fn prune(
     ctx: &Ctx,
     owner: &Owner<'_>,
-    in_use: &HashSet<String>,
-    limit: i32,
+    pods: impl IntoIterator<Item = &Arc<Pod>>,
+    also: impl IntoIterator<Item = String>,
+    limit: Option<i32>,
 ) -> Result<(), ControllerError> {
+    let in_use = in_use(owner, pods, also);
+    let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let revs = revisions(ctx, owner);
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), owner.namespace);
-    for rev in beyond_limit(&revs, in_use, limit) {
+    for rev in beyond_limit(&revs, &in_use, limit) {
         let name = rev.metadata.name.clone().unwrap_or_default();
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => ctx.informers.controllerrevisions.assume_deleted(rev),
@@ -257,6 +320,7 @@ mod tests {
             controller_ref: OwnerReference::default(),
             template: t,
             hash,
+            collision_count: None,
         }
     }
 
@@ -313,5 +377,20 @@ mod tests {
             .collect();
         assert_eq!(doomed, ["db-2", "db-3"], "oldest idle first, db-4 kept");
         assert!(beyond_limit(&revs, &in_use, 10).is_empty());
+    }
+
+    #[test]
+    fn in_use_is_the_template_the_status_and_every_pods_revision() {
+        let t = template("v3.wasm");
+        let pod = |hash: &str| {
+            let mut p = Pod::default();
+            p.metadata.labels = Some([(HASH_LABEL.to_string(), hash.to_string())].into());
+            Arc::new(p)
+        };
+        let pods = [pod("a"), pod("b"), Arc::new(Pod::default())];
+        let names = in_use(&owner(&t, "c"), &pods, ["db-x".to_string()]);
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["db-a", "db-b", "db-c", "db-x"]);
     }
 }

@@ -57,23 +57,23 @@ type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 /// namespace: with a thousand pods that scan (twice per pass, pointer-chasing
 /// through every pod's metadata) was a tenth of a scale-up's CPU.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Owner {
+enum Bucket {
     Controller(String),
     Orphan(String),
 }
 
-fn owner_of<K: Resource>(obj: &K) -> Owner {
+fn bucket_of<K: Resource>(obj: &K) -> Bucket {
     let m = obj.meta();
     match super::owners::controller_of(m) {
-        Some(r) => Owner::Controller(r.uid.clone()),
-        None => Owner::Orphan(m.namespace.clone().unwrap_or_default()),
+        Some(r) => Bucket::Controller(r.uid.clone()),
+        None => Bucket::Orphan(m.namespace.clone().unwrap_or_default()),
     }
 }
 
 struct Cache<K> {
     objects: HashMap<String, Arc<K>>,
-    /// `objects` again, bucketed by [`Owner`]; kept in step by `put` and `take`.
-    by_owner: HashMap<Owner, HashMap<String, Arc<K>>>,
+    /// `objects` again, by [`Bucket`]; kept in step by `put` and `take`.
+    by_owner: HashMap<Bucket, HashMap<String, Arc<K>>>,
     /// Revisions at which keys were deleted, so a late event about the old
     /// object cannot bring it back.
     tombstones: HashMap<String, u64>,
@@ -82,29 +82,34 @@ struct Cache<K> {
 impl<K: Resource> Cache<K> {
     fn put(&mut self, key: String, obj: Arc<K>) -> Option<Arc<K>> {
         let old = self.take(&key);
-        self.by_owner
-            .entry(owner_of(obj.as_ref()))
-            .or_default()
-            .insert(key.clone(), obj.clone());
+        self.index(&key, &obj);
         self.objects.insert(key, obj);
         old
     }
 
     fn take(&mut self, key: &str) -> Option<Arc<K>> {
         let old = self.objects.remove(key)?;
-        let owner = owner_of(old.as_ref());
-        if let Some(bucket) = self.by_owner.get_mut(&owner) {
-            bucket.remove(key);
-            if bucket.is_empty() {
-                self.by_owner.remove(&owner);
+        let bucket = bucket_of(old.as_ref());
+        if let Some(b) = self.by_owner.get_mut(&bucket) {
+            b.remove(key);
+            if b.is_empty() {
+                self.by_owner.remove(&bucket);
             }
         }
         Some(old)
     }
 
-    fn bucket(&self, owner: &Owner) -> Vec<Arc<K>> {
+    /// Files `obj` under its bucket; `objects` is the caller's to update.
+    fn index(&mut self, key: &str, obj: &Arc<K>) {
         self.by_owner
-            .get(owner)
+            .entry(bucket_of(obj.as_ref()))
+            .or_default()
+            .insert(key.to_string(), obj.clone());
+    }
+
+    fn bucket(&self, bucket: &Bucket) -> Vec<Arc<K>> {
+        self.by_owner
+            .get(bucket)
             .map(|b| b.values().cloned().collect())
             .unwrap_or_default()
     }
@@ -166,12 +171,12 @@ where
     /// Objects whose controller (owner reference with `controller: true`)
     /// has `uid`, in any namespace.
     pub fn list_controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
-        self.read(|c| c.bucket(&Owner::Controller(uid.to_string())))
+        self.read(|c| c.bucket(&Bucket::Controller(uid.to_string())))
     }
 
     /// Objects in one namespace that no controller owns.
     pub fn list_orphans(&self, ns: &str) -> Vec<Arc<K>> {
-        self.read(|c| c.bucket(&Owner::Orphan(ns.to_string())))
+        self.read(|c| c.bucket(&Bucket::Orphan(ns.to_string())))
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
@@ -278,10 +283,7 @@ where
             }
             c.by_owner.clear();
             for (key, obj) in &next {
-                c.by_owner
-                    .entry(owner_of(obj.as_ref()))
-                    .or_default()
-                    .insert(key.clone(), obj.clone());
+                c.index(key, obj);
             }
             c.objects = next;
             c.tombstones.retain(|_, at| *at > list_rv);

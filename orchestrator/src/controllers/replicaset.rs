@@ -73,18 +73,18 @@ impl ReplicaSetController {
         let owned = self.claim(&rs, &sel).await?;
         let active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| pods::is_active(p)).collect();
         let want = spec.replicas.unwrap_or(1).max(0) as usize;
-        let deleting = rs.metadata.deletion_timestamp.is_some();
-        let failure = if deleting || active.len() == want {
-            None
-        } else {
+        let acts = rs.metadata.deletion_timestamp.is_none() && active.len() != want;
+        let failure = if acts {
             self.manage(&rs, &active, want).await
+        } else {
+            None
         };
         // After creating or deleting, count from the cache, which now
         // includes what was just done; otherwise what was claimed is current.
-        let now_active = if deleting || active.len() == want {
-            active
-        } else {
+        let now_active = if acts {
             self.owned_active(&rs, &sel)
+        } else {
+            active
         };
         let (status, wake) = status_of(&rs, &now_active, failure.as_ref());
         if rs.status.as_ref() != Some(&status) {

@@ -4,18 +4,16 @@
 //! ordinal down, and updated from the highest ordinal down to `partition`,
 //! one pod at a time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use serde_json::json;
 use tracing::debug;
 
-use super::daemonset::HASH_LABEL;
 use super::deployment::revision::template_hash;
-use super::history;
+use super::history::{self, HASH_LABEL};
 use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
@@ -40,14 +38,6 @@ fn ordinal(set: &str, pod: &Pod) -> Option<i32> {
         .strip_prefix('-')?
         .parse()
         .ok()
-}
-
-fn revision_of(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()?
-        .get(HASH_LABEL)
-        .map(String::as_str)
 }
 
 fn running_ready(p: &Pod) -> bool {
@@ -128,7 +118,7 @@ pub fn plan(
         if all_ready {
             if let Some(i) = (floor.max(0)..replicas)
                 .rev()
-                .find(|i| pods.get(i).and_then(|p| revision_of(p)) != Some(revision))
+                .find(|i| pods.get(i).and_then(|p| history::pod_hash(p)) != Some(revision))
             {
                 out.delete.push(i);
             }
@@ -217,13 +207,16 @@ impl StatefulSetController {
             controller_ref: owners::controller_ref(sts.as_ref()),
             template: &spec.template,
             hash: &hash,
+            collision_count: status.collision_count,
         };
-        if !history::record(&self.ctx, &owner_history).await? {
-            // Another template already has this hash's revision name: a
-            // new collision count gives a new hash, on the next pass.
-            let bumped = json!({"collisionCount": status.collision_count.unwrap_or(0) + 1});
-            wiring::write_status(&self.ctx, &self.ctx.informers.statefulsets, &sts, &bumped)
-                .await?;
+        if !history::record(
+            &self.ctx,
+            &self.ctx.informers.statefulsets,
+            &sts,
+            &owner_history,
+        )
+        .await?
+        {
             return Ok(Action::AwaitChange);
         }
         let pods = self.owned(&sts, &sel);
@@ -288,44 +281,23 @@ impl StatefulSetController {
             }
         }
         self.write_status(&sts, &sel, &hash).await?;
-        self.prune_history(&sts, &sel, &owner_history, &spec)
-            .await?;
+        // The status just written names the current revision or the
+        // update, both kept already; pods made or deleted this pass run the
+        // current or the update revision too.
+        history::prune(
+            &self.ctx,
+            &owner_history,
+            pods.values(),
+            [status.current_revision, status.update_revision]
+                .into_iter()
+                .flatten(),
+            spec.revision_history_limit,
+        )
+        .await?;
         match err {
             Some(e) => Err(e),
             None => Ok(Action::AwaitChange),
         }
-    }
-
-    /// Drops revisions beyond `revisionHistoryLimit` that neither the
-    /// status nor any pod still uses.
-    async fn prune_history(
-        &self,
-        sts: &StatefulSet,
-        sel: &Selector,
-        owner: &history::Owner<'_>,
-        spec: &StatefulSetSpec,
-    ) -> Result<(), ControllerError> {
-        let status = self
-            .ctx
-            .informers
-            .statefulsets
-            .get(&key_of(sts))
-            .and_then(|s| s.status.clone())
-            .unwrap_or_default();
-        let mut in_use: HashSet<String> = [status.current_revision, status.update_revision]
-            .into_iter()
-            .flatten()
-            .collect();
-        in_use.insert(history::revision_name(owner.name, owner.hash));
-        for p in self.owned(sts, sel).values() {
-            if let Some(h) = revision_of(p) {
-                in_use.insert(history::revision_name(owner.name, h));
-            }
-        }
-        let limit = spec
-            .revision_history_limit
-            .unwrap_or(history::DEFAULT_HISTORY_LIMIT);
-        history::prune(&self.ctx, owner, &in_use, limit).await
     }
 
     async fn write_status(
@@ -345,7 +317,10 @@ impl StatefulSetController {
         let now = k8s_openapi::jiff::Timestamp::now();
         let live: Vec<&Arc<Pod>> = pods.values().filter(|p| pods::is_active(p)).collect();
         let update_revision = format!("{name}-{hash}");
-        let updated = live.iter().filter(|p| revision_of(p) == Some(hash)).count() as i32;
+        let updated = live
+            .iter()
+            .filter(|p| history::pod_hash(p) == Some(hash))
+            .count() as i32;
         let prev = sts.status.clone().unwrap_or_default();
         // The current revision catches up once every pod runs the update.
         let current_revision = if updated == replicas && live.len() as i32 == replicas {
@@ -370,7 +345,7 @@ impl StatefulSetController {
             ),
             current_replicas: Some(
                 live.iter()
-                    .filter(|p| revision_of(p) == Some(current_hash.as_str()))
+                    .filter(|p| history::pod_hash(p) == Some(current_hash.as_str()))
                     .count() as i32,
             ),
             updated_replicas: Some(updated),

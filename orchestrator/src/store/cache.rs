@@ -5,8 +5,8 @@
 //!
 //! Only the writer thread fills the cache, as it applies each group to the
 //! tree, so an entry is never older than the tree; readers only look. The
-//! size is bounded (oldest entries go first): it is a shortcut, never the
-//! only copy.
+//! size is bounded, evicting by first arrival (an update keeps a key's
+//! place): it is a shortcut, never the only copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
