@@ -9,22 +9,19 @@
 //! spec has moved on.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Resource;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tracing::debug;
 
 use super::informer::Informer;
-use super::{api_code, wiring, ControllerError, Ctx};
+use super::wiring::{self, Namespaced};
+use super::{api_code, ControllerError, Ctx};
 
 /// The label a StatefulSet's or DaemonSet's pod carries: the hash of the
 /// template (revision) it was made from.
@@ -131,21 +128,12 @@ pub fn plan_record(revs: &[Arc<ControllerRevision>], owner: &Owner<'_>) -> Recor
 /// collision (see [`Record::Collision`]) it bumps the owner's
 /// `collisionCount` instead and returns false: the owner's next pass, with
 /// a new hash, records it.
-pub async fn record<K>(
+pub async fn record<K: Namespaced>(
     ctx: &Ctx,
     owners: &Informer<K>,
     obj: &K,
     owner: &Owner<'_>,
-) -> Result<bool, ControllerError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> Result<bool, ControllerError> {
     let revs = revisions(ctx, owner);
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), owner.namespace);
     let cache = &ctx.informers.controllerrevisions;

@@ -16,6 +16,30 @@ use super::owners::controller_of;
 use super::queue::WorkQueue;
 use super::{api_code, ControllerError, Ctx};
 
+/// A namespaced kind a controller reads from the shared caches and writes
+/// back through the API.
+pub trait Namespaced:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Queues an object's own key whenever it is added or changes.
 pub fn enqueue_self<K>(inf: &Arc<Informer<K>>, queue: &Arc<WorkQueue>)
 where
@@ -52,22 +76,12 @@ pub fn enqueue_controller<K>(
 
 /// Merge-patches `status` onto `obj` (with its uid as a precondition) and
 /// puts the answer in the cache. A deleted object is not an error.
-pub async fn write_status<K, S>(
+pub async fn write_status<K: Namespaced, S: Serialize>(
     ctx: &Ctx,
     cache: &Informer<K>,
     obj: &K,
     status: &S,
-) -> Result<(), ControllerError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    S: Serialize,
-{
+) -> Result<(), ControllerError> {
     let key = key_of(obj);
     let (ns, name) = split_key(&key);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
