@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub watch_history: usize,
+    /// How far a write goes before it is acknowledged.
+    pub store_sync: crate::store::Durability,
     /// How the built-in scheduler scores nodes; None runs no scheduler.
     pub scoring: Option<Scoring>,
     /// Whether to run the controller manager in this process.
@@ -63,6 +65,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         history: cfg.watch_history,
         op_latency: Some(metrics.store_latency.clone()),
         group_writes: Some(metrics.store_group_writes.clone()),
+        sync: cfg.store_sync,
     })
     .with_context(|| format!("opening the store in {}", data_dir.join("store").display()))?;
     let admin = bootstrap::token(&data_dir.join("admin-token"))?;
@@ -150,6 +153,8 @@ mod tests {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("a literal address"),
             watch_history: 1000,
+            // The stronger mode here; every other test runs the default.
+            store_sync: crate::store::Durability::Flushed,
             scoring: None,
             controllers: false,
             service_cidr: "10.43.0.0/16".parse().expect("a literal range"),

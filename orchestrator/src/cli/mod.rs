@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use shoal_orchestrator::scheduler::Scoring;
 use shoal_orchestrator::server::{self, ServerConfig};
+use shoal_orchestrator::store::Durability;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +52,11 @@ pub(crate) struct ControlArgs {
     /// Events kept for watch resume; older resourceVersions get 410 Gone.
     #[arg(long, env = "SHOAL_WATCH_HISTORY", default_value_t = 20_000)]
     watch_history: usize,
+    /// How far a write goes before it is acknowledged: `written` through to
+    /// the device (as sled's own flush), or `flushed` out of the device's
+    /// write cache too (fdatasync; survives power loss, costs more per write).
+    #[arg(long, env = "SHOAL_STORE_SYNC", value_enum, default_value = "written")]
+    store_sync: Durability,
     /// How the scheduler ranks nodes: spread (least-allocated) or bin-pack (most-allocated).
     #[arg(
         long,
@@ -97,6 +103,7 @@ impl ControlArgs {
             data_dir,
             listen,
             watch_history: self.watch_history,
+            store_sync: self.store_sync,
             scoring: (!self.disable_scheduler).then_some(self.scheduler_scoring),
             controllers: !self.disable_controllers,
             service_cidr: self.service_cidr,

@@ -7,12 +7,14 @@
 //! resume from any revision still in history (410 Gone past compaction).
 //!
 //! A write is acknowledged only once it is durable; concurrent writes share
-//! one flush (group commit).
+//! one log record and one fdatasync (group commit).
 
 mod cache;
+mod checkpoint;
 mod events;
 mod record;
 mod sled_store;
+mod wal;
 mod writer;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use serde_json::Value;
 
 pub use events::{Event, EventType, Fanout, WatchNext, WatchReceiver};
 pub use sled_store::{SledStore, SledStoreConfig};
+pub use wal::Durability;
 
 /// A monotonic store revision; rendered as `metadata.resourceVersion`.
 pub type Revision = u64;
@@ -75,6 +78,8 @@ pub enum StoreError {
     },
     #[error("storage backend failed: {0}")]
     Backend(#[from] sled::Error),
+    #[error("the store's write-ahead log failed: {0}")]
+    Log(#[source] std::io::Error),
     #[error("stored record {key} is not valid JSON: {source}")]
     Corrupt {
         key: String,

@@ -1,7 +1,7 @@
 //! How objects and events are laid out in the sled tree: objects under
 //! `o` + key as JSON (with their resourceVersion), events under `e` +
-//! big-endian revision as `[type][key][object][previous object]`, and the
-//! revision counter at `m/rv`.
+//! big-endian revision as `[type][key][object][previous object]`, the
+//! revision counter at `m/rv` and the last checkpoint at `m/checkpoint`.
 
 use std::sync::Arc;
 
@@ -11,6 +11,9 @@ use super::events::{Event, EventType};
 use super::{Revision, StoreError};
 
 pub const REV_KEY: &[u8] = b"m/rv";
+/// The revision up to which the tree was last flushed (see `checkpoint.rs`):
+/// recovery applies the write-ahead log's groups after it.
+pub const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
 
 pub fn obj_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);

@@ -1,6 +1,8 @@
 //! The embedded store: one sled tree (layout in `record.rs`), one writer
-//! thread doing group commit (`writer.rs`), and the in-memory event log that
-//! live watchers read from.
+//! thread doing group commit (`writer.rs`) through a write-ahead log
+//! (`wal.rs`), a checkpointer flushing the tree behind it
+//! (`checkpoint.rs`), and the in-memory event log that live watchers read
+//! from.
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -13,9 +15,11 @@ use tokio::sync::oneshot;
 use tracing::{info, instrument};
 
 use super::cache::{self, ObjectCache};
+use super::checkpoint::{checkpoint, Checkpointer};
 use super::events::{lock, Event, EventLog, WatchReceiver};
-use super::record::{self, REV_KEY};
-use super::writer::{Reply, WriteOp, Writer};
+use super::record::{self, CHECKPOINT_KEY, REV_KEY};
+use super::wal::{self, Wal};
+use super::writer::{apply, Reply, WriteOp, Writer};
 use super::{ListPage, RawPage, Revision, Store, StoreError, StoredObject};
 
 pub struct SledStoreConfig {
@@ -25,6 +29,8 @@ pub struct SledStoreConfig {
     pub op_latency: Option<HistogramVec>,
     /// Writes per durable flush, observed once per group.
     pub group_writes: Option<Histogram>,
+    /// How far a write goes before it is acknowledged.
+    pub sync: wal::Durability,
 }
 
 pub struct SledStore {
@@ -39,42 +45,60 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store and starts its writer thread.
+    /// Opens (or creates) the store, brings the tree up to date from the
+    /// write-ahead log, and starts the writer and checkpointer threads.
     pub fn open(cfg: SledStoreConfig) -> Result<Arc<Self>, StoreError> {
         let db = sled::Config::new()
             .path(&cfg.path)
-            // The writer flushes each group itself; sled's timer would only add fsyncs.
+            // The write-ahead log makes writes durable; the checkpointer
+            // flushes the tree on its own schedule.
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("registry")?;
-        let current = match tree.get(REV_KEY)? {
-            Some(b) if b.len() == 8 => {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&b);
-                u64::from_be_bytes(a)
-            }
-            _ => 0,
-        };
+        let wal_dir = wal_dir(&cfg.path);
+        let checkpointed = revision_at(&tree, CHECKPOINT_KEY)?;
+        let missing = wal::recover(&wal_dir, checkpointed).map_err(StoreError::Log)?;
+        let replayed = missing.len();
+        for rec in missing {
+            apply(&tree, rec.entries)?;
+        }
+        let current = revision_at(&tree, REV_KEY)?;
+        let applied = Arc::new(Mutex::new(current));
+        // The log's old segments go once the tree holds all they had.
+        checkpoint(&db, &tree, &applied)?;
+        let wal = Wal::start(&wal_dir, cfg.sync).map_err(StoreError::Log)?;
         let history = load_history(&tree)?;
         let compacted = history.first().map(|e| e.rv - 1).unwrap_or(current);
-        info!(path = %cfg.path.display(), revision = current, events = history.len(), "opened store");
+        info!(path = %cfg.path.display(), revision = current, replayed, events = history.len(), "opened store");
         let log = Arc::new(EventLog::new(history, compacted, cfg.history));
-        let applied = Arc::new(Mutex::new(current));
         let (tx, rx) = mpsc::channel();
+        let (sealed_tx, sealed_rx) = mpsc::channel();
         let cache = Arc::new(ObjectCache::new(cache::CAPACITY));
         let writer = Writer {
             tree: tree.clone(),
-            db,
+            wal,
+            sealed: sealed_tx,
             applied: applied.clone(),
             log: log.clone(),
             history: cfg.history.max(1) as u64,
             group_writes: cfg.group_writes,
             cache: cache.clone(),
         };
+        let checkpointer = Checkpointer {
+            db,
+            tree: tree.clone(),
+            applied: applied.clone(),
+            dir: wal_dir,
+        };
+        let thread_failed = |e| StoreError::Backend(sled::Error::Io(e));
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpointer.run(sealed_rx))
+            .map_err(thread_failed)?;
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Backend(sled::Error::Io(e)))?;
+            .map_err(thread_failed)?;
         Ok(Arc::new(SledStore {
             tree,
             applied,
@@ -134,6 +158,25 @@ impl SledStore {
         }
         Ok((*guard, raw))
     }
+}
+
+/// Where the write-ahead log lives: beside the tree's directory, which sled owns.
+fn wal_dir(tree_dir: &std::path::Path) -> PathBuf {
+    let mut name = tree_dir.file_name().unwrap_or_default().to_os_string();
+    name.push("-wal");
+    tree_dir.with_file_name(name)
+}
+
+/// A revision the tree keeps under `key` (0 when absent).
+fn revision_at(tree: &sled::Tree, key: &[u8]) -> Result<Revision, StoreError> {
+    Ok(match tree.get(key)? {
+        Some(b) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            u64::from_be_bytes(a)
+        }
+        _ => 0,
+    })
 }
 
 fn load_history(tree: &sled::Tree) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -295,7 +338,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::events::WatchNext;
+    use crate::store::events::{EventType, WatchNext};
     use serde_json::json;
 
     fn open(dir: &std::path::Path) -> Arc<SledStore> {
@@ -304,6 +347,7 @@ mod tests {
             history: 100,
             op_latency: None,
             group_writes: None,
+            sync: wal::Durability::Written,
         })
         .expect("open store")
     }
@@ -319,6 +363,7 @@ mod tests {
                 history: 100,
                 op_latency: None,
                 group_writes: None,
+                sync: wal::Durability::Written,
             }) {
                 Ok(s) => return s,
                 Err(_) if tries < 500 => {
@@ -454,6 +499,77 @@ mod tests {
             .expect("list");
         assert_eq!(p2.items.len(), 3);
         assert!(p2.continue_after.is_none());
+    }
+
+    /// A crash leaves the tree as of its last checkpoint: the log brings
+    /// back every acknowledged write after it, in order, deletes included.
+    #[tokio::test]
+    async fn the_log_restores_what_the_tree_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        s.create("/r/x/a", json!({"v": 1})).await.expect("create a");
+        s.create("/r/x/b", json!({"v": 1})).await.expect("create b");
+        s.update("/r/x/a", Some(1), json!({"v": 2}))
+            .await
+            .expect("update a");
+        s.delete("/r/x/b", None).await.expect("delete b");
+        drop(s);
+        // Roll the tree back to revision 1, as if its last flush had been
+        // then and the process had died since.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.path().join("db"))
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(_) if tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("open the tree: {e}"),
+            }
+        };
+        let tree = db.open_tree("registry").expect("tree");
+        tree.insert(
+            record::obj_key("/r/x/a"),
+            &br#"{"v":1,"metadata":{"resourceVersion":"1"}}"#[..],
+        )
+        .expect("roll back a");
+        tree.remove(record::obj_key("/r/x/b")).expect("forget b");
+        for rv in 2..=4 {
+            tree.remove(record::ev_key(rv)).expect("forget event");
+        }
+        tree.insert(REV_KEY, &1u64.to_be_bytes()[..]).expect("rv");
+        tree.insert(CHECKPOINT_KEY, &1u64.to_be_bytes()[..])
+            .expect("checkpoint");
+        db.flush().expect("flush");
+        drop((tree, db));
+
+        let s = reopen(dir.path()).await;
+        assert_eq!(s.current_revision(), 4);
+        let a = s.get("/r/x/a").await.expect("get").expect("a is back");
+        assert_eq!((a.rv, a.value["v"].clone()), (3, json!(2)));
+        assert!(s.get("/r/x/b").await.expect("get").is_none());
+        let mut w = s.watch("/r/x/", 1).expect("watch");
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            match w.next().await {
+                WatchNext::Event(ev) => kinds.push((ev.rv, ev.kind)),
+                _ => panic!("expected an event"),
+            }
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                (2, EventType::Added),
+                (3, EventType::Modified),
+                (4, EventType::Deleted)
+            ]
+        );
+        let c = s.create("/r/x/c", json!({})).await.expect("create c");
+        assert_eq!(c.rv, 5);
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! Group commit with one writer thread: every write queued while the
-//! previous group was being flushed goes into the next group, which costs one
-//! sled batch and one fsync however many writes it holds.
+//! previous group was being made durable goes into the next group, which
+//! costs one log record and one sync however many writes it holds.
 //!
 //! The thread owns revision assignment, so revisions, batch order and event
-//! order agree without a lock per write; events are published to watchers
-//! only after their flush, so nobody observes a write a crash could take back.
+//! order agree without a lock per write. A group reaches the tree, the cache
+//! and watchers only after its log record is durable, so nobody observes a
+//! write a crash could take back.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -17,6 +18,7 @@ use tracing::error;
 use super::cache::{Cached, ObjectCache};
 use super::events::{lock, Event, EventLog, EventType};
 use super::record;
+use super::wal::{Entries, Sealed, Wal};
 use super::{Revision, StoreError, StoredObject};
 
 pub enum WriteOp {
@@ -52,7 +54,9 @@ const MAX_GROUP: usize = 4096;
 
 pub struct Writer {
     pub tree: sled::Tree,
-    pub db: sled::Db,
+    pub wal: Wal,
+    /// Segments the log moved past, for the checkpointer to retire.
+    pub sealed: mpsc::Sender<Sealed>,
     /// The newest applied revision; held while a group is applied so a list
     /// scan sees a group entirely or not at all.
     pub applied: Arc<Mutex<Revision>>,
@@ -68,8 +72,8 @@ pub struct Writer {
 type Seen = Option<Cached>;
 
 impl Writer {
-    /// Runs until every sender is gone.
-    pub fn run(self, rx: mpsc::Receiver<(WriteOp, Reply)>) {
+    /// Runs until every sender is gone, or a logged group cannot be applied.
+    pub fn run(mut self, rx: mpsc::Receiver<(WriteOp, Reply)>) {
         let mut next = *lock(&self.applied);
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
@@ -79,7 +83,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            next = self.commit(group, next);
+            match self.commit(group, next) {
+                Some(rv) => next = rv,
+                None => return,
+            }
         }
     }
 
@@ -104,13 +111,13 @@ impl Writer {
     }
 
     /// Checks one write against the current state and, if it holds, stages
-    /// it in `batch` at revision `rv`.
+    /// it in `entries` at revision `rv`.
     fn stage(
         &self,
         op: WriteOp,
         rv: Revision,
         overlay: &mut HashMap<String, Seen>,
-        batch: &mut sled::Batch,
+        entries: &mut Entries,
     ) -> Result<Arc<Event>, StoreError> {
         let key = op.key().to_string();
         let cur = self.current(&key, overlay)?;
@@ -152,11 +159,11 @@ impl Writer {
         let bytes = record::encode(&key, &object)?;
         match kind {
             EventType::Deleted => {
-                batch.remove(record::obj_key(&key));
+                entries.push((record::obj_key(&key), None));
                 overlay.insert(key.clone(), None);
             }
             _ => {
-                batch.insert(record::obj_key(&key), bytes.clone());
+                entries.push((record::obj_key(&key), Some(bytes.clone())));
                 overlay.insert(
                     key.clone(),
                     Some(Cached {
@@ -176,25 +183,26 @@ impl Writer {
             prev: prev.map(|(o, _)| o),
             fanout: Default::default(),
         };
-        batch.insert(
-            &record::ev_key(rv)[..],
-            record::encode_event(&event, &bytes, prev_bytes.as_deref()),
-        );
+        entries.push((
+            record::ev_key(rv).to_vec(),
+            Some(record::encode_event(&event, &bytes, prev_bytes.as_deref()).into()),
+        ));
         if rv > self.history {
-            batch.remove(&record::ev_key(rv - self.history)[..]);
+            entries.push((record::ev_key(rv - self.history).to_vec(), None));
         }
         Ok(Arc::new(event))
     }
 
-    /// Applies, flushes and publishes one group; returns the next free revision.
-    fn commit(&self, group: Vec<(WriteOp, Reply)>, applied: Revision) -> Revision {
-        let mut batch = sled::Batch::default();
+    /// Logs, applies and publishes one group; returns the newest revision,
+    /// or None when the store can take no more writes.
+    fn commit(&mut self, group: Vec<(WriteOp, Reply)>, applied: Revision) -> Option<Revision> {
+        let mut entries = Entries::new();
         let mut overlay = HashMap::new();
         let mut events = Vec::new();
         let mut replies = Vec::new();
         let mut rv = applied;
         for (op, reply) in group {
-            match self.stage(op, rv + 1, &mut overlay, &mut batch) {
+            match self.stage(op, rv + 1, &mut overlay, &mut entries) {
                 Ok(ev) => {
                     rv += 1;
                     replies.push((reply, ev.clone()));
@@ -207,45 +215,68 @@ impl Writer {
             }
         }
         if events.is_empty() {
-            return applied;
+            return Some(applied);
         }
         if let Some(h) = &self.group_writes {
             h.observe(events.len() as f64);
         }
-        batch.insert(record::REV_KEY, &rv.to_be_bytes()[..]);
-        let result = {
-            let mut guard = lock(&self.applied);
-            let r = self.tree.apply_batch(batch);
-            if r.is_ok() {
-                *guard = rv;
-                self.cache
-                    .apply(overlay.iter().map(|(key, seen)| (key, seen.clone())));
+        entries.push((record::REV_KEY.to_vec(), Some(rv.to_be_bytes()[..].into())));
+        let fail = |replies: Vec<(Reply, Arc<Event>)>| {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Closed));
             }
-            r
-        }
-        .and_then(|_| self.db.flush().map(|_| ()));
-        match result {
-            Ok(()) => {
-                self.log.publish(events);
-                for (reply, ev) in replies {
-                    let _ = reply.send(Ok(StoredObject {
-                        key: ev.key.clone(),
-                        rv: ev.rv,
-                        value: ev.object.clone(),
-                    }));
-                }
-                rv
-            }
+        };
+        match self.wal.append(rv, &entries) {
+            // Nothing reached the tree: the next group takes these revisions
+            // and its record overwrites this one.
             Err(e) => {
-                // The writes may be applied in memory but are not durable; the
-                // store cannot vouch for them, so every caller hears it failed.
-                error!(error = %e, "store write or flush failed");
-                self.cache.clear();
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Closed));
-                }
-                *lock(&self.applied)
+                error!(error = %e, "writing the store log failed");
+                fail(replies);
+                return Some(applied);
             }
+            Ok(Some(sealed)) => {
+                // The checkpointer only ends after this thread.
+                let _ = self.sealed.send(sealed);
+            }
+            Ok(None) => {}
         }
+        {
+            let mut guard = lock(&self.applied);
+            if let Err(e) = apply(&self.tree, entries) {
+                // The log holds a group the tree refused; writing on would
+                // reuse its revisions. Stop: a restart applies it from the log.
+                error!(error = %e, "applying a logged group to the store failed; the store stops taking writes");
+                fail(replies);
+                self.cache.clear();
+                return None;
+            }
+            *guard = rv;
+            self.cache
+                .apply(overlay.iter().map(|(key, seen)| (key, seen.clone())));
+        }
+        self.log.publish(events);
+        for (reply, ev) in replies {
+            let _ = reply.send(Ok(StoredObject {
+                key: ev.key.clone(),
+                rv: ev.rv,
+                value: ev.object.clone(),
+            }));
+        }
+        Some(rv)
     }
+}
+
+/// Writes a group's entries into the tree, key by key. Not as a sled batch:
+/// the log already makes the group atomic and durable, and each sled batch
+/// writes and syncs sled's own log buffers (two syncs per group). Applying
+/// a group twice, as recovery may, leaves the same state: every entry is a
+/// key's whole value.
+pub fn apply(tree: &sled::Tree, entries: Entries) -> Result<(), sled::Error> {
+    for (key, value) in entries {
+        match value {
+            Some(v) => tree.insert(key, v)?,
+            None => tree.remove(key)?,
+        };
+    }
+    Ok(())
 }
