@@ -31,12 +31,18 @@ impl Checkpointer {
     /// Runs until the writer is gone.
     pub fn run(self, sealed: Receiver<Sealed>) {
         let mut waiting: Vec<Sealed> = Vec::new();
-        let mut spares = 0u64;
+        let mut made = 0u64;
         loop {
+            // A sealed segment means the writer just took the spare: make
+            // the next one before anything else, so it is ready long before
+            // the writer fills its segment (without one, the writer grows a
+            // new file and must fdatasync every record).
+            self.keep_a_spare(&mut made);
             match sealed.recv_timeout(EVERY) {
                 Ok(s) => {
                     waiting.push(s);
                     waiting.extend(sealed.try_iter());
+                    self.keep_a_spare(&mut made);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -63,16 +69,19 @@ impl Checkpointer {
                 }
             }
             waiting = kept;
-            match wal::has_spare(&self.dir) {
-                Ok(true) => {}
-                Ok(false) => {
-                    spares += 1;
-                    if let Err(e) = wal::make_spare(&self.dir, &format!("new-{spares}")) {
-                        error!(error = %e, "preparing a log segment failed");
-                    }
+        }
+    }
+
+    fn keep_a_spare(&self, made: &mut u64) {
+        match wal::has_spare(&self.dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                *made += 1;
+                if let Err(e) = wal::make_spare(&self.dir, &format!("new-{made}")) {
+                    error!(error = %e, "preparing a log segment failed");
                 }
-                Err(e) => error!(error = %e, "listing log segments failed"),
             }
+            Err(e) => error!(error = %e, "listing log segments failed"),
         }
     }
 }
