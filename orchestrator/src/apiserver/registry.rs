@@ -77,14 +77,18 @@ impl ResourceInfo {
 }
 
 fn normalize<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
-    let typed: T = serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
+    // Tracking the path slows every decode; only a failing object needs
+    // it, for the message, so decode again then.
+    let typed: T = match T::deserialize(v) {
+        Ok(t) => t,
+        Err(plain) => {
+            return Err(match serde_path_to_error::deserialize::<_, T>(v) {
+                Err(e) if e.path().to_string() != "." => format!("{}: {}", e.path(), e.inner()),
+                Err(e) => e.inner().to_string(),
+                Ok(_) => plain.to_string(),
+            })
         }
-    })?;
+    };
     serde_json::to_value(&typed).map_err(|e| e.to_string())
 }
 
@@ -192,32 +196,38 @@ impl Registry {
 /// `fieldValidation=Strict` rejects and `Warn` reports.
 pub fn unknown_fields(input: &Value, normalized: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    walk_unknown(input, normalized, String::new(), &mut out);
+    walk_unknown(input, normalized, &mut String::new(), &mut out);
     out
 }
 
-fn walk_unknown(input: &Value, norm: &Value, path: String, out: &mut Vec<String>) {
+/// `path` is one buffer grown and cut back as the walk descends, so a
+/// known field costs no allocation.
+fn walk_unknown(input: &Value, norm: &Value, path: &mut String, out: &mut Vec<String>) {
+    let depth = path.len();
     match (input, norm) {
         (Value::Object(i), Value::Object(n)) => {
             for (k, v) in i {
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match n.get(k) {
-                    Some(nv) => walk_unknown(v, nv, p, out),
-                    None if is_empty(v) => {}
-                    None => out.push(p),
+                if depth > 0 {
+                    path.push('.');
                 }
+                path.push_str(k);
+                match n.get(k) {
+                    Some(nv) => walk_unknown(v, nv, path, out),
+                    None if is_empty(v) => {}
+                    None => out.push(path.clone()),
+                }
+                path.truncate(depth);
             }
         }
         (Value::Array(i), Value::Array(n)) => {
             for (idx, (iv, nv)) in i.iter().zip(n.iter()).enumerate() {
-                walk_unknown(iv, nv, format!("{path}[{idx}]"), out);
+                use std::fmt::Write as _;
+                let _ = write!(path, "[{idx}]");
+                walk_unknown(iv, nv, path, out);
+                path.truncate(depth);
             }
         }
         _ => {}
@@ -227,4 +237,36 @@ fn walk_unknown(input: &Value, norm: &Value, path: String, out: &mut Vec<String>
 /// Empty collections are dropped by the typed encoder without being unknown.
 fn is_empty(v: &Value) -> bool {
     matches!(v, Value::Object(m) if m.is_empty()) || matches!(v, Value::Array(a) if a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_named_by_their_paths() {
+        let input = json!({
+            "extra": 1,
+            "metadata": {"name": "a", "labels": {}},
+            "spec": {"containers": [{"name": "c", "bogus": true}, {"name": "d"}], "gone": {}},
+        });
+        let normalized = json!({
+            "metadata": {"name": "a"},
+            "spec": {"containers": [{"name": "c"}, {"name": "d"}]},
+        });
+        assert_eq!(
+            unknown_fields(&input, &normalized),
+            vec!["extra", "spec.containers[0].bogus"]
+        );
+    }
+
+    #[test]
+    fn a_failed_decode_names_the_field() {
+        let err = normalize::<k8s_openapi::api::core::v1::Pod>(
+            &json!({"spec": {"containers": [{"name": 5}]}}),
+        )
+        .expect_err("a number is not a name");
+        assert!(err.starts_with("spec.containers[0].name: "), "{err}");
+    }
 }
