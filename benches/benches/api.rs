@@ -18,6 +18,7 @@ use shoal_tests::Server;
 mod common;
 use common::{ms, percentile, server_histogram};
 
+#[derive(Clone, Copy)]
 struct Sizes {
     pods: usize,
     gets: usize,
@@ -303,6 +304,13 @@ async fn main() -> anyhow::Result<()> {
     let gets_per_sec = gets(&pods, &sizes).await?;
     let list_ms = lists(&pods, &sizes).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // One watcher first: the floor the fan-out to 100 adds to.
+    let one = Sizes {
+        watchers: 1,
+        ..sizes
+    };
+    let (delivery_one, _) =
+        watch_latency(client.clone(), &one, "o-", |rv| kube_watch(cms.clone(), rv)).await?;
     let (delivery, create_ms) = watch_latency(client.clone(), &sizes, "w-", |rv| {
         kube_watch(cms.clone(), rv)
     })
@@ -336,6 +344,11 @@ async fn main() -> anyhow::Result<()> {
             "delivery_ms_p99": percentile(&delivery, 0.99),
             "create_ack_ms_p50": percentile(&create_ms, 0.5),
             "create_ack_ms_p99": percentile(&create_ms, 0.99),
+            // The same events to a single watcher: what the fan-out adds to.
+            "one_watcher": {
+                "delivery_ms_p50": percentile(&delivery_one, 0.5),
+                "delivery_ms_p99": percentile(&delivery_one, 0.99),
+            },
             // The same, with every watch a stream on one HTTP/2 connection
             // (kubectl's and client-go's way); the creates still go
             // through the kube client.
