@@ -66,18 +66,17 @@ impl SledStore {
         let applied = Arc::new(Mutex::new(current));
         // The log's old segments go once the tree holds all they had.
         checkpoint(&db, &tree, &applied)?;
-        let wal = Wal::start(&wal_dir, cfg.sync).map_err(StoreError::Log)?;
+        let (sealed_tx, sealed_rx) = mpsc::channel();
+        let wal = Wal::start(&wal_dir, cfg.sync, sealed_tx).map_err(StoreError::Log)?;
         let history = load_history(&tree)?;
         let compacted = history.first().map(|e| e.rv - 1).unwrap_or(current);
         info!(path = %cfg.path.display(), revision = current, replayed, events = history.len(), "opened store");
         let log = Arc::new(EventLog::new(history, compacted, cfg.history));
         let (tx, rx) = mpsc::channel();
-        let (sealed_tx, sealed_rx) = mpsc::channel();
         let cache = Arc::new(ObjectCache::new(cache::CAPACITY));
         let writer = Writer {
             tree: tree.clone(),
             wal,
-            sealed: sealed_tx,
             applied: applied.clone(),
             log: log.clone(),
             history: cfg.history.max(1) as u64,

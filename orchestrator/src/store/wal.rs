@@ -24,6 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use tracing::{debug, warn};
 
@@ -96,6 +97,8 @@ pub struct Sealed {
 pub struct Wal {
     dir: PathBuf,
     sync: Durability,
+    /// Segments the log moved past, for the checkpointer to retire.
+    seals: mpsc::Sender<Sealed>,
     file: File,
     /// Whether `file` was grown by writing (no spare was ready): its new
     /// length must then be synced too, which only fdatasync does.
@@ -281,7 +284,7 @@ impl Wal {
     /// Starts logging into a fresh segment. Call after `recover` and once the
     /// tree holds every recovered record durably: existing segments become
     /// spares.
-    pub fn start(dir: &Path, sync: Durability) -> io::Result<Wal> {
+    pub fn start(dir: &Path, sync: Durability, seals: mpsc::Sender<Sealed>) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let old = segments(dir)?;
         let seq = old.last().map(|(s, _)| s + 1).unwrap_or(1);
@@ -295,6 +298,7 @@ impl Wal {
         Ok(Wal {
             dir: dir.to_path_buf(),
             sync,
+            seals,
             file,
             growing,
             seq,
@@ -326,30 +330,36 @@ impl Wal {
         Ok((OpenOptions::new().write(true).open(&path)?, growing))
     }
 
-    /// Writes one group and makes it durable. Returns the segment it left
-    /// behind when the group did not fit in the current one.
-    pub fn append(&mut self, rev: Revision, entries: &Entries) -> io::Result<Option<Sealed>> {
+    /// Writes one group and makes it durable, moving to the next segment
+    /// first when the group does not fit in this one.
+    pub fn append(&mut self, rev: Revision, entries: &Entries) -> io::Result<()> {
         encode(rev, entries, &mut self.buf);
-        let mut sealed = None;
-        if self.offset > 0 && self.offset + self.buf.len() as u64 > SEGMENT_BYTES {
-            sealed = Some(Sealed {
+        let len = self.buf.len() as u64;
+        if self.offset > 0 && self.offset + len > SEGMENT_BYTES {
+            // Open the next segment before touching any state, so a failure
+            // here leaves the log writing where it was.
+            let (file, growing) = Self::open_segment(&self.dir, self.seq + 1)?;
+            // The checkpointer goes only after the writer; a send to it
+            // cannot fail while this runs.
+            let _ = self.seals.send(Sealed {
                 seq: self.seq,
                 last_rev: self.last_rev,
             });
-            self.seq += 1;
-            (self.file, self.growing) = Self::open_segment(&self.dir, self.seq)?;
-            self.offset = 0;
+            (self.seq, self.file, self.growing, self.offset) = (self.seq + 1, file, growing, 0);
         }
         self.file.write_all_at(&self.buf, self.offset)?;
+        // A record running past the segment's allocated end (a group larger
+        // than a segment) grows the file, and only fdatasync syncs the length.
+        let grows = self.growing || self.offset + len > SEGMENT_BYTES;
         match self.sync {
-            Durability::Written if !self.growing => {
+            Durability::Written if !grows => {
                 write_through(&self.file, self.offset, self.buf.len())?
             }
             _ => self.file.sync_data()?,
         }
-        self.offset += self.buf.len() as u64;
+        self.offset += len;
         self.last_rev = rev;
-        Ok(sealed)
+        Ok(())
     }
 }
 
@@ -370,7 +380,8 @@ mod tests {
     #[test]
     fn records_come_back_in_order_after_the_tree_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut wal = Wal::start(dir.path(), Durability::Written).expect("start");
+        let (tx, _seals) = mpsc::channel();
+        let mut wal = Wal::start(dir.path(), Durability::Written, tx).expect("start");
         for rev in 1..=5 {
             wal.append(rev, &group(rev, 4)).expect("append");
         }
@@ -383,7 +394,8 @@ mod tests {
     #[test]
     fn a_torn_tail_ends_the_log_where_it_tore() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut wal = Wal::start(dir.path(), Durability::Written).expect("start");
+        let (tx, _seals) = mpsc::channel();
+        let mut wal = Wal::start(dir.path(), Durability::Written, tx).expect("start");
         for rev in 1..=3 {
             wal.append(rev, &group(rev, 2)).expect("append");
         }
@@ -403,17 +415,36 @@ mod tests {
     }
 
     #[test]
+    fn a_group_larger_than_a_segment_is_kept_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, seals) = mpsc::channel();
+        let mut wal = Wal::start(dir.path(), Durability::Written, tx).expect("start");
+        let huge = vec![(
+            b"o/huge".to_vec(),
+            Some(sled::IVec::from(vec![1u8; 9 << 20])),
+        )];
+        wal.append(1, &huge)
+            .expect("append at the start of a segment");
+        wal.append(2, &group(2, 3)).expect("append after it");
+        assert_eq!(seals.try_iter().count(), 1, "the small group moved on");
+        let back = recover(dir.path(), 0).expect("recover");
+        assert_eq!(back.iter().map(|r| r.rev).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(back[0].entries, huge);
+    }
+
+    #[test]
     fn reused_segments_and_rolls_keep_only_new_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let big = vec![(
             b"o/big".to_vec(),
             Some(sled::IVec::from(vec![7u8; 3 << 20])),
         )];
-        let mut wal = Wal::start(dir.path(), Durability::Written).expect("start");
-        let mut sealed = Vec::new();
+        let (tx, seals) = mpsc::channel();
+        let mut wal = Wal::start(dir.path(), Durability::Written, tx).expect("start");
         for rev in 1..=6 {
-            sealed.extend(wal.append(rev, &big).expect("append"));
+            wal.append(rev, &big).expect("append");
         }
+        let sealed: Vec<Sealed> = seals.try_iter().collect();
         assert_eq!(
             sealed.iter().map(|s| s.last_rev).collect::<Vec<_>>(),
             vec![2, 4]

@@ -18,7 +18,7 @@ use tracing::error;
 use super::cache::{Cached, ObjectCache};
 use super::events::{lock, Event, EventLog, EventType};
 use super::record;
-use super::wal::{Entries, Sealed, Wal};
+use super::wal::{Entries, Wal};
 use super::{Revision, StoreError, StoredObject};
 
 pub enum WriteOp {
@@ -55,8 +55,6 @@ const MAX_GROUP: usize = 4096;
 pub struct Writer {
     pub tree: sled::Tree,
     pub wal: Wal,
-    /// Segments the log moved past, for the checkpointer to retire.
-    pub sealed: mpsc::Sender<Sealed>,
     /// The newest applied revision; held while a group is applied so a list
     /// scan sees a group entirely or not at all.
     pub applied: Arc<Mutex<Revision>>,
@@ -226,19 +224,12 @@ impl Writer {
                 let _ = reply.send(Err(StoreError::Closed));
             }
         };
-        match self.wal.append(rv, &entries) {
+        if let Err(e) = self.wal.append(rv, &entries) {
             // Nothing reached the tree: the next group takes these revisions
             // and its record overwrites this one.
-            Err(e) => {
-                error!(error = %e, "writing the store log failed");
-                fail(replies);
-                return Some(applied);
-            }
-            Ok(Some(sealed)) => {
-                // The checkpointer only ends after this thread.
-                let _ = self.sealed.send(sealed);
-            }
-            Ok(None) => {}
+            error!(error = %e, "writing the store log failed");
+            fail(replies);
+            return Some(applied);
         }
         {
             let mut guard = lock(&self.applied);
