@@ -67,7 +67,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Finer buckets for in-process fan-out, which takes microseconds.
 const FANOUT_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.0025,
+    0.005, 0.01, 0.1, 1.0,
 ];
 
 impl Metrics {
