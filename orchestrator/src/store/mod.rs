@@ -7,7 +7,7 @@
 //! resume from any revision still in history (410 Gone past compaction).
 //!
 //! A write is acknowledged only once it is durable; concurrent writes share
-//! one log record and one fdatasync (group commit).
+//! one log record and one sync (group commit).
 
 mod cache;
 mod checkpoint;

@@ -1,10 +1,10 @@
 //! The write-ahead log that makes a commit group durable: one record per
-//! group, written into a segment file whose blocks already exist and
-//! fdatasync'd before any write in the group is acknowledged. The sled tree
-//! holds the same writes as the materialised store and is flushed in the
-//! background (`checkpoint.rs`); a segment is retired once a tree flush
-//! covers its last revision, and on open the records the tree lacks are
-//! applied to it again.
+//! group, written into a segment file whose blocks already exist and synced
+//! (see [`Durability`]) before any write in the group is acknowledged. The
+//! sled tree holds the same writes as the materialised store and is flushed
+//! in the background (`checkpoint.rs`); a segment is retired once a
+//! checkpoint covers its last revision, and on open the groups after the
+//! last checkpoint are applied to the tree again.
 //!
 //! Why not sled's own flush per group: it seals and writes two buffers with
 //! a `sync_file_range` each and wakes sled's whole thread pool, about
