@@ -340,38 +340,35 @@ mod tests {
     use crate::store::events::{EventType, WatchNext};
     use serde_json::json;
 
-    fn open(dir: &std::path::Path) -> Arc<SledStore> {
-        SledStore::open(SledStoreConfig {
+    fn config(dir: &std::path::Path) -> SledStoreConfig {
+        SledStoreConfig {
             path: dir.join("db"),
             history: 100,
             op_latency: None,
             group_writes: None,
             sync: wal::Durability::Written,
-        })
-        .expect("open store")
+        }
     }
 
-    /// Opens a store again once the previous one's writer thread has let
-    /// go: sled's file lock goes with that thread's handle, which it drops
-    /// once it sees the store gone.
-    async fn reopen(dir: &std::path::Path) -> Arc<SledStore> {
-        let mut tries = 0;
-        loop {
-            match SledStore::open(SledStoreConfig {
-                path: dir.join("db"),
-                history: 100,
-                op_latency: None,
-                group_writes: None,
-                sync: wal::Durability::Written,
-            }) {
-                Ok(s) => return s,
-                Err(_) if tries < 500 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("reopen failed: {e}"),
+    fn open(dir: &std::path::Path) -> Arc<SledStore> {
+        SledStore::open(config(dir)).expect("open store")
+    }
+
+    /// Retries `open` until sled's file lock is free: a dropped store's
+    /// writer and checkpointer threads hold it until they see the store
+    /// gone.
+    async fn once_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
+        for _ in 0..500 {
+            if let Ok(v) = open() {
+                return v;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await
         }
+        open().unwrap_or_else(|e| panic!("still locked after 5 s: {e}"))
+    }
+
+    async fn reopen(dir: &std::path::Path) -> Arc<SledStore> {
+        once_unlocked(|| SledStore::open(config(dir))).await
     }
 
     #[tokio::test]
@@ -515,21 +512,13 @@ mod tests {
         drop(s);
         // Roll the tree back to revision 1, as if its last flush had been
         // then and the process had died since.
-        let mut tries = 0;
-        let db = loop {
-            match sled::Config::new()
+        let db = once_unlocked(|| {
+            sled::Config::new()
                 .path(dir.path().join("db"))
                 .flush_every_ms(None)
                 .open()
-            {
-                Ok(db) => break db,
-                Err(_) if tries < 500 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("open the tree: {e}"),
-            }
-        };
+        })
+        .await;
         let tree = db.open_tree("registry").expect("tree");
         tree.insert(
             record::obj_key("/r/x/a"),
