@@ -45,13 +45,13 @@ pub struct Started {
 
 impl Started {
     /// A client of this server that calls its API in-process with `token`.
-    pub fn local_client(&self, token: &str) -> anyhow::Result<kube::Client> {
-        local_client(&self.app, token)
+    pub fn local_client(&self, token: &str, agent: &str) -> anyhow::Result<kube::Client> {
+        local_client(&self.app, token, agent)
     }
 }
 
-fn local_client(app: &axum::Router, token: &str) -> anyhow::Result<kube::Client> {
-    apiserver::local::client(app.clone(), token).context("the in-process API client")
+fn local_client(app: &axum::Router, token: &str, agent: &str) -> anyhow::Result<kube::Client> {
+    apiserver::local::client(app.clone(), token, agent).context("the in-process API client")
 }
 
 /// Prepares everything and starts serving in the background.
@@ -104,10 +104,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     // The scheduler and controllers are API clients like any other; being
     // in this process, theirs call the router without the network.
     if let Some(scoring) = cfg.scoring {
-        tokio::spawn(scheduler::run(local_client(&app, &admin)?, scoring));
+        tokio::spawn(scheduler::run(
+            local_client(&app, &admin, "shoal-scheduler")?,
+            scoring,
+        ));
     }
     if cfg.controllers {
-        let client = local_client(&app, &admin)?;
+        let client = local_client(&app, &admin, "shoal-controller-manager")?;
         let identity = controllers::leader::identity(&data_dir);
         tokio::spawn(controllers::run(
             client,
@@ -169,7 +172,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let started = start(config(dir.path())).await.expect("the server starts");
         let client = started
-            .local_client(&started.node_token)
+            .local_client(&started.node_token, "test")
             .expect("an in-process client");
         let cms: Api<ConfigMap> = Api::namespaced(client, "default");
         let mut events = cms
@@ -200,7 +203,9 @@ mod tests {
         .expect("the watch delivers within 10 s");
         assert_eq!(seen.as_deref(), Some("local"));
         // The router still authenticates what the in-process client sends.
-        let stranger = started.local_client("not-a-token").expect("a client");
+        let stranger = started
+            .local_client("not-a-token", "test")
+            .expect("a client");
         let denied = Api::<ConfigMap>::namespaced(stranger, "default")
             .get("local")
             .await;

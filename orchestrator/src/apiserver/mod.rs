@@ -3,9 +3,11 @@
 
 pub mod admission;
 pub mod allocate;
+pub mod apply;
 pub mod bootstrap;
 mod discovery;
 pub mod error;
+pub mod fields;
 mod handlers;
 pub mod kinds;
 pub mod local;

@@ -84,6 +84,10 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     pub orphan_dependents: Option<String>,
     pub include_object: Option<String>,
+    pub force: Option<String>,
+    /// The manager named by the User-Agent, for writes without `fieldManager`.
+    #[serde(skip)]
+    pub agent: String,
 }
 
 pub fn truthy(v: &Option<String>) -> bool {
@@ -102,6 +106,16 @@ impl Query {
             Some(s) => s.parse().map(Some).map_err(|_| {
                 ApiError::bad_request(format!("invalid value for {name}: {s:?} is not an integer"))
             }),
+        }
+    }
+
+    /// Who a write's changed fields belong to: `fieldManager`, else the
+    /// User-Agent's product name, as Kubernetes defaults it.
+    pub fn manager(&self) -> &str {
+        match self.field_manager.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ if !self.agent.is_empty() => &self.agent,
+            _ => "unknown",
         }
     }
 
@@ -127,6 +141,16 @@ pub fn wants_table(headers: &HeaderMap) -> bool {
                 .next()
                 .is_some_and(|first| first.contains("as=Table"))
         })
+}
+
+/// `kubectl/v1.33.1 (linux/amd64) kubernetes/8adc0f0` → `kubectl`.
+pub fn agent_manager(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(|m| m.trim().chars().take(128).collect())
+        .unwrap_or_default()
 }
 
 pub fn content_type(headers: &HeaderMap) -> String {

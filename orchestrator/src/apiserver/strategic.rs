@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 #[derive(Debug, PartialEq)]
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     Replace,
     /// Objects merged by this key.
     MergeKey(&'static str),
@@ -18,7 +18,7 @@ enum ListStrategy {
 
 /// The patch strategy of the list at `path` (object keys from the root).
 /// These are the lists Kubernetes marks `patchStrategy:"merge"`.
-fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
+pub(crate) fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
     let last = path.last().map(String::as_str).unwrap_or("");
     let parent = if path.len() >= 2 {
         path[path.len() - 2].as_str()

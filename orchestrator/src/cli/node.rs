@@ -190,7 +190,7 @@ pub async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         address,
     );
     // The embedded node shares the server's process: it needs no socket.
-    cfg.client = Some(started.local_client(&started.node_token)?);
+    cfg.client = Some(started.local_client(&started.node_token, "shoal-node")?);
     if a.demo {
         let kubeconfig = started.kubeconfig.clone();
         let samples = data_dir.join("samples");

@@ -1,5 +1,6 @@
 //! The API server against the real kubectl and the kube client.
 
+mod apply;
 mod bad_input;
 mod durability;
 mod kubectl;

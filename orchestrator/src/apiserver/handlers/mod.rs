@@ -102,7 +102,8 @@ async fn dispatch(
         }
     }
     let t = request::resolve(&st.registry, group, version, rest, uri.path())?;
-    let q = Query::parse(uri.query())?;
+    let mut q = Query::parse(uri.query())?;
+    q.agent = request::agent_manager(headers);
     labels.resource = match &t.sub {
         Some(s) => format!("{}/{s}", t.res.plural),
         None => t.res.plural.to_string(),
@@ -117,9 +118,9 @@ async fn dispatch(
         ("GET", true, _) => read::get(st, &t, &q, table).await,
         ("POST", false, None) => write::create(st, &t, &q, headers, body).await,
         ("POST", true, Some("binding")) => write::bind(st, &t, headers, body).await,
-        ("PUT", true, Some("scale")) => scale::put(st, &t, headers, body).await,
+        ("PUT", true, Some("scale")) => scale::put(st, &t, &q, headers, body).await,
         ("PUT", true, _) => write::update(st, &t, &q, headers, body).await,
-        ("PATCH", true, Some("scale")) => scale::patch(st, &t, headers, body).await,
+        ("PATCH", true, Some("scale")) => scale::patch(st, &t, &q, headers, body).await,
         ("PATCH", true, _) => patch::patch(st, &t, &q, headers, body).await,
         ("DELETE", true, None) => delete::delete(st, &t, &q, body).await,
         ("DELETE", false, None) => delete::delete_collection(st, &t, &q, body).await,

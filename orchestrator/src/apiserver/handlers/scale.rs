@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patch::{apply_patch, PatchKind};
-use super::write::{precondition_in, write_with_retry};
+use super::write::{precondition_in, write_with_retry, Owner};
 use super::{object_name, respond};
 use crate::apiserver::error::{ApiError, ApiResult, Cause};
 use crate::apiserver::request::{self, Query, Target};
@@ -97,6 +97,7 @@ fn wanted_replicas(scale: &Value, name: &str) -> ApiResult<i64> {
 async fn set_replicas(
     st: &ApiState,
     t: &Target<'_>,
+    q: &Query,
     precondition: Option<Revision>,
     client: impl Fn(&Value) -> ApiResult<Value>,
 ) -> ApiResult<Response> {
@@ -107,7 +108,7 @@ async fn set_replicas(
         name: t.name.clone(),
         sub: None,
     };
-    let out = write_with_retry(st, &main, &Query::default(), precondition, |cur| {
+    let out = write_with_retry(st, &main, q, precondition, Owner::Update, |cur| {
         let replicas = wanted_replicas(&client(&scale_of(cur))?, &name)?;
         let mut next = cur.clone();
         crate::apiserver::admission::obj_mut(&mut next, "spec")
@@ -121,17 +122,19 @@ async fn set_replicas(
 pub async fn put(
     st: &ApiState,
     t: &Target<'_>,
+    q: &Query,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = request::read_body(body).await?;
     let scale = request::decode_object(&request::content_type(headers), &bytes)?;
-    set_replicas(st, t, precondition_in(&scale)?, |_| Ok(scale.clone())).await
+    set_replicas(st, t, q, precondition_in(&scale)?, |_| Ok(scale.clone())).await
 }
 
 pub async fn patch(
     st: &ApiState,
     t: &Target<'_>,
+    q: &Query,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -139,7 +142,7 @@ pub async fn patch(
     let bytes = request::read_body(body).await?;
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the patch body is not valid JSON: {e}")))?;
-    set_replicas(st, t, precondition_in(&doc)?, |view| {
+    set_replicas(st, t, q, precondition_in(&doc)?, |view| {
         apply_patch(kind, view, &doc, "Scale")
     })
     .await

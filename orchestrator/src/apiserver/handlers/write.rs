@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::{object_name, respond};
 use crate::apiserver::admission::meta::object_meta;
+use crate::apiserver::apply;
 use crate::apiserver::error::{ApiError, ApiResult, Cause};
 use crate::apiserver::registry::{unknown_fields, ResourceInfo};
 use crate::apiserver::request::{self, Query, Target};
@@ -39,8 +40,19 @@ impl Part {
     }
 }
 
+/// How a write moves field ownership (`metadata.managedFields`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Owner {
+    /// A plain write: the fields it changes become the request's manager's,
+    /// on objects under field management.
+    Update,
+    /// A server-side apply: the client's object carries the managed fields
+    /// the apply worked out.
+    Apply,
+}
+
 /// Checks `apiVersion`/`kind` against the URL, filling them in when absent.
-fn check_type(res: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
+pub(super) fn check_type(res: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
     let want = res.api_version();
     let Value::Object(m) = obj else {
         return Err(ApiError::bad_request(
@@ -72,7 +84,11 @@ fn check_type(res: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
 }
 
 /// Reconciles the body's namespace with the URL's.
-fn check_namespace(res: &ResourceInfo, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+pub(super) fn check_namespace(
+    res: &ResourceInfo,
+    ns: Option<&str>,
+    obj: &mut Value,
+) -> ApiResult<()> {
     let meta = crate::apiserver::admission::obj_mut(obj, "metadata");
     if !res.namespaced {
         meta.remove("namespace");
@@ -185,6 +201,19 @@ pub async fn create(
     check_type(t.res, &mut obj)?;
     check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
+    crate::apiserver::admission::obj_mut(&mut obj, "metadata").remove("managedFields");
+    create_object(st, t, q, obj, warnings).await
+}
+
+/// Stores a new object that passed the type checks: names it, stamps the
+/// server's metadata, sets its initial status, admits it.
+pub async fn create_object(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    mut obj: Value,
+    warnings: Vec<String>,
+) -> ApiResult<Response> {
     let dry_run = q.dry_run()?;
     let mut generated_from: Option<String> = None;
     {
@@ -209,7 +238,6 @@ pub async fn create(
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "selfLink",
-            "managedFields",
         ] {
             meta.remove(f);
         }
@@ -338,7 +366,11 @@ pub fn merge_for_update(res: &ResourceInfo, new: Value, old: &Value, part: Part)
             None => meta.remove(f),
         };
     }
-    meta.remove("managedFields");
+    // Ownership is the server's to record, not the client's to rewrite.
+    match old_meta.get("managedFields") {
+        Some(v) => meta.insert("managedFields".into(), v.clone()),
+        None => meta.remove("managedFields"),
+    };
     meta.remove("selfLink");
     let old_gen = old_meta
         .get("generation")
@@ -417,7 +449,15 @@ pub async fn update(
     }
     let (obj, warnings) = type_check(t.res, &obj, q)?;
     let precondition = precondition_in(&obj)?;
-    let out = write_with_retry(st, t, q, precondition, |_old| Ok(obj.clone())).await?;
+    let out = write_with_retry(
+        st,
+        t,
+        q,
+        precondition,
+        Owner::Update,
+        |_old| Ok(obj.clone()),
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &out, &warnings))
 }
 
@@ -445,6 +485,7 @@ pub async fn write_with_retry(
     t: &Target<'_>,
     q: &Query,
     precondition: Option<Revision>,
+    owner: Owner,
     change: impl Fn(&Value) -> ApiResult<Value>,
 ) -> ApiResult<Value> {
     let name = object_name(t).to_string();
@@ -480,9 +521,33 @@ pub async fn write_with_retry(
         }
         let client = change(&cur.value)?;
         check_uid(&client, &cur.value, &gr, &name)?;
+        let applied_fields = match owner {
+            Owner::Apply => Some(apply::entries(&client)),
+            Owner::Update => None,
+        };
         let mut merged = merge_for_update(t.res, client, &cur.value, part);
         crate::store::stamp_revision(&mut merged, cur.rv);
         admit(t.res, &mut merged, Some(&cur.value))?;
+        match applied_fields {
+            Some(entries) => apply::set_entries(&mut merged, &entries),
+            // Most objects are never applied: skip the bookkeeping for them.
+            None if !apply::is_managed(&cur.value) => {}
+            None => {
+                let api_version = t.res.api_version();
+                let now = now();
+                let req = apply::Request {
+                    manager: q.manager(),
+                    force: false,
+                    kind: t.res.kind,
+                    api_version: &api_version,
+                    has_status: t.res.has_status(),
+                    status: part == Part::Status,
+                    now: &now,
+                };
+                let sub = (part == Part::Status).then_some("status");
+                apply::track_update(&cur.value, &mut merged, q.manager(), sub, &req);
+            }
+        }
         if services {
             let mut used = st
                 .services
