@@ -204,33 +204,69 @@ fn gv_path(group: &str, version: &str) -> String {
 
 pub async fn openapi_v3_root(State(st): State<Arc<ApiState>>) -> Response {
     let mut paths = serde_json::Map::new();
-    for (g, v) in st.registry.groups() {
-        let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}));
+    for (p, doc) in documents(&st.registry) {
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc.hash)}),
+        );
     }
     respond(StatusCode::OK, &json!({"paths": paths}), &[])
 }
 
+/// One group-version's OpenAPI v3 document, encoded once.
+pub struct OpenApiDoc {
+    body: bytes::Bytes,
+    /// Changes whenever the document does: kubectl caches documents by it.
+    hash: String,
+}
+
+/// Every group-version's document, built on first use: the schemas come
+/// from the types, so they never change while the server runs.
+fn documents(reg: &Registry) -> &'static std::collections::BTreeMap<String, OpenApiDoc> {
+    static DOCS: std::sync::OnceLock<std::collections::BTreeMap<String, OpenApiDoc>> =
+        std::sync::OnceLock::new();
+    DOCS.get_or_init(|| {
+        reg.groups()
+            .into_iter()
+            .map(|(g, v)| {
+                let body = serde_json::to_vec(&v3_document(reg, g, v)).unwrap_or_default();
+                let hash = format!("{:08x}", crc32fast::hash(&body));
+                (
+                    gv_path(g, v),
+                    OpenApiDoc {
+                        body: body.into(),
+                        hash,
+                    },
+                )
+            })
+            .collect()
+    })
+}
+
+pub async fn openapi_v3_gv(State(st): State<Arc<ApiState>>, Path(rest): Path<String>) -> Response {
+    match documents(&st.registry).get(rest.trim_matches('/')) {
+        Some(doc) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            doc.body.clone(),
+        )
+            .into_response(),
+        None => ApiError::path_not_found(&format!("/openapi/v3/{rest}")).into_response(),
+    }
+}
+
 /// Per group-version document: the operations with their
 /// group-version-kind and the `fieldValidation` parameter, which tells
-/// kubectl to validate on the server (Strict) rather than client-side.
-pub async fn openapi_v3_gv(State(st): State<Arc<ApiState>>, Path(rest): Path<String>) -> Response {
-    let Some((group, version)) = st
-        .registry
-        .groups()
-        .into_iter()
-        .find(|(g, v)| gv_path(g, v) == rest.trim_matches('/'))
-    else {
-        return ApiError::path_not_found(&format!("/openapi/v3/{rest}")).into_response();
-    };
+/// kubectl to validate on the server (Strict) rather than client-side, and
+/// the kinds' schemas.
+fn v3_document(reg: &Registry, group: &str, version: &str) -> Value {
     let mut paths = serde_json::Map::new();
     let params = json!([
         {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
     ]);
-    for r in st
-        .registry
+    for r in reg
         .resources
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -252,14 +288,43 @@ pub async fn openapi_v3_gv(State(st): State<Arc<ApiState>>, Path(rest): Path<Str
         paths.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
         paths.insert(format!("{base}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
     }
-    respond(
-        StatusCode::OK,
-        &json!({
-            "openapi": "3.0.0",
-            "info": {"title": "Shoal", "version": format!("v1.{KUBE_MINOR}.0")},
-            "paths": paths,
-            "components": {"schemas": {}},
-        }),
-        &[],
-    )
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Shoal", "version": format!("v1.{KUBE_MINOR}.0")},
+        "paths": paths,
+        "components": {"schemas": schemas(reg, group, version)},
+    })
+}
+
+/// The schemas of a group-version's kinds and of every type they use, as
+/// `components.schemas`; each kind's own schema names its
+/// group-version-kind, which is how `kubectl explain` finds it.
+fn schemas(reg: &Registry, group: &str, version: &str) -> Value {
+    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for r in reg
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let reference = (r.schema)(&mut gen);
+        let name = reference
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|s| s.rsplit('/').next())
+            .map(str::to_string);
+        if let Some(name) = name {
+            kinds.push((name, r.kind));
+        }
+    }
+    let mut defs = gen.take_definitions(true);
+    for (name, kind) in kinds {
+        if let Some(Value::Object(schema)) = defs.get_mut(&name) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": group, "version": version, "kind": kind}]),
+            );
+        }
+    }
+    Value::Object(defs)
 }

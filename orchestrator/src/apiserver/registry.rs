@@ -18,6 +18,14 @@ use super::table::Printer;
 /// exactly as Kubernetes' decoder does.
 pub type Normalize = fn(&Value) -> Result<Value, String>;
 
+/// The kind's OpenAPI schema, registered with the generator (which also
+/// collects every type it refers to); what `kubectl explain` reads.
+pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
 pub struct ResourceInfo {
     pub group: &'static str,
     pub version: &'static str,
@@ -32,6 +40,7 @@ pub struct ResourceInfo {
     /// Field selector keys beyond `metadata.name` and `metadata.namespace`.
     pub field_selectors: &'static [&'static str],
     pub normalize: Normalize,
+    pub schema: SchemaOf,
     pub admission: Admission,
     pub printer: Printer,
 }
@@ -97,7 +106,7 @@ pub struct Entry(ResourceInfo);
 
 pub fn entry<T>() -> Entry
 where
-    T: Resource + DeserializeOwned + Serialize,
+    T: Resource + DeserializeOwned + Serialize + schemars::JsonSchema,
     T::Scope: ScopeFlag,
 {
     Entry(ResourceInfo {
@@ -112,6 +121,7 @@ where
         subresources: &[],
         field_selectors: &[],
         normalize: normalize::<T>,
+        schema: schema_of::<T>,
         admission: Admission::default(),
         printer: Printer::Default,
     })

@@ -186,6 +186,17 @@ async fn built_in_objects_and_discovery() -> anyhow::Result<()> {
     }
     let version = s.kubectl(&["version", "-o", "json"])?;
     assert!(version.contains("\"serverVersion\""), "{version}");
+    // `kubectl explain` reads the schemas from the OpenAPI v3 documents.
+    let field = s.kubectl(&["explain", "deployment.spec.strategy"])?;
+    assert!(
+        field.contains("KIND:       Deployment")
+            && field.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{field}"
+    );
+    let nested = s.kubectl(&["explain", "pods.spec.containers.image"])?;
+    assert!(nested.contains("FIELD: image <string>"), "{nested}");
+    let wrong = s.kubectl_err(&["explain", "pods.spec.nosuchfield"], None)?;
+    assert!(wrong.contains("nosuchfield"), "{wrong}");
     Ok(())
 }
 
