@@ -49,7 +49,9 @@ impl Entry {
         m.insert("manager".into(), json!(self.manager));
         m.insert("operation".into(), json!(self.operation));
         m.insert("apiVersion".into(), json!(self.api_version));
-        m.insert("time".into(), json!(self.time));
+        if !self.time.is_empty() {
+            m.insert("time".into(), json!(self.time));
+        }
         m.insert("fieldsType".into(), json!("FieldsV1"));
         m.insert("fieldsV1".into(), self.fields.to_json());
         if let Some(s) = &self.subresource {
@@ -76,12 +78,18 @@ impl Entry {
 
 /// The entries stored on `obj`.
 pub fn entries(obj: &Value) -> Vec<Entry> {
-    let Some(list) = obj
+    match obj
         .pointer("/metadata/managedFields")
         .and_then(Value::as_array)
-    else {
-        return Vec::new();
-    };
+    {
+        Some(list) => parse_entries(list),
+        None => Vec::new(),
+    }
+}
+
+/// Entries from a `managedFields` list; entries without a manager (the
+/// `[{}]` clients send to reset ownership) are dropped.
+pub fn parse_entries(list: &[Value]) -> Vec<Entry> {
     list.iter()
         .filter_map(|e| {
             let s = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
@@ -222,6 +230,12 @@ pub fn apply(live: Option<&Value>, applied: &Value, req: &Request) -> Result<Val
                 .any(|(i, e)| Some(i) != own_at && e.fields.covers(p))
         })
         .collect();
+    // A map applied empty (`annotations: {}`) owned its emptiness, not
+    // what others have put in it since.
+    dropped.retain(|p| {
+        let filled = matches!(value_at(&out, p), Some(Value::Object(m)) if !m.is_empty());
+        !(filled && old_set.is_leaf(p))
+    });
     // Shallowest first: a keyed item is found by its key fields, so it has
     // to go before they do (its fields then go with it).
     dropped.sort_by_key(Vec::len);
@@ -256,12 +270,21 @@ fn first_apply_owners(live: &Value, req: &Request) -> Vec<Entry> {
         .and_then(|s| serde_json::from_str::<Value>(s).ok());
     if let Some(last) = last_applied {
         let mut mine = req.fields_of(&last);
-        // Only what is still there. The annotation itself stays with
-        // `before-first-apply`, so this apply does not remove it.
+        // Only what is still there.
         mine.retain(&|p| value_at(live, p).is_some());
         for p in mine.members() {
             rest.remove(&p);
         }
+        // The annotation itself is left to nobody: this apply must not
+        // remove it, and kubectl takes an `Update` owner of it for a
+        // client-side-apply manager whose fields it moves to its own
+        // (all of `before-first-apply`'s here). kubectl then applies it
+        // under `kubectl-last-applied`, as it does against Kubernetes.
+        rest.remove(&[
+            "f:metadata".to_string(),
+            "f:annotations".to_string(),
+            format!("f:{LAST_APPLIED}"),
+        ]);
         list.push(Entry {
             manager: req.manager.to_string(),
             operation: "Apply".into(),
@@ -275,7 +298,7 @@ fn first_apply_owners(live: &Value, req: &Request) -> Vec<Entry> {
         manager: BEFORE_FIRST_APPLY.into(),
         operation: "Update".into(),
         api_version: req.api_version.to_string(),
-        time: String::new(),
+        time: req.now.to_string(),
         subresource: None,
         fields: rest,
     });
@@ -538,7 +561,9 @@ mod tests {
     #[test]
     fn first_apply_after_client_side_apply_owns_the_last_applied_fields() {
         let mut live = deployment(2, "v1", false);
-        let last = serde_json::to_string(&deployment(2, "v1", false)).expect("json");
+        let mut last_applied = deployment(2, "v1", false);
+        last_applied["metadata"]["annotations"] = json!({});
+        let last = serde_json::to_string(&last_applied).expect("json");
         live["metadata"]["annotations"] = json!({LAST_APPLIED: last});
         live["spec"]["paused"] = json!(false);
         let out = apply(
@@ -556,5 +581,14 @@ mod tests {
             .fields
             .contains(&["f:spec".into(), "f:paused".into()]));
         assert!(out["metadata"]["annotations"].get(LAST_APPLIED).is_some());
+        // kubectl's last-applied configuration carries `annotations: {}`;
+        // not applying it again leaves the annotations alone.
+        let again = apply(
+            Some(&out),
+            &deployment(3, "v2", false),
+            &req("kubectl", false),
+        )
+        .expect("apply");
+        assert!(again["metadata"]["annotations"].get(LAST_APPLIED).is_some());
     }
 }

@@ -183,6 +183,12 @@ impl FieldSet {
         out
     }
 
+    /// `path` is owned with nothing owned below it.
+    pub fn is_leaf(&self, path: &[String]) -> bool {
+        self.node(path)
+            .is_some_and(|n| n.this && n.children.is_empty())
+    }
+
     /// Something at or below `path` is owned.
     pub fn covers(&self, path: &[String]) -> bool {
         self.node(path).is_some_and(|n| !n.is_empty())

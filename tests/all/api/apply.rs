@@ -104,16 +104,39 @@ async fn kubectl_server_side_apply_owns_removes_and_conflicts() -> anyhow::Resul
 
     // Moving a client-side-applied object to server-side apply does not
     // conflict with the fields kubectl applied before.
+    // Nor does it drop what others added meanwhile or the client-side
+    // annotation (kubectl hands that to `kubectl-last-applied`), and
+    // client-side apply still finds it afterwards.
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: a}\n";
     s.kubectl_in(&["apply", "-f", "-"], Some(cm))?;
-    s.kubectl_in(
+    s.kubectl(&["label", "cm", "settings", "extra=yes"])?;
+    let out = s.kubectl_raw(
         &["apply", "--server-side", "-f", "-"],
         Some(&cm.replace("mode: a", "mode: b")),
     )?;
-    assert_eq!(
-        s.kubectl(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"])?,
-        "b"
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+    let live: Value = serde_json::from_str(&s.kubectl(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ])?)?;
+    assert_eq!(live["data"]["mode"], "b");
+    assert_eq!(live["metadata"]["labels"]["extra"], "yes");
+    assert!(live["metadata"]["annotations"]
+        .get("kubectl.kubernetes.io/last-applied-configuration")
+        .is_some());
+    assert!(
+        managers(&live).contains(&("kubectl-last-applied".into(), "Apply".into())),
+        "{:?}",
+        managers(&live)
     );
+    let out = s.kubectl_raw(&["apply", "-f", "-"], Some(cm))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
     Ok(())
 }
 
@@ -226,5 +249,26 @@ async fn kube_client_apply_shares_fields_and_names_conflicts() -> anyhow::Result
     assert_eq!(code, 400, "{body}");
     let after = cms.get("shared").await?;
     assert_eq!(after.data.unwrap_or_default().len(), 2);
+
+    // A plain write may reset ownership, as in Kubernetes: `[{}]` clears
+    // it, and the next apply finds every field `before-first-apply`'s.
+    let reset = json!([{"op": "replace", "path": "/metadata/managedFields", "value": [{}]}]);
+    let (code, cleared) = raw(
+        &client,
+        "PATCH",
+        path,
+        "application/json-patch+json",
+        serde_json::to_vec(&reset)?,
+    )
+    .await?;
+    assert_eq!(code, 200, "{cleared}");
+    assert_eq!(cleared.pointer("/metadata/managedFields"), None);
+    let refused = cms
+        .patch("shared", &bob, &Patch::Apply(cm(json!({"b": "7"}))))
+        .await;
+    match refused {
+        Err(kube::Error::Api(s)) if s.message.contains("\"before-first-apply\"") => {}
+        other => anyhow::bail!("expected a conflict with before-first-apply, got {other:?}"),
+    }
     Ok(())
 }

@@ -521,9 +521,23 @@ pub async fn write_with_retry(
         }
         let client = change(&cur.value)?;
         check_uid(&client, &cur.value, &gr, &name)?;
+        // A plain write may set the managed fields outright (kubectl does,
+        // moving client-side apply's fields to server-side apply); absent
+        // or empty means unchanged, as in Kubernetes.
+        let sent_fields = client
+            .pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .filter(|l| !l.is_empty())
+            .filter(|l| {
+                cur.value
+                    .pointer("/metadata/managedFields")
+                    .and_then(Value::as_array)
+                    != Some(*l)
+            })
+            .map(|l| apply::parse_entries(l));
         let applied_fields = match owner {
             Owner::Apply => Some(apply::entries(&client)),
-            Owner::Update => None,
+            Owner::Update => sent_fields,
         };
         let mut merged = merge_for_update(t.res, client, &cur.value, part);
         crate::store::stamp_revision(&mut merged, cur.rv);
