@@ -37,6 +37,8 @@ FILES = [
     "k8s.io/api/node/v1/generated.proto",
     "k8s.io/api/discovery/v1/generated.proto",
     "k8s.io/api/events/v1/generated.proto",
+    "k8s.io/api/authorization/v1/generated.proto",
+    "k8s.io/api/authentication/v1/generated.proto",
 ]
 
 # Go structs embedded with `json:",inline"`: a field in protobuf, its

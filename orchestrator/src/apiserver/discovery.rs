@@ -104,7 +104,7 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": VERBS,
+        "verbs": if r.answer.is_some() { &["create"][..] } else { VERBS },
         "shortNames": r.short_names,
         "categories": r.categories,
     })];
@@ -285,6 +285,10 @@ fn v3_document(reg: &Registry, group: &str, version: &str) -> Value {
             json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk.clone(),
                    "parameters": params.clone(), "responses": {"200": {"description": "OK"}}})
         };
+        if r.answer.is_some() {
+            paths.insert(base, json!({"post": op("post")}));
+            continue;
+        }
         paths.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
         paths.insert(format!("{base}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
     }

@@ -1,13 +1,15 @@
 //! Every resource Shoal serves: one line each.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, node::v1 as node, policy::v1 as policy,
+    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, node::v1 as node,
+    policy::v1 as policy,
 };
 
 use super::admission::{self, core as core_rules, meta, pod, workloads, Admission};
 use super::registry::{entry, Registry};
+use super::reviews;
 use super::table::Printer;
 
 const POD_FIELDS: &[&str] = &[
@@ -222,6 +224,16 @@ pub fn registry() -> Registry {
         entry::<policy::PodDisruptionBudget>()
             .short(&["pdb"])
             .subresources(&["status"])
+            .build(),
+        // authorization.k8s.io/v1 and authentication.k8s.io/v1: answered, not stored
+        entry::<authorization::SelfSubjectAccessReview>()
+            .answered_by(reviews::access)
+            .build(),
+        entry::<authorization::SelfSubjectRulesReview>()
+            .answered_by(reviews::rules)
+            .build(),
+        entry::<authentication::SelfSubjectReview>()
+            .answered_by(reviews::whoami)
             .build(),
     ])
 }

@@ -41,6 +41,8 @@ pub struct ResourceInfo {
     pub field_selectors: &'static [&'static str],
     pub normalize: Normalize,
     pub schema: SchemaOf,
+    /// Create-only resources answered rather than stored (access reviews).
+    pub answer: Option<super::reviews::Answer>,
     pub admission: Admission,
     pub printer: Printer,
 }
@@ -122,6 +124,7 @@ where
         field_selectors: &[],
         normalize: normalize::<T>,
         schema: schema_of::<T>,
+        answer: None,
         admission: Admission::default(),
         printer: Printer::Default,
     })
@@ -161,6 +164,10 @@ impl Entry {
     }
     pub fn printer(mut self, p: Printer) -> Self {
         self.0.printer = p;
+        self
+    }
+    pub fn answered_by(mut self, a: super::reviews::Answer) -> Self {
+        self.0.answer = Some(a);
         self
     }
     pub fn build(self) -> ResourceInfo {

@@ -197,6 +197,20 @@ async fn built_in_objects_and_discovery() -> anyhow::Result<()> {
     assert!(nested.contains("FIELD: image <string>"), "{nested}");
     let wrong = s.kubectl_err(&["explain", "pods.spec.nosuchfield"], None)?;
     assert!(wrong.contains("nosuchfield"), "{wrong}");
+    // Access reviews are answered, not stored (kubectl sends them as protobuf).
+    assert_eq!(
+        s.kubectl(&["auth", "can-i", "create", "pods"])?.trim(),
+        "yes"
+    );
+    let rules = s.kubectl(&["auth", "can-i", "--list"])?;
+    assert!(rules.contains("*.*"), "{rules}");
+    let me = s.kubectl(&["auth", "whoami"])?;
+    assert!(
+        me.contains("admin") && me.contains("system:masters"),
+        "{me}"
+    );
+    let listed = s.kubectl_err(&["get", "selfsubjectaccessreviews"], None)?;
+    assert!(listed.contains("MethodNotAllowed"), "{listed}");
     Ok(())
 }
 

@@ -111,6 +111,15 @@ async fn dispatch(
     let table = request::wants_table(headers);
     let is_watch = request::truthy(&q.watch);
     labels.verb = verb_name(method, &t, is_watch);
+    if t.res.answer.is_some() {
+        return match (method.as_str(), t.name.is_some()) {
+            ("POST", false) => write::review(st, &t, &q, headers, body).await,
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{} can only be created: the server answers them and keeps nothing",
+                t.res.plural
+            ))),
+        };
+    }
     match (method.as_str(), t.name.is_some(), t.sub.as_deref()) {
         ("GET", false, _) if is_watch => watch::watch(st, &t, &q, table).await,
         ("GET", false, _) => read::list(st, &t, &q, table).await,

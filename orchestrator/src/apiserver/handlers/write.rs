@@ -205,6 +205,31 @@ pub async fn create(
     create_object(st, t, q, obj, warnings).await
 }
 
+/// Creates a review the server answers (`kubectl auth can-i`, `whoami`):
+/// the object comes back with its `status`, and nothing is stored.
+pub async fn review(
+    st: &ApiState,
+    t: &Target<'_>,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let Some(answer) = t.res.answer else {
+        return Err(ApiError::method_not_allowed("not a review"));
+    };
+    let bytes = request::read_body(body).await?;
+    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    check_type(t.res, &mut obj)?;
+    let (mut obj, warnings) = type_check(t.res, &obj, q)?;
+    let identity = st.identity(headers).unwrap_or("anonymous");
+    let status =
+        answer(&obj, identity).map_err(|causes| ApiError::invalid(t.res.kind, "", causes))?;
+    if let Value::Object(m) = &mut obj {
+        m.insert("status".into(), status);
+    }
+    Ok(respond(StatusCode::CREATED, &obj, &warnings))
+}
+
 /// Stores a new object that passed the type checks: names it, stamps the
 /// server's metadata, sets its initial status, admits it.
 pub async fn create_object(
