@@ -91,6 +91,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
             cfg.service_cidr,
             cfg.node_port_range.clone(),
         ),
+        evictions: tokio::sync::Mutex::new(()),
     });
     apiserver::seed(&state)
         .await

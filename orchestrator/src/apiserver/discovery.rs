@@ -118,6 +118,10 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
             }
+            "eviction" => {
+                json!({"name": format!("{}/eviction", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]})
+            }
             "binding" => {
                 json!({"name": format!("{}/binding", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "Binding", "verbs": ["create"]})

@@ -55,7 +55,7 @@ pub fn registry() -> Registry {
         entry::<core::Pod>()
             .short(&["po"])
             .categories(all)
-            .subresources(&["status", "binding", "log"])
+            .subresources(&["status", "binding", "eviction", "log"])
             .fields(POD_FIELDS)
             .printer(Printer::Pod)
             .admission(Admission {

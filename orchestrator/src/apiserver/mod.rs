@@ -54,6 +54,9 @@ pub struct ApiState {
     pub nodes: proxy::NodeClient,
     /// Cluster IPs and node ports of Services.
     pub services: allocate::ServiceAllocator,
+    /// Evictions are decided one at a time, so two cannot both spend a
+    /// disruption budget's last allowed disruption.
+    pub evictions: tokio::sync::Mutex<()>,
 }
 
 impl ApiState {

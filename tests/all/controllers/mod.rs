@@ -3,6 +3,7 @@
 
 mod daemonsets;
 mod deployments;
+mod drain;
 mod gc;
 mod jobs;
 mod namespaces;

@@ -20,7 +20,7 @@ use crate::apiserver::ApiState;
 use crate::store::StoreError;
 
 #[derive(Debug, Default)]
-struct DeleteOptions {
+pub(super) struct DeleteOptions {
     grace: Option<i64>,
     propagation: Option<String>,
     uid: Option<String>,
@@ -36,6 +36,12 @@ async fn options(q: &Query, body: Body) -> ApiResult<DeleteOptions> {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    options_from(q, &b)
+}
+
+/// DeleteOptions from a decoded body (a delete's, or an eviction's
+/// `deleteOptions`) and the query.
+pub(super) fn options_from(q: &Query, b: &Value) -> ApiResult<DeleteOptions> {
     let mut o = DeleteOptions {
         grace: b
             .get("gracePeriodSeconds")
@@ -91,7 +97,7 @@ async fn options(q: &Query, body: Body) -> ApiResult<DeleteOptions> {
 }
 
 /// Deletes (or marks for deletion) one object; returns what the client sees.
-async fn delete_one(
+pub(super) async fn delete_one(
     st: &ApiState,
     t: &Target<'_>,
     name: &str,

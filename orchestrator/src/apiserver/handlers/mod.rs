@@ -2,6 +2,7 @@
 //! and dispatches to the verb; each verb lives in its own module.
 
 mod delete;
+mod evict;
 mod patch;
 mod read;
 mod scale;
@@ -127,6 +128,7 @@ async fn dispatch(
         ("GET", true, _) => read::get(st, &t, &q, table).await,
         ("POST", false, None) => write::create(st, &t, &q, headers, body).await,
         ("POST", true, Some("binding")) => write::bind(st, &t, headers, body).await,
+        ("POST", true, Some("eviction")) => evict::evict(st, &t, &q, headers, body).await,
         ("PUT", true, Some("scale")) => scale::put(st, &t, &q, headers, body).await,
         ("PUT", true, _) => write::update(st, &t, &q, headers, body).await,
         ("PATCH", true, Some("scale")) => scale::patch(st, &t, &q, headers, body).await,
