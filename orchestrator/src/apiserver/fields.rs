@@ -277,22 +277,37 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(cur)
 }
 
-fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
-    if let Some(f) = el.strip_prefix("f:") {
-        return cur.as_object()?.get(f);
-    }
-    let items = cur.as_array()?;
+/// Which list item a `k:` or `v:` path element names; None for anything
+/// else (or a key that does not parse).
+fn item_matcher(el: &str) -> Option<Box<dyn Fn(&Value) -> bool>> {
     if let Some(k) = el.strip_prefix("k:") {
         let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-        return items
-            .iter()
-            .find(|i| want.iter().all(|(f, v)| i.get(f) == Some(v)));
+        return Some(Box::new(move |i: &Value| {
+            want.iter().all(|(f, v)| i.get(f) == Some(v))
+        }));
     }
-    if let Some(v) = el.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(v).ok()?;
-        return items.iter().find(|i| **i == want);
+    let want: Value = serde_json::from_str(el.strip_prefix("v:")?).ok()?;
+    Some(Box::new(move |i: &Value| *i == want))
+}
+
+fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
+    match el.strip_prefix("f:") {
+        Some(f) => cur.as_object()?.get(f),
+        None => {
+            let is = item_matcher(el)?;
+            cur.as_array()?.iter().find(|i| is(i))
+        }
     }
-    None
+}
+
+fn step_mut<'a>(cur: &'a mut Value, el: &str) -> Option<&'a mut Value> {
+    match el.strip_prefix("f:") {
+        Some(f) => cur.as_object_mut()?.get_mut(f),
+        None => {
+            let is = item_matcher(el)?;
+            cur.as_array_mut()?.iter_mut().find(|i| is(i))
+        }
+    }
 }
 
 /// Removes what a field-set path names from `obj`: a field, a keyed item
@@ -303,48 +318,23 @@ pub fn remove_at(obj: &mut Value, path: &[String]) {
     };
     let mut cur = obj;
     for el in parents {
-        let next = step_mut(cur, el);
-        match next {
+        match step_mut(cur, el) {
             Some(n) => cur = n,
             None => return,
         }
     }
-    if let Some(f) = last.strip_prefix("f:") {
-        if let Some(m) = cur.as_object_mut() {
-            m.remove(f);
+    match last.strip_prefix("f:") {
+        Some(f) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
         }
-        return;
-    }
-    let Some(items) = cur.as_array_mut() else {
-        return;
-    };
-    if let Some(k) = last.strip_prefix("k:") {
-        if let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) {
-            items.retain(|i| !want.iter().all(|(f, v)| i.get(f) == Some(v)));
-        }
-    } else if let Some(v) = last.strip_prefix("v:") {
-        if let Ok(want) = serde_json::from_str::<Value>(v) {
-            items.retain(|i| *i != want);
+        None => {
+            if let (Some(is), Some(items)) = (item_matcher(last), cur.as_array_mut()) {
+                items.retain(|i| !is(i));
+            }
         }
     }
-}
-
-fn step_mut<'a>(cur: &'a mut Value, el: &str) -> Option<&'a mut Value> {
-    if let Some(f) = el.strip_prefix("f:") {
-        return cur.as_object_mut()?.get_mut(f);
-    }
-    let items = cur.as_array_mut()?;
-    if let Some(k) = el.strip_prefix("k:") {
-        let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-        return items
-            .iter_mut()
-            .find(|i| want.iter().all(|(f, v)| i.get(f) == Some(v)));
-    }
-    if let Some(v) = el.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(v).ok()?;
-        return items.iter_mut().find(|i| **i == want);
-    }
-    None
 }
 
 /// A path as Kubernetes prints it in conflicts:

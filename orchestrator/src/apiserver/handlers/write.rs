@@ -391,7 +391,8 @@ pub fn merge_for_update(res: &ResourceInfo, new: Value, old: &Value, part: Part)
             None => meta.remove(f),
         };
     }
-    // Ownership is the server's to record, not the client's to rewrite.
+    // Carried over; `write_with_retry` decides whether the request set
+    // them (an apply, or a client resetting them) and records ownership.
     match old_meta.get("managedFields") {
         Some(v) => meta.insert("managedFields".into(), v.clone()),
         None => meta.remove("managedFields"),
