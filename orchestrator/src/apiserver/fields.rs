@@ -277,25 +277,39 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// Which list item a `k:` or `v:` path element names; None for anything
-/// else (or a key that does not parse).
-fn item_matcher(el: &str) -> Option<Box<dyn Fn(&Value) -> bool>> {
-    if let Some(k) = el.strip_prefix("k:") {
-        let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-        return Some(Box::new(move |i: &Value| {
-            want.iter().all(|(f, v)| i.get(f) == Some(v))
-        }));
+/// The list item a `k:` or `v:` path element names.
+enum Item {
+    /// A keyed list's item: these key fields with these values.
+    Key(Map<String, Value>),
+    /// A set's value.
+    Val(Value),
+}
+
+impl Item {
+    /// None for a field element (or a key that does not parse).
+    fn parse(el: &str) -> Option<Item> {
+        if let Some(k) = el.strip_prefix("k:") {
+            return serde_json::from_str(k).ok().map(Item::Key);
+        }
+        serde_json::from_str(el.strip_prefix("v:")?)
+            .ok()
+            .map(Item::Val)
     }
-    let want: Value = serde_json::from_str(el.strip_prefix("v:")?).ok()?;
-    Some(Box::new(move |i: &Value| *i == want))
+
+    fn is(&self, i: &Value) -> bool {
+        match self {
+            Item::Key(want) => want.iter().all(|(f, v)| i.get(f) == Some(v)),
+            Item::Val(want) => i == want,
+        }
+    }
 }
 
 fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
     match el.strip_prefix("f:") {
         Some(f) => cur.as_object()?.get(f),
         None => {
-            let is = item_matcher(el)?;
-            cur.as_array()?.iter().find(|i| is(i))
+            let item = Item::parse(el)?;
+            cur.as_array()?.iter().find(|i| item.is(i))
         }
     }
 }
@@ -304,8 +318,8 @@ fn step_mut<'a>(cur: &'a mut Value, el: &str) -> Option<&'a mut Value> {
     match el.strip_prefix("f:") {
         Some(f) => cur.as_object_mut()?.get_mut(f),
         None => {
-            let is = item_matcher(el)?;
-            cur.as_array_mut()?.iter_mut().find(|i| is(i))
+            let item = Item::parse(el)?;
+            cur.as_array_mut()?.iter_mut().find(|i| item.is(i))
         }
     }
 }
@@ -330,8 +344,8 @@ pub fn remove_at(obj: &mut Value, path: &[String]) {
             }
         }
         None => {
-            if let (Some(is), Some(items)) = (item_matcher(last), cur.as_array_mut()) {
-                items.retain(|i| !is(i));
+            if let (Some(item), Some(items)) = (Item::parse(last), cur.as_array_mut()) {
+                items.retain(|i| !item.is(i));
             }
         }
     }
