@@ -147,6 +147,18 @@ impl Request<'_> {
         self.status.then_some("status")
     }
 
+    /// This manager's `Apply` entry owning `fields`.
+    fn entry(&self, fields: FieldSet) -> Entry {
+        Entry {
+            manager: self.manager.to_string(),
+            operation: "Apply".into(),
+            api_version: self.api_version.to_string(),
+            time: self.now.to_string(),
+            subresource: self.subresource().map(str::to_string),
+            fields,
+        }
+    }
+
     fn fields_of(&self, obj: &Value) -> FieldSet {
         FieldSet::of_object(obj, self.kind, self.has_status, self.status)
     }
@@ -173,17 +185,7 @@ pub fn apply(live: Option<&Value>, applied: &Value, req: &Request) -> Result<Val
     let new_set = req.fields_of(applied);
     let Some(live) = live else {
         let mut obj = applied.clone();
-        set_entries(
-            &mut obj,
-            &[Entry {
-                manager: req.manager.to_string(),
-                operation: "Apply".into(),
-                api_version: req.api_version.to_string(),
-                time: req.now.to_string(),
-                subresource: req.subresource().map(str::to_string),
-                fields: new_set,
-            }],
-        );
+        set_entries(&mut obj, &[req.entry(new_set)]);
         return Ok(obj);
     };
     let mut list = entries(live);
@@ -243,14 +245,7 @@ pub fn apply(live: Option<&Value>, applied: &Value, req: &Request) -> Result<Val
         remove_at(&mut out, p);
     }
 
-    let own = Entry {
-        manager: req.manager.to_string(),
-        operation: "Apply".into(),
-        api_version: req.api_version.to_string(),
-        time: req.now.to_string(),
-        subresource: req.subresource().map(str::to_string),
-        fields: new_set,
-    };
+    let own = req.entry(new_set);
     match own_at {
         Some(i) => list[i] = own,
         None => list.push(own),
@@ -285,14 +280,7 @@ fn first_apply_owners(live: &Value, req: &Request) -> Vec<Entry> {
             "f:annotations".to_string(),
             format!("f:{LAST_APPLIED}"),
         ]);
-        list.push(Entry {
-            manager: req.manager.to_string(),
-            operation: "Apply".into(),
-            api_version: req.api_version.to_string(),
-            time: req.now.to_string(),
-            subresource: req.subresource().map(str::to_string),
-            fields: mine,
-        });
+        list.push(req.entry(mine));
     }
     list.push(Entry {
         manager: BEFORE_FIRST_APPLY.into(),

@@ -195,6 +195,12 @@ pub async fn read_body(mut body: Body) -> ApiResult<bytes::Bytes> {
 /// How much of an oversized body is drained before giving up on the client.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Reads and decodes an object body in the format its Content-Type names.
+pub async fn read_object(headers: &HeaderMap, body: Body) -> ApiResult<Value> {
+    let bytes = read_body(body).await?;
+    decode_object(&content_type(headers), &bytes)
+}
+
 /// Decodes a JSON, YAML or (built-in kinds only) protobuf object body;
 /// anything else is a 415.
 pub fn decode_object(ct: &str, bytes: &[u8]) -> ApiResult<Value> {

@@ -28,8 +28,7 @@ pub async fn evict(
     body: Body,
 ) -> ApiResult<Response> {
     let name = object_name(t);
-    let bytes = request::read_body(body).await?;
-    let eviction = request::decode_object(&request::content_type(headers), &bytes)?;
+    let eviction = request::read_object(headers, body).await?;
     if let Some(n) = eviction.pointer("/metadata/name").and_then(Value::as_str) {
         if !n.is_empty() && n != name {
             return Err(ApiError::bad_request(format!(

@@ -189,33 +189,25 @@ async fn server_side_apply(
         now: &now,
     };
     let gr = t.res.group_resource();
-    // Created by a first apply, updated by the rest; a create that loses a
-    // race to another writer is retried as an update.
+    // Most applies update: try that first (one read, inside the retrying
+    // write); a missing object is created, and a create that loses a race
+    // to another writer is tried again as an update.
     for _ in 0..4 {
-        let exists = st
-            .store
-            .get(&t.res.key(t.namespace.as_deref(), Some(name)))
-            .await
-            .map_err(|e| ApiError::from_store(e, &gr, name))?
-            .is_some();
-        if !exists {
-            if part != Part::Main || precondition.is_some() {
-                return Err(ApiError::not_found(&gr, name));
-            }
-            let obj = apply::apply(None, &applied, &request).map_err(|c| conflict(&gr, name, c))?;
-            match create_object(st, t, q, obj, warnings.clone()).await {
-                Err(e) if e.reason == "AlreadyExists" => continue,
-                other => return other,
-            }
-        }
         let out = write_with_retry(st, t, q, precondition, Owner::Apply, |cur| {
             apply::apply(Some(cur), &applied, &request).map_err(|c| conflict(&gr, name, c))
         })
         .await;
         match out {
-            Err(e) if e.reason == "NotFound" => continue,
-            Err(e) => return Err(e),
             Ok(v) => return Ok(respond(StatusCode::OK, &v, &warnings)),
+            Err(e) if e.reason != "NotFound" || part != Part::Main || precondition.is_some() => {
+                return Err(e)
+            }
+            Err(_) => {}
+        }
+        let obj = apply::apply(None, &applied, &request).map_err(|c| conflict(&gr, name, c))?;
+        match create_object(st, t, q, obj, warnings.clone()).await {
+            Err(e) if e.reason == "AlreadyExists" => continue,
+            other => return other,
         }
     }
     Err(ApiError::conflict(

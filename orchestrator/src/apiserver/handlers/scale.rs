@@ -126,8 +126,7 @@ pub async fn put(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = request::read_body(body).await?;
-    let scale = request::decode_object(&request::content_type(headers), &bytes)?;
+    let scale = request::read_object(headers, body).await?;
     set_replicas(st, t, q, precondition_in(&scale)?, |_| Ok(scale.clone())).await
 }
 

@@ -196,8 +196,7 @@ pub async fn create(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = request::read_body(body).await?;
-    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    let mut obj = request::read_object(headers, body).await?;
     check_type(t.res, &mut obj)?;
     check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
@@ -217,8 +216,7 @@ pub async fn review(
     let Some(answer) = t.res.answer else {
         return Err(ApiError::method_not_allowed("not a review"));
     };
-    let bytes = request::read_body(body).await?;
-    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    let mut obj = request::read_object(headers, body).await?;
     check_type(t.res, &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
     let identity = st.identity(headers).unwrap_or("anonymous");
@@ -460,8 +458,7 @@ pub async fn update(
     body: Body,
 ) -> ApiResult<Response> {
     let name = object_name(t).to_string();
-    let bytes = request::read_body(body).await?;
-    let mut obj = request::decode_object(&request::content_type(headers), &bytes)?;
+    let mut obj = request::read_object(headers, body).await?;
     check_type(t.res, &mut obj)?;
     check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
     let body_name = obj
@@ -635,8 +632,7 @@ pub async fn bind(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = request::read_body(body).await?;
-    let binding = request::decode_object(&request::content_type(headers), &bytes)?;
+    let binding = request::read_object(headers, body).await?;
     let name = object_name(t).to_string();
     let node = binding
         .pointer("/target/name")
