@@ -254,15 +254,50 @@ impl GarbageCollector {
         if m.deletion_timestamp.is_some() || !has_owners(&m) {
             return Ok(Action::AwaitChange);
         }
-        let (ns, _) = split_key(key);
-        for r in m.owner_references.iter().flatten() {
-            if self.owner_exists(ns, r).await? {
-                return Ok(Action::AwaitChange);
+        let (ns, name) = split_key(key);
+        if self.any_owner_exists(ns, &m).await? {
+            return Ok(Action::AwaitChange);
+        }
+        // The cache may lag the API: each kind has its own watch, so an
+        // owner's deletion can arrive before the dependent's release by
+        // that same owner (orphan propagation). Decide on the live object
+        // and delete only that version of it.
+        let live = match self.api(&t.resource, ns).get(name).await {
+            Ok(o) => o.metadata,
+            Err(e) if api_code(&e) == Some(404) => return Ok(Action::AwaitChange),
+            Err(e) => {
+                return Err(ControllerError::Api {
+                    action: format!("reading {} {key}", t.resource.kind),
+                    source: e,
+                })
             }
+        };
+        if live.uid != m.uid
+            || live.deletion_timestamp.is_some()
+            || !has_owners(&live)
+            || self.any_owner_exists(ns, &live).await?
+        {
+            return Ok(Action::AwaitChange);
         }
         info!(kind = %t.resource.kind, object = key, "all owners gone; deleting");
-        self.delete(t, &m, PropagationPolicy::Background).await?;
-        Ok(Action::AwaitChange)
+        match self
+            .delete(t, &live, PropagationPolicy::Background, true)
+            .await?
+        {
+            Deleted::Yes => Ok(Action::AwaitChange),
+            // Most changes do not requeue a dependent (see `watch`), so
+            // look again rather than wait for one.
+            Deleted::Changed => Ok(Action::Requeue(Duration::from_millis(100))),
+        }
+    }
+
+    async fn any_owner_exists(&self, ns: &str, m: &ObjectMeta) -> Result<bool, ControllerError> {
+        for r in m.owner_references.iter().flatten() {
+            if self.owner_exists(ns, r).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// An owner being deleted with a GC finalizer.
@@ -295,7 +330,8 @@ impl GarbageCollector {
         }
         for (dt, dm) in &blocking {
             if dm.deletion_timestamp.is_none() {
-                self.delete(dt, dm, PropagationPolicy::Foreground).await?;
+                self.delete(dt, dm, PropagationPolicy::Foreground, false)
+                    .await?;
             }
         }
         debug!(
@@ -312,20 +348,22 @@ impl GarbageCollector {
         t: &Tracked,
         m: &ObjectMeta,
         policy: PropagationPolicy,
-    ) -> Result<(), ControllerError> {
+        exact_version: bool,
+    ) -> Result<Deleted, ControllerError> {
         let dp = DeleteParams {
             propagation_policy: Some(policy),
             preconditions: Some(Preconditions {
                 uid: m.uid.clone(),
-                resource_version: None,
+                resource_version: m.resource_version.clone().filter(|_| exact_version),
             }),
             ..DeleteParams::default()
         };
         let ns = m.namespace.as_deref().unwrap_or_default();
         let name = m.name.as_deref().unwrap_or_default();
         match self.api(&t.resource, ns).delete(name, &dp).await {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => Ok(()),
+            Ok(_) => Ok(Deleted::Yes),
+            Err(e) if api_code(&e) == Some(404) => Ok(Deleted::Yes),
+            Err(e) if api_code(&e) == Some(409) => Ok(Deleted::Changed),
             Err(e) => Err(ControllerError::Api {
                 action: format!("deleting {} {}", t.resource.kind, meta_key(m)),
                 source: e,
@@ -395,6 +433,14 @@ impl GarbageCollector {
             }),
         }
     }
+}
+
+/// What a delete with preconditions came to.
+enum Deleted {
+    /// Deleted, or already gone.
+    Yes,
+    /// The object changed (or was replaced) since it was read.
+    Changed,
 }
 
 /// The API resource for an owner of a kind the collector does not cache.
