@@ -265,10 +265,17 @@ async fn write_one(sh: &Shared, r: Record) {
         }
     }
     let o = &r.object;
+    // Events about cluster-scoped objects (a Node) live in `default`, as
+    // Kubernetes' recorder puts them.
+    let ns = if o.namespace.is_empty() {
+        "default"
+    } else {
+        o.namespace.as_str()
+    };
     let ev = json!({
         // Named as Kubernetes' recorder names them: object name and a
         // unique suffix (a generated five-letter one collides in bursts).
-        "metadata": {"name": format!("{}.{}", o.name, &uuid::Uuid::new_v4().simple().to_string()[..16]), "namespace": o.namespace},
+        "metadata": {"name": format!("{}.{}", o.name, &uuid::Uuid::new_v4().simple().to_string()[..16]), "namespace": ns},
         "involvedObject": {"apiVersion": o.api_version, "kind": o.kind, "name": o.name,
             "namespace": o.namespace, "uid": o.uid, "fieldPath": o.field_path},
         "reason": r.reason, "message": r.message, "type": r.type_, "count": 1,
@@ -279,7 +286,7 @@ async fn write_one(sh: &Shared, r: Record) {
     let Ok(ev) = serde_json::from_value::<Event>(ev) else {
         return;
     };
-    let api: Api<Event> = Api::namespaced(sh.client.clone(), &o.namespace);
+    let api: Api<Event> = Api::namespaced(sh.client.clone(), ns);
     match api.create(&PostParams::default(), &ev).await {
         Ok(created) => {
             if let Ok(mut seen) = sh.seen.lock() {
@@ -288,11 +295,7 @@ async fn write_one(sh: &Shared, r: Record) {
                 }
                 seen.insert(
                     key,
-                    (
-                        o.namespace.clone(),
-                        created.metadata.name.unwrap_or_default(),
-                        1,
-                    ),
+                    (ns.to_string(), created.metadata.name.unwrap_or_default(), 1),
                 );
             }
         }

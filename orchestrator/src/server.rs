@@ -30,6 +30,7 @@ pub struct ServerConfig {
     pub service_cidr: apiserver::allocate::Cidr,
     /// Where NodePort Services' ports come from.
     pub node_port_range: std::ops::RangeInclusive<i64>,
+    pub controller_settings: controllers::Settings,
 }
 
 /// A server that is up and serving.
@@ -117,6 +118,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
             client,
             metrics.controllers.clone(),
             identity,
+            cfg.controller_settings,
         ));
     }
     let serving = tokio::spawn({
@@ -163,6 +165,7 @@ mod tests {
             controllers: false,
             service_cidr: "10.43.0.0/16".parse().expect("a literal range"),
             node_port_range: 30000..=32767,
+            controller_settings: controllers::Settings::default(),
         }
     }
 

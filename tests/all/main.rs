@@ -5,5 +5,6 @@ mod controllers;
 mod demo;
 mod multinode;
 mod node;
+mod node_failure;
 mod scheduler;
 mod services;

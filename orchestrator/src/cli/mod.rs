@@ -77,6 +77,33 @@ pub(crate) struct ControlArgs {
     /// The range NodePort Services' ports are allocated from.
     #[arg(long, env = "SHOAL_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: std::ops::RangeInclusive<i64>,
+    /// How long a node may go without a heartbeat before it is marked
+    /// Unknown and tainted unreachable (`500ms`, `40s`, `2m`).
+    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+}
+
+/// A duration as Kubernetes' flags write them, in one unit: `500ms`, `40s`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m or h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    let d = std::time::Duration::from_millis(n.saturating_mul(ms));
+    if d.is_zero() {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
 }
 
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i64>, String> {
@@ -108,6 +135,9 @@ impl ControlArgs {
             controllers: !self.disable_controllers,
             service_cidr: self.service_cidr,
             node_port_range: self.service_node_port_range.clone(),
+            controller_settings: shoal_orchestrator::controllers::Settings {
+                node_monitor_grace: self.node_monitor_grace_period,
+            },
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod job;
 pub mod leader;
 pub mod loadbalancer;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod owners;
+pub mod podgc;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -29,6 +31,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -104,6 +107,8 @@ pub struct Informers {
     pub endpointslices: Arc<Informer<EndpointSlice>>,
     pub endpoints: Arc<Informer<Endpoints>>,
     pub ingresses: Arc<Informer<Ingress>>,
+    /// Nodes' heartbeat Leases (namespace `kube-node-lease` only).
+    pub node_leases: Arc<Informer<Lease>>,
 }
 
 impl Informers {
@@ -123,6 +128,7 @@ impl Informers {
             endpointslices: Informer::new("endpointslices"),
             endpoints: Informer::new("endpoints"),
             ingresses: Informer::new("ingresses"),
+            node_leases: Informer::new("leases"),
         }
     }
 
@@ -141,6 +147,10 @@ impl Informers {
         self.endpointslices.start(Api::all(client.clone()));
         self.endpoints.start(Api::all(client.clone()));
         self.ingresses.start(Api::all(client.clone()));
+        self.node_leases.start(Api::namespaced(
+            client.clone(),
+            nodelifecycle::LEASE_NAMESPACE,
+        ));
     }
 
     async fn wait_synced(&self) {
@@ -158,6 +168,23 @@ impl Informers {
         self.endpointslices.wait_synced().await;
         self.endpoints.wait_synced().await;
         self.ingresses.wait_synced().await;
+        self.node_leases.wait_synced().await;
+    }
+}
+
+/// The controller manager's tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a node may go without a heartbeat before it is marked
+    /// Unknown (Kubernetes' `--node-monitor-grace-period`).
+    pub node_monitor_grace: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_monitor_grace: nodelifecycle::DEFAULT_GRACE,
+        }
     }
 }
 
@@ -167,16 +194,17 @@ pub struct Ctx {
     pub informers: Informers,
     pub events: EventRecorder,
     pub metrics: ControllerMetrics,
+    pub settings: Settings,
 }
 
 /// Runs the controller manager until the process ends: waits for the
 /// Lease, runs every controller while holding it, and starts over if it is
 /// lost.
-pub async fn run(client: Client, metrics: ControllerMetrics, identity: String) {
+pub async fn run(client: Client, metrics: ControllerMetrics, identity: String, settings: Settings) {
     loop {
         let lease = leader::acquire(&client, MANAGER_NAME, &identity).await;
         info!(identity = %lease.identity(), "controller manager is leader");
-        let mut controllers = start_all(client.clone(), metrics.clone());
+        let mut controllers = start_all(client.clone(), metrics.clone(), settings);
         lease.lost().await;
         warn!("controller manager lost its lease; stopping controllers");
         controllers.abort_all();
@@ -184,8 +212,9 @@ pub async fn run(client: Client, metrics: ControllerMetrics, identity: String) {
     }
 }
 
-fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
+fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> JoinSet<()> {
     let ctx = Arc::new(Ctx {
+        settings,
         events: EventRecorder::start(client.clone(), MANAGER_NAME, None),
         client: client.clone(),
         informers: Informers::new(),
@@ -204,6 +233,8 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     let ns = namespace::NamespaceController::register(&ctx);
     let eps = endpoints::EndpointsController::register(&ctx);
     let lb = loadbalancer::LoadBalancerController::register(&ctx);
+    let nodes = nodelifecycle::NodeLifecycleController::register(&ctx);
+    let podgc = podgc::PodGarbageCollector::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -220,6 +251,8 @@ fn start_all(client: Client, metrics: ControllerMetrics) -> JoinSet<()> {
     set.spawn(run_loop(ns.0, ns.1, 2, ctx.clone()));
     set.spawn(run_loop(eps.0, eps.1, 4, ctx.clone()));
     set.spawn(run_loop(lb.0, lb.1, 1, ctx.clone()));
+    set.spawn(run_loop(nodes.0, nodes.1, 2, ctx.clone()));
+    set.spawn(run_loop(podgc.0, podgc.1, 2, ctx.clone()));
     set
 }
 

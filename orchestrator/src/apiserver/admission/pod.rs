@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::meta::{dns1123_label, dns1123_subdomain, labels};
 use super::{default_field, immutable, obj_mut, str_at};
@@ -63,8 +63,43 @@ pub fn default_pod(obj: &mut Value) {
     default_field(spec, "serviceAccountName", json!("default"));
     default_field(spec, "enableServiceLinks", json!(true));
     default_field(spec, "priority", json!(0));
+    default_tolerations(spec);
     if let Some(spec) = obj.get_mut("spec") {
         default_spec(spec);
+    }
+}
+
+/// How long a pod stays on a node that is not ready or unreachable before
+/// it is evicted, unless it says otherwise (Kubernetes'
+/// DefaultTolerationSeconds admission and its 300 s default).
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Adds a `NoExecute` toleration with the default limit for each of the
+/// node lifecycle taints the pod does not already tolerate.
+fn default_tolerations(spec: &mut Map<String, Value>) {
+    let entry = spec.entry("tolerations").or_insert(Value::Null);
+    if entry.is_null() {
+        *entry = Value::Array(Vec::new());
+    }
+    let Some(list) = entry.as_array_mut() else {
+        // Not a list: validation names the field.
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+        });
+        if !covered {
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}),
+            );
+        }
     }
 }
 
@@ -347,7 +382,34 @@ mod tests {
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ])
+        );
         assert!(validate_pod(&pod).is_empty());
+        // A pod's own toleration for a taint stands; an empty key covers both.
+        let mut own = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]}});
+        default_pod(&mut own);
+        let keys: Vec<&str> = own["spec"]["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["key"].as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "node.kubernetes.io/unreachable",
+                "node.kubernetes.io/not-ready"
+            ]
+        );
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_pod(&mut all);
+        assert_eq!(all["spec"]["tolerations"], json!([{"operator": "Exists"}]));
 
         let bad = json!({"spec": {"restartPolicy": "Sometimes", "containers": [
             {"name": "A", "image": ""}, {"name": "b", "image": "x", "ports": [{"containerPort": 70000}]}]}});
