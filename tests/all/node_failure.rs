@@ -166,14 +166,34 @@ async fn a_dead_node_is_tainted_its_pods_move_and_it_recovers() -> anyhow::Resul
     )
     .await?;
 
-    // node-b dies again and its Node is deleted: the pod garbage
-    // collector force-deletes what was bound there.
+    // node-b dies again. A pod deleted there stays Terminating until the
+    // operator declares the node out of service; then it is force-deleted.
     b.kill9();
     wait_for("node-b Unknown again", PATIENCE, || async {
         let n = nodes.get("node-b").await.ok()?;
         (ready_condition(&n)?.0 == "Unknown").then_some(())
     })
     .await?;
+    s.kubectl(&["delete", "pod", "stay", "--wait=false"])?;
+    let stuck = pods.get("stay").await?;
+    assert!(stuck.metadata.deletion_timestamp.is_some());
+    s.kubectl(&[
+        "taint",
+        "node",
+        "node-b",
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+    ])?;
+    wait_for("stay force-deleted", PATIENCE, || async {
+        pods.get_opt("stay").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+
+    // A pod bound straight to node-b, then the Node is deleted: the pod
+    // garbage collector removes what was bound there.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("bound", &ticker, "  nodeName: node-b\n", "")),
+    )?;
     s.kubectl(&["delete", "node", "node-b"])?;
     wait_for("pods bound to node-b collected", PATIENCE, || async {
         let all = pods.list(&ListParams::default()).await.ok()?;
