@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 
 use crate::http::{HttpLimits, HttpService, Outbound};
+use crate::meter::CpuMeter;
 use crate::output::OutputSink;
 use crate::RuntimeError;
 
@@ -103,6 +104,8 @@ impl Exit {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContainerStats {
     pub memory_bytes: u64,
+    /// CPU time used since the container started (see [`crate::meter`]).
+    pub cpu_nanos: u64,
 }
 
 /// A running container. Dropping it does not stop the guest; call `kill`.
@@ -110,6 +113,7 @@ pub struct Container {
     pub(crate) exit: Option<oneshot::Receiver<Exit>>,
     pub(crate) kill: Arc<Notify>,
     pub(crate) memory: Arc<AtomicU64>,
+    pub(crate) cpu: CpuMeter,
     pub(crate) http: Option<Arc<dyn HttpService>>,
 }
 
@@ -145,7 +149,19 @@ impl Container {
     pub fn stats(&self) -> ContainerStats {
         ContainerStats {
             memory_bytes: self.memory.load(Ordering::Relaxed),
+            cpu_nanos: self.cpu.nanos(),
         }
+    }
+
+    /// The container's CPU meter, readable after the container is gone
+    /// from the caller's hands (a stats endpoint keeps a clone).
+    pub fn cpu_meter(&self) -> CpuMeter {
+        self.cpu.clone()
+    }
+
+    /// Bytes of linear memory the guest holds now, kept live like the meter.
+    pub fn memory_gauge(&self) -> Arc<AtomicU64> {
+        self.memory.clone()
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod http;
 pub mod image;
+pub mod meter;
 pub mod output;
 pub mod wasm;
 
@@ -15,6 +16,7 @@ pub use backend::{
 };
 pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
 pub use image::{ImageError, ImageRef, ImageStore};
+pub use meter::CpuMeter;
 pub use output::{OutputSink, StdStream};
 pub use wasm::{WasmBackend, WasmConfig};
 

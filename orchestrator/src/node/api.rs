@@ -303,23 +303,10 @@ fn read_from(path: &std::path::Path, offset: &mut u64) -> String {
     s
 }
 
+/// Kubelet's Summary API: CPU and memory of the node and of each pod's
+/// running containers.
 async fn stats(State(ctx): State<Arc<NodeCtx>>) -> Response {
-    let pods: Vec<serde_json::Value> = ctx
-        .pods
-        .lock()
-        .map(|p| {
-            p.values()
-                .map(
-                    |k| json!({"podRef": {"name": k.name, "namespace": k.namespace, "uid": k.uid}}),
-                )
-                .collect()
-        })
-        .unwrap_or_default();
-    Json(json!({
-        "node": {"nodeName": ctx.name, "runningContainers": ctx.metrics.running_containers()},
-        "pods": pods,
-    }))
-    .into_response()
+    Json(ctx.usage.summary(&ctx.name)).into_response()
 }
 
 async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {

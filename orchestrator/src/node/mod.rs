@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod registration;
 pub mod status_sync;
 pub mod sync;
+pub mod usage;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -80,6 +81,8 @@ pub struct NodeCtx {
     /// to find a pod's files.
     pub pods: Mutex<HashMap<(String, String), PodKey>>,
     pub gateway: Arc<Gateway>,
+    /// CPU and memory of the running containers, for `/stats/summary`.
+    pub usage: Arc<usage::Usage>,
 }
 
 impl NodeCtx {
@@ -149,7 +152,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics,
         token: cfg.token.clone(),
         pods: Mutex::new(HashMap::new()),
+        usage: Arc::default(),
     });
+    tokio::spawn(usage::sampler(ctx.usage.clone()));
     tokio::spawn(api::serve(listener, ctx.clone()));
     let reg = registration::Registration {
         client,

@@ -19,6 +19,7 @@ use super::host::{Limits, P2Host};
 use super::run::{budget_cpu, describe, wasi_builder};
 use crate::backend::ContainerSpec;
 use crate::http::{text_response, Body, BoxError, HttpService, Outbound, OutboundError};
+use crate::meter::CpuMeter;
 
 /// A running HTTP pod: the pre-linked component plus what every request's
 /// sandbox is built from.
@@ -32,6 +33,8 @@ pub(crate) struct WasmHttp {
     idle: Notify,
     /// Linear memory of the requests in flight, for `Container::stats`.
     memory: Arc<AtomicU64>,
+    /// Time spent building sandboxes and running the guest, per request.
+    cpu: CpuMeter,
 }
 
 impl WasmHttp {
@@ -40,6 +43,7 @@ impl WasmHttp {
         pre: ProxyPre<P2Host>,
         spec: ContainerSpec,
         memory: Arc<AtomicU64>,
+        cpu: CpuMeter,
     ) -> WasmHttp {
         WasmHttp {
             engine,
@@ -50,6 +54,7 @@ impl WasmHttp {
             draining: AtomicBool::new(false),
             idle: Notify::new(),
             memory,
+            cpu,
         }
     }
 
@@ -104,7 +109,10 @@ impl WasmHttp {
                 format!("request body exceeds this pod's limit of {limit} bytes"),
             );
         }
-        let mut store = match self.store() {
+        let building = std::time::Instant::now();
+        let built = self.store();
+        self.cpu.add(building.elapsed());
+        let mut store = match built {
             Ok(s) => s,
             Err(e) => return text_response(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
@@ -146,7 +154,7 @@ impl WasmHttp {
         };
         // The guest runs on this task until it answers: handing it to
         // another worker thread and back cost more than the guest itself.
-        let mut guest = Box::pin(guest);
+        let mut guest = Box::pin(self.cpu.meter(guest));
         let mut rx = rx;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);

@@ -12,6 +12,7 @@ use super::host::{GuestOutput, Limits, P1Host, P2Host};
 use super::http::WasmHttp;
 use super::Loaded;
 use crate::backend::{Container, ContainerSpec, Exit};
+use crate::meter::CpuMeter;
 use crate::output::StdStream;
 use crate::RuntimeError;
 
@@ -40,6 +41,7 @@ pub(crate) async fn start(
     let kill = Arc::new(Notify::new());
     let (tx, rx) = oneshot::channel();
     let cpu = spec.cpu_limit_millis;
+    let meter = CpuMeter::default();
     match &**loaded {
         Loaded::Module(pre) => {
             let mut store = Store::new(
@@ -59,9 +61,10 @@ pub(crate) async fn start(
                 .get_typed_func::<(), ()>(&mut store, "_start")
                 .map_err(|e| create(format!("no WASI `_start` export: {}", describe(&e))))?;
             let stop = kill.clone();
+            let charged = meter.clone();
             tokio::spawn(async move {
                 let exit = tokio::select! {
-                    r = entry.call_async(&mut store, ()) => classify(r, store.data().limits.oom),
+                    r = charged.meter(entry.call_async(&mut store, ())) => classify(r, store.data().limits.oom),
                     _ = stop.notified() => Exit::Killed,
                 };
                 let _ = tx.send(exit);
@@ -79,9 +82,10 @@ pub(crate) async fn start(
                 .await
                 .map_err(|e| create(describe(&e)))?;
             let stop = kill.clone();
+            let charged = meter.clone();
             tokio::spawn(async move {
                 let exit = tokio::select! {
-                    r = command.wasi_cli_run().call_run(&mut store) => {
+                    r = charged.meter(command.wasi_cli_run().call_run(&mut store)) => {
                         let oom = store.data().limits.oom;
                         match r {
                             Ok(Ok(())) => Exit::Code(0),
@@ -101,6 +105,7 @@ pub(crate) async fn start(
                 pre.clone(),
                 spec,
                 memory.clone(),
+                meter.clone(),
             ));
             // Building one request's sandbox up front turns a bad mount
             // or limit into a start failure rather than a 500 per request.
@@ -116,6 +121,7 @@ pub(crate) async fn start(
                 exit: Some(rx),
                 kill,
                 memory,
+                cpu: meter,
                 http: Some(svc),
             });
         }
@@ -124,6 +130,7 @@ pub(crate) async fn start(
         exit: Some(rx),
         kill,
         memory,
+        cpu: meter,
         http: None,
     })
 }

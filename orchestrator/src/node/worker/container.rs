@@ -205,6 +205,12 @@ impl ContainerTask {
             self.backend.runtime_class(),
             self.pod.uid
         ));
+        self.ctx.usage.started(
+            &self.pod,
+            &name,
+            running.cpu_meter(),
+            running.memory_gauge(),
+        );
         let http = running.http();
         let mut prober =
             Prober::for_container(&self.ready.spec, http.clone(), self.ctx.host_ip.clone());
@@ -283,6 +289,7 @@ impl ContainerTask {
                 .gateway
                 .unregister(&self.pod.namespace, &self.pod.name, h);
         }
+        self.ctx.usage.stopped(&self.pod, &name);
         log.finish();
         let (reason, message) = match &exit {
             Exit::OomKilled => ("OOMKilled", None),
