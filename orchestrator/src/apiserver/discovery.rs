@@ -10,22 +10,11 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::handlers::respond;
-use super::registry::{Registry, ResourceInfo};
+use super::registry::{Registry, ResourceInfo, Source};
 use super::ApiState;
 
 /// The Kubernetes API version Shoal's types come from (k8s-openapi v1_33).
 pub const KUBE_MINOR: &str = "33";
-
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
 
 pub async fn version() -> Response {
     respond(
@@ -104,7 +93,7 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": if r.answer.is_some() { &["create"][..] } else { VERBS },
+        "verbs": r.source.verbs(),
         "shortNames": r.short_names,
         "categories": r.categories,
     })];
@@ -289,9 +278,17 @@ fn v3_document(reg: &Registry, group: &str, version: &str) -> Value {
             json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk.clone(),
                    "parameters": params.clone(), "responses": {"200": {"description": "OK"}}})
         };
-        if r.answer.is_some() {
-            paths.insert(base, json!({"post": op("post")}));
-            continue;
+        match r.source {
+            Source::Answered(_) => {
+                paths.insert(base, json!({"post": op("post")}));
+                continue;
+            }
+            Source::Measured => {
+                paths.insert(base.clone(), json!({"get": op("list")}));
+                paths.insert(format!("{base}/{{name}}"), json!({"get": op("get")}));
+                continue;
+            }
+            Source::Stored => {}
         }
         paths.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
         paths.insert(format!("{base}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));

@@ -9,8 +9,8 @@ use k8s_openapi::api::{
 
 use super::admission::{self, core as core_rules, meta, pod, workloads, Admission};
 use super::registry::{entry, Registry};
-use super::reviews;
 use super::table::Printer;
+use super::{resource_metrics, reviews};
 
 const POD_FIELDS: &[&str] = &[
     "spec.nodeName",
@@ -235,5 +235,8 @@ pub fn registry() -> Registry {
         entry::<authentication::SelfSubjectReview>()
             .answered_by(reviews::whoami)
             .build(),
+        // metrics.k8s.io/v1beta1: measured on the nodes when asked
+        entry::<resource_metrics::PodMetrics>().measured().build(),
+        entry::<resource_metrics::NodeMetrics>().measured().build(),
     ])
 }

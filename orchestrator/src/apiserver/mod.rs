@@ -15,6 +15,7 @@ mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 pub mod reviews;
 mod seed;
 pub mod selectors;

@@ -34,6 +34,43 @@ impl NodeClient {
         }
     }
 
+    /// GETs `path` from a node's API and decodes its JSON answer, within
+    /// `timeout`.
+    pub async fn get_json(
+        &self,
+        node: &str,
+        base: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> ApiResult<Value> {
+        let unavailable = |why: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("node {node:?} at {base}: {why}"),
+            )
+        };
+        let fetch = async {
+            let resp = self
+                .forward(node, base, Method::GET, path, Body::empty())
+                .await?;
+            if !resp.status().is_success() {
+                return Err(unavailable(format!("{path} answered {}", resp.status())));
+            }
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unavailable(format!("reading {path}: {e}")))?
+                .to_bytes();
+            serde_json::from_slice(&bytes)
+                .map_err(|e| unavailable(format!("{path} is not JSON: {e}")))
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| unavailable(format!("no answer to {path} within {timeout:?}")))?
+    }
+
     async fn forward(
         &self,
         node: &str,
@@ -91,6 +128,11 @@ async fn stored(st: &ApiState, plural: &str, ns: Option<&str>, name: &str) -> Ap
 /// `host:port` of a node's API, from its status as the node reported it.
 async fn node_endpoint(st: &ApiState, node: &str) -> ApiResult<String> {
     let n = stored(st, "nodes", None, node).await?;
+    endpoint_of(node, &n)
+}
+
+/// `host:port` of the API of the node object `n` (named `node`).
+pub fn endpoint_of(node: &str, n: &Value) -> ApiResult<String> {
     let ip = n
         .pointer("/status/addresses")
         .and_then(Value::as_array)

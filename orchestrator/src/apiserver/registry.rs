@@ -26,6 +26,37 @@ fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> sche
     g.subschema_for::<T>()
 }
 
+/// Where a resource's objects come from.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// The store, with every verb.
+    Stored,
+    /// Create-only: the server answers and keeps nothing (access reviews).
+    Answered(super::reviews::Answer),
+    /// get and list only: measured on the nodes when asked (metrics.k8s.io).
+    Measured,
+}
+
+impl Source {
+    /// The verbs discovery lists.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        match self {
+            Source::Stored => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+            Source::Answered(_) => &["create"],
+            Source::Measured => &["get", "list"],
+        }
+    }
+}
+
 pub struct ResourceInfo {
     pub group: &'static str,
     pub version: &'static str,
@@ -41,8 +72,8 @@ pub struct ResourceInfo {
     pub field_selectors: &'static [&'static str],
     pub normalize: Normalize,
     pub schema: SchemaOf,
-    /// Create-only resources answered rather than stored (access reviews).
-    pub answer: Option<super::reviews::Answer>,
+    /// Where the objects come from, and so which verbs there are.
+    pub source: Source,
     pub admission: Admission,
     pub printer: Printer,
 }
@@ -124,7 +155,7 @@ where
         field_selectors: &[],
         normalize: normalize::<T>,
         schema: schema_of::<T>,
-        answer: None,
+        source: Source::Stored,
         admission: Admission::default(),
         printer: Printer::Default,
     })
@@ -167,7 +198,12 @@ impl Entry {
         self
     }
     pub fn answered_by(mut self, a: super::reviews::Answer) -> Self {
-        self.0.answer = Some(a);
+        self.0.source = Source::Answered(a);
+        self
+    }
+    /// Read-only objects measured on the nodes when asked (metrics.k8s.io).
+    pub fn measured(mut self) -> Self {
+        self.0.source = Source::Measured;
         self
     }
     pub fn build(self) -> ResourceInfo {

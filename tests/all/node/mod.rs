@@ -6,6 +6,7 @@ mod config;
 mod lifecycle;
 mod restarts;
 mod rust_samples;
+mod top;
 
 use std::time::Duration;
 

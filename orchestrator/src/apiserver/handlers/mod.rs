@@ -4,7 +4,7 @@
 mod delete;
 mod evict;
 mod patch;
-mod read;
+pub(super) mod read;
 mod scale;
 mod watch;
 pub mod write;
@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::registry::Source;
 use super::request::{self, Query, Target};
+use super::resource_metrics;
 use super::ApiState;
 
 /// What the metrics layer labels a request with.
@@ -112,14 +114,26 @@ async fn dispatch(
     let table = request::wants_table(headers);
     let is_watch = request::truthy(&q.watch);
     labels.verb = verb_name(method, &t, is_watch);
-    if t.res.answer.is_some() {
-        return match (method.as_str(), t.name.is_some()) {
-            ("POST", false) => write::review(st, &t, &q, headers, body).await,
-            _ => Err(ApiError::method_not_allowed(format!(
-                "{} can only be created: the server answers them and keeps nothing",
-                t.res.plural
-            ))),
-        };
+    match t.res.source {
+        Source::Stored => {}
+        Source::Answered(_) => {
+            return match (method.as_str(), t.name.is_some()) {
+                ("POST", false) => write::review(st, &t, &q, headers, body).await,
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "{} can only be created: the server answers them and keeps nothing",
+                    t.res.plural
+                ))),
+            };
+        }
+        Source::Measured => {
+            return match (method.as_str(), t.sub.as_deref()) {
+                ("GET", None) if !is_watch => resource_metrics::serve(st, &t, &q, table).await,
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "{} can only be read: they are measured on the nodes when asked",
+                    t.res.group_resource()
+                ))),
+            };
+        }
     }
     match (method.as_str(), t.name.is_some(), t.sub.as_deref()) {
         ("GET", false, _) if is_watch => watch::watch(st, &t, &q, table).await,

@@ -12,7 +12,7 @@ use super::{object_name, respond};
 use crate::apiserver::admission::meta::object_meta;
 use crate::apiserver::apply;
 use crate::apiserver::error::{ApiError, ApiResult, Cause};
-use crate::apiserver::registry::{unknown_fields, ResourceInfo};
+use crate::apiserver::registry::{unknown_fields, ResourceInfo, Source};
 use crate::apiserver::request::{self, Query, Target};
 use crate::apiserver::ApiState;
 use crate::store::{Revision, StoreError};
@@ -213,7 +213,7 @@ pub async fn review(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let Some(answer) = t.res.answer else {
+    let Source::Answered(answer) = t.res.source else {
         return Err(ApiError::method_not_allowed("not a review"));
     };
     let mut obj = request::read_object(headers, body).await?;
