@@ -15,6 +15,8 @@ fn parse_scaled(q: &str, scale: f64) -> Option<i64> {
     let mut n: f64 = num.parse().ok()?;
     let mult: f64 = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -61,6 +63,9 @@ mod tests {
         assert_eq!(cpu_millis("100m"), Some(100));
         assert_eq!(cpu_millis("1.5"), Some(1500));
         assert_eq!(cpu_millis("2"), Some(2000));
+        // metrics.k8s.io writes usage in nanocores.
+        assert_eq!(cpu_millis("250000000n"), Some(250));
+        assert_eq!(cpu_millis("1500u"), Some(2));
         assert_eq!(base_units("64Mi"), Some(64 * 1024 * 1024));
         assert_eq!(base_units("1G"), Some(1_000_000_000));
         assert_eq!(base_units("129e6"), Some(129_000_000));

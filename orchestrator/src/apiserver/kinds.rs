@@ -202,6 +202,7 @@ pub fn registry() -> Registry {
             .short(&["hpa"])
             .categories(all)
             .subresources(&["status"])
+            .printer(Printer::HorizontalPodAutoscaler)
             .build(),
         // networking.k8s.io/v1
         entry::<networking::Ingress>()

@@ -81,6 +81,9 @@ pub(crate) struct ControlArgs {
     /// Unknown and tainted unreachable (`500ms`, `40s`, `2m`).
     #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler re-reads its metrics and rescales.
+    #[arg(long, env = "SHOAL_HORIZONTAL_POD_AUTOSCALER_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 /// A duration as Kubernetes' flags write them, in one unit: `500ms`, `40s`, `2m`, `1h`.
@@ -137,6 +140,7 @@ impl ControlArgs {
             node_port_range: self.service_node_port_range.clone(),
             controller_settings: shoal_orchestrator::controllers::Settings {
                 node_monitor_grace: self.node_monitor_grace_period,
+                hpa_sync_period: self.horizontal_pod_autoscaler_sync_period,
             },
         }
     }

@@ -445,25 +445,7 @@ enum Deleted {
 
 /// The API resource for an owner of a kind the collector does not cache.
 fn resource_of(r: &OwnerReference) -> ApiResource {
-    let (group, version) = match r.api_version.split_once('/') {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), r.api_version.clone()),
-    };
-    let lower = r.kind.to_ascii_lowercase();
-    let plural = if lower.ends_with('s') {
-        format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y') {
-        format!("{stem}ies")
-    } else {
-        format!("{lower}s")
-    };
-    ApiResource {
-        group,
-        version,
-        api_version: r.api_version.clone(),
-        kind: r.kind.clone(),
-        plural,
-    }
+    super::api_resource(&r.api_version, &r.kind)
 }
 
 #[async_trait]

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod leader;
@@ -30,6 +31,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
@@ -109,6 +111,7 @@ pub struct Informers {
     pub ingresses: Arc<Informer<Ingress>>,
     /// Nodes' heartbeat Leases (namespace `kube-node-lease` only).
     pub node_leases: Arc<Informer<Lease>>,
+    pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
 }
 
 impl Informers {
@@ -129,6 +132,7 @@ impl Informers {
             endpoints: Informer::new("endpoints"),
             ingresses: Informer::new("ingresses"),
             node_leases: Informer::new("leases"),
+            hpas: Informer::new("horizontalpodautoscalers"),
         }
     }
 
@@ -151,6 +155,7 @@ impl Informers {
             client.clone(),
             nodelifecycle::LEASE_NAMESPACE,
         ));
+        self.hpas.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -169,6 +174,7 @@ impl Informers {
         self.endpoints.wait_synced().await;
         self.ingresses.wait_synced().await;
         self.node_leases.wait_synced().await;
+        self.hpas.wait_synced().await;
     }
 }
 
@@ -178,12 +184,16 @@ pub struct Settings {
     /// How long a node may go without a heartbeat before it is marked
     /// Unknown (Kubernetes' `--node-monitor-grace-period`).
     pub node_monitor_grace: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler looks at its metrics
+    /// (Kubernetes' `--horizontal-pod-autoscaler-sync-period`).
+    pub hpa_sync_period: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             node_monitor_grace: nodelifecycle::DEFAULT_GRACE,
+            hpa_sync_period: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -235,6 +245,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let lb = loadbalancer::LoadBalancerController::register(&ctx);
     let nodes = nodelifecycle::NodeLifecycleController::register(&ctx);
     let podgc = podgc::PodGarbageCollector::register(&ctx);
+    let hpa = hpa::HpaController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -253,6 +264,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(lb.0, lb.1, 1, ctx.clone()));
     set.spawn(run_loop(nodes.0, nodes.1, 2, ctx.clone()));
     set.spawn(run_loop(podgc.0, podgc.1, 2, ctx.clone()));
+    set.spawn(run_loop(hpa.0, hpa.1, 2, ctx.clone()));
     set
 }
 
@@ -309,6 +321,31 @@ async fn work<R: Reconciler>(r: &R, queue: &Arc<WorkQueue>, m: &ControllerMetric
             }
             queue.add_after(key.to_string(), delay);
         }
+    }
+}
+
+/// The API resource of a kind named by `apiVersion` and `kind` (an owner
+/// reference, a scale target), its plural guessed as Kubernetes' REST
+/// mapper does for the built-in kinds.
+pub fn api_resource(api_version: &str, kind: &str) -> kube::api::ApiResource {
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.to_string()),
+    };
+    let lower = kind.to_ascii_lowercase();
+    let plural = if lower.ends_with('s') {
+        format!("{lower}es")
+    } else if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{lower}s")
+    };
+    kube::api::ApiResource {
+        group,
+        version,
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        plural,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Workload controllers on `shoal up`, driven by the real kubectl: scaling,
 //! self-healing, rolling updates and rollback, and garbage collection.
 
+mod autoscaling;
 mod daemonsets;
 mod deployments;
 mod drain;

@@ -232,6 +232,44 @@ fn pod_status(pod: &Value) -> (String, usize, usize, i64) {
     (reason, ready, total, restarts)
 }
 
+/// An HPA's resource metrics as kubectl prints them: `cpu: 12%/50%`,
+/// `memory: 10Mi/100Mi`, `<unknown>` before the first measurement.
+fn hpa_targets(o: &Value) -> String {
+    let current: Vec<&Value> = arr(o, "/status/currentMetrics").collect();
+    let parts: Vec<String> = arr(o, "/spec/metrics")
+        .filter(|m| s(m, "/type") == "Resource")
+        .map(|m| {
+            let res = s(m, "/resource/name");
+            let now = current
+                .iter()
+                .find(|c| s(c, "/type") == "Resource" && s(c, "/resource/name") == res);
+            let (have, want) = match s(m, "/resource/target/type") {
+                "Utilization" => (
+                    now.and_then(|c| c.pointer("/resource/current/averageUtilization"))
+                        .and_then(Value::as_i64)
+                        .map(|u| format!("{u}%")),
+                    format!("{}%", n(m, "/resource/target/averageUtilization")),
+                ),
+                _ => (
+                    now.and_then(|c| c.pointer("/resource/current/averageValue"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    s(m, "/resource/target/averageValue").to_string(),
+                ),
+            };
+            format!(
+                "{res}: {}/{want}",
+                have.unwrap_or_else(|| "<unknown>".into())
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
     let name = json!(s(o, "/metadata/name"));
     let age = json!(since(
@@ -581,5 +619,22 @@ pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
             let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
             vec![name, json!(few(&refs)), age]
         }
+        Printer::HorizontalPodAutoscaler => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(o, "/spec/scaleTargetRef/kind"),
+                s(o, "/spec/scaleTargetRef/name")
+            )),
+            json!(hpa_targets(o)),
+            json!(o
+                .pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                .to_string()),
+            json!(n(o, "/spec/maxReplicas").to_string()),
+            json!(n(o, "/status/currentReplicas").to_string()),
+            age,
+        ],
     }
 }

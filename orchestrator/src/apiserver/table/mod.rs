@@ -28,6 +28,7 @@ pub enum Printer {
     Ingress,
     EndpointSlice,
     Endpoints,
+    HorizontalPodAutoscaler,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -152,6 +153,15 @@ fn columns(p: Printer) -> Vec<Col> {
             age,
         ],
         Printer::Endpoints => vec![name, ("Endpoints", "string", 0), age],
+        Printer::HorizontalPodAutoscaler => vec![
+            name,
+            ("Reference", "string", 0),
+            ("Targets", "string", 0),
+            ("MinPods", "string", 0),
+            ("MaxPods", "string", 0),
+            ("Replicas", "string", 0),
+            age,
+        ],
     }
 }
 
