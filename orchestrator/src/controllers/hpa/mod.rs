@@ -94,7 +94,7 @@ impl HpaController {
             .filter_map(|m| Some((m.metadata.name.as_deref()?, m)))
             .collect();
         let spec = hpa.spec.as_ref().ok_or("no spec")?;
-        let mut out = Vec::new();
+        let mut wanted: Vec<(String, Target)> = Vec::new();
         for m in spec.metrics.iter().flatten() {
             let Some(res) = m.resource.as_ref().filter(|_| m.type_ == "Resource") else {
                 return Err(format!(
@@ -116,41 +116,26 @@ impl HpaController {
                     ))
                 }
             };
+            wanted.push((res.name.clone(), target));
+        }
+        if wanted.is_empty() {
+            // autoscaling/v2 defaults to 80% CPU when no metric is given.
+            wanted.push(("cpu".into(), Target::Utilization(80)));
+        }
+        let mut out = Vec::new();
+        for (resource, target) in wanted {
             let figures: Vec<PodFigures> = pods
                 .iter()
                 .filter(|p| super::pods::is_active(p))
                 .map(|p| {
-                    figures(
-                        p,
-                        usage.get(p.metadata.name.as_deref().unwrap_or("")),
-                        &res.name,
-                    )
+                    let name = p.metadata.name.as_deref().unwrap_or("");
+                    figures(p, usage.get(name), &resource)
                 })
                 .collect();
             let rec = replicas::recommend(current, &figures, target)
-                .map_err(|e| format!("failed to get {} utilization: {e}", res.name))?;
+                .map_err(|e| format!("failed to get {resource} utilization: {e}"))?;
             out.push(Measured {
-                resource: res.name.clone(),
-                recommendation: rec,
-            });
-        }
-        if out.is_empty() {
-            // autoscaling/v2 defaults to 80% CPU when no metric is given.
-            let figures: Vec<PodFigures> = pods
-                .iter()
-                .filter(|p| super::pods::is_active(p))
-                .map(|p| {
-                    figures(
-                        p,
-                        usage.get(p.metadata.name.as_deref().unwrap_or("")),
-                        "cpu",
-                    )
-                })
-                .collect();
-            let rec = replicas::recommend(current, &figures, Target::Utilization(80))
-                .map_err(|e| format!("failed to get cpu utilization: {e}"))?;
-            out.push(Measured {
-                resource: "cpu".into(),
+                resource,
                 recommendation: rec,
             });
         }
@@ -325,7 +310,8 @@ impl Reconciler for HpaController {
             current_metrics: old.and_then(|s| s.current_metrics.clone()),
             conditions: None,
         };
-        if current == 0 {
+        // Not scaling this round: the scale was read, but `why` stops it.
+        let inactive = |status: &mut HorizontalPodAutoscalerStatus, reason: &str, why: String| {
             status.conditions = Some(vec![
                 condition(
                     old,
@@ -334,14 +320,15 @@ impl Reconciler for HpaController {
                     "SucceededGetScale",
                     "the HPA controller was able to get the target's current scale".into(),
                 ),
-                condition(
-                    old,
-                    "ScalingActive",
-                    false,
-                    "ScalingDisabled",
-                    "scaling is disabled since the replica count of the target is zero".into(),
-                ),
+                condition(old, "ScalingActive", false, reason, why),
             ]);
+        };
+        if current == 0 {
+            inactive(
+                &mut status,
+                "ScalingDisabled",
+                "scaling is disabled since the replica count of the target is zero".into(),
+            );
             self.write_status(&hpa, status).await?;
             return Ok(Action::Requeue(period));
         }
@@ -354,16 +341,7 @@ impl Reconciler for HpaController {
                     "FailedGetResourceMetric",
                     msg.clone(),
                 );
-                status.conditions = Some(vec![
-                    condition(
-                        old,
-                        "AbleToScale",
-                        true,
-                        "SucceededGetScale",
-                        "the HPA controller was able to get the target's current scale".into(),
-                    ),
-                    condition(old, "ScalingActive", false, "FailedGetResourceMetric", msg),
-                ]);
+                inactive(&mut status, "FailedGetResourceMetric", msg);
                 self.write_status(&hpa, status).await?;
                 return Ok(Action::Requeue(period));
             }
