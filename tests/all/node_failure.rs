@@ -46,6 +46,16 @@ fn pod_ready_status(p: &Pod) -> Option<String> {
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
+/// Sends `kill -SIG` to a process.
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill -{sig} {pid} failed");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_dead_node_is_tainted_its_pods_move_and_it_recovers() -> anyhow::Result<()> {
     let s = Server::start_with(&["--node-monitor-grace-period", "3s"])?;
@@ -164,6 +174,31 @@ async fn a_dead_node_is_tainted_its_pods_move_and_it_recovers() -> anyhow::Resul
                 .then_some(())
         },
     )
+    .await?;
+
+    // node-b freezes (a partition, as far as the server can tell) and
+    // thaws: nothing changed on the node, but it puts back the status the
+    // controller overwrote.
+    let pid = b
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("node-b has no pid"))?;
+    signal(pid, "STOP")?;
+    let frozen = wait_for("node-b Unknown and stay not ready", PATIENCE, || async {
+        let n = nodes.get("node-b").await.ok()?;
+        let p = pods.get("stay").await.ok()?;
+        (ready_condition(&n)?.0 == "Unknown" && pod_ready_status(&p)? == "False").then_some(())
+    })
+    .await;
+    signal(pid, "CONT")?;
+    frozen?;
+    wait_for("node-b and stay Ready again", PATIENCE, || async {
+        let n = nodes.get("node-b").await.ok()?;
+        let p = pods.get("stay").await.ok()?;
+        (ready_condition(&n)?.0 == "True"
+            && taints(&n).is_empty()
+            && pod_ready_status(&p)? == "True")
+            .then_some(())
+    })
     .await?;
 
     // node-b dies again. A pod deleted there stays Terminating until the

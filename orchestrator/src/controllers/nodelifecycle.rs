@@ -39,6 +39,9 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 /// Where nodes keep their heartbeat Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The reason on the Ready=False condition of a pod whose node went
+/// silent; the node agent, back, puts its own status over it.
+pub const POD_NOT_READY_REASON: &str = "NodeNotReady";
 /// Kubernetes' `--node-monitor-grace-period` default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
 
@@ -351,7 +354,7 @@ impl NodeLifecycleController {
             .map(|mut c| {
                 if c.type_ == "Ready" && c.status != "False" {
                     c.status = "False".into();
-                    c.reason = Some("NodeNotReady".into());
+                    c.reason = Some(POD_NOT_READY_REASON.into());
                     c.message = Some("the node this pod runs on is not ready".into());
                     c.last_transition_time = Some(Time(Timestamp::now()));
                 }

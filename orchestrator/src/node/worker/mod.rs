@@ -36,6 +36,7 @@ pub use backoff::BackoffPolicy;
 use super::config::Resolved;
 use super::status_sync::PodKey;
 use super::NodeCtx;
+use crate::controllers::nodelifecycle::POD_NOT_READY_REASON;
 use crate::events::ObjectRef;
 
 /// What the sync loop tells a worker: the newest pod, or that it is gone
@@ -199,6 +200,30 @@ impl PodWorker {
                 std::future::pending::<()>().await;
             }
             self.pod = self.signal.borrow().pod.clone();
+            self.repair_status();
+        }
+    }
+
+    /// While this node could not reach the API server, the node lifecycle
+    /// controller marked the pod not Ready. Nothing here changed, so
+    /// nothing would be published: send the status this worker knows again.
+    /// Only that marker counts, not any difference, since the API copy
+    /// lags this worker's own writes all the time.
+    fn repair_status(&mut self) {
+        let ready = |s: Option<&PodStatus>| {
+            s?.conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let marked = ready(self.pod.status.as_ref()).is_some_and(|(status, reason)| {
+            status == "False" && reason.as_deref() == Some(POD_NOT_READY_REASON)
+        });
+        let ours = ready(self.last.as_ref()).is_some_and(|(status, _)| status == "True");
+        if let (true, true, Some(last)) = (marked, ours, self.last.clone()) {
+            tracing::info!(pod = %self.key.name, "restoring the status the node lifecycle controller overwrote");
+            self.ctx.status.set(&self.key, last);
         }
     }
 
