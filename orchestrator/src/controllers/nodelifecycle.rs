@@ -24,15 +24,16 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 use tracing::{debug, info};
 
 use super::informer::key_of;
-use super::pods::object_ref;
+use super::pods::{delete_exact, object_ref};
 use super::queue::WorkQueue;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+use crate::scheduler::plugins::toleration_matches;
 
 pub const NAME: &str = "node-lifecycle-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -194,18 +195,7 @@ pub enum Eviction {
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    let effect_ok = t
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    let exists = t.operator.as_deref() == Some("Exists");
-    let key_ok = match t.key.as_deref() {
-        None | Some("") => exists,
-        Some(k) => k == taint.key,
-    };
-    let value_ok =
-        exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
-    effect_ok && key_ok && value_ok
+    toleration_matches(t, &taint.key, taint.value.as_deref(), &taint.effect)
 }
 
 /// A pod's fate under a node's `NoExecute` taints: at once if one is not
@@ -389,36 +379,18 @@ impl NodeLifecycleController {
 
     async fn evict(&self, pod: &Pod, node: &str) -> Result<(), ControllerError> {
         let key = key_of(pod);
-        let api: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-        );
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api
-            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+        let deleted = delete_exact(&self.ctx.client, &self.ctx.informers.pods, pod, None)
             .await
-        {
-            Ok(_) => {
-                info!(pod = %key, node, "evicted by a NoExecute taint");
-                self.ctx.events.normal(
-                    &object_ref(pod),
-                    "TaintManagerEviction",
-                    format!("Marking for deletion Pod {key}"),
-                );
-                Ok(())
-            }
-            Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("evicting pod {key}"),
-                source: e,
-            }),
+            .map_err(ControllerError::api(format!("evicting pod {key}")))?;
+        if deleted {
+            info!(pod = %key, node, "evicted by a NoExecute taint");
+            self.ctx.events.normal(
+                &object_ref(pod),
+                "TaintManagerEviction",
+                format!("Marking for deletion Pod {key}"),
+            );
         }
+        Ok(())
     }
 
     /// Deletes the pods whose time under the node's `NoExecute` taints is

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, Preconditions};
 use kube::Api;
 use tracing::info;
 
-use super::informer::{key_of, split_key};
+use super::informer::key_of;
 use super::nodelifecycle::ready_status;
+use super::pods::delete_exact;
 use super::queue::WorkQueue;
-use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
+use super::{new_queue, Action, ControllerError, Ctx, Reconciler};
 
 pub const NAME: &str = "pod-garbage-collector";
 pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
@@ -129,28 +129,13 @@ impl PodGarbageCollector {
 
     async fn force_delete(&self, pod: &Pod, why: &str) -> Result<(), ControllerError> {
         let key = key_of(pod);
-        let (ns, name) = split_key(&key);
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), ns);
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(name, &dp).await {
-            Ok(_) => {
-                info!(pod = %key, node = node_of(pod).unwrap_or_default(), why, "force-deleted pod");
-                self.ctx.informers.pods.assume_deleted(pod);
-                Ok(())
-            }
-            Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("force-deleting pod {key}"),
-                source: e,
-            }),
+        let deleted = delete_exact(&self.ctx.client, &self.ctx.informers.pods, pod, Some(0))
+            .await
+            .map_err(ControllerError::api(format!("force-deleting pod {key}")))?;
+        if deleted {
+            info!(pod = %key, node = node_of(pod).unwrap_or_default(), why, "force-deleted pod");
         }
+        Ok(())
     }
 }
 

@@ -220,32 +220,13 @@ impl PodControl {
     pub async fn delete(&self, owner: &ObjectRef, pod: &Pod) -> Result<(), ControllerError> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &dp).await {
-            Ok(either) => {
-                match either.left() {
-                    // Marked for a graceful stop: the cache learns that.
-                    Some(marked) if marked.metadata.deletion_timestamp.is_some() => {
-                        self.cache.assume(marked)
-                    }
-                    _ => self.cache.assume_deleted(pod),
-                }
+        match delete_exact(&self.client, &self.cache, pod, None).await {
+            Ok(true) => {
                 self.events
                     .normal(owner, "SuccessfulDelete", format!("Deleted pod: {name}"));
                 Ok(())
             }
-            Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => {
-                debug!(pod = %name, "pod already gone or replaced");
-                self.cache.assume_deleted(pod);
-                Ok(())
-            }
+            Ok(false) => Ok(()),
             Err(e) => {
                 self.events.warning(
                     owner,
@@ -258,6 +239,46 @@ impl PodControl {
                 })
             }
         }
+    }
+}
+
+/// Deletes `pod` if it is still the same pod (uid precondition), with
+/// `grace` seconds or the pod's own, keeping the cache in step. True when
+/// this call deleted or marked it; false when it was gone or replaced.
+pub async fn delete_exact(
+    client: &Client,
+    cache: &Informer<Pod>,
+    pod: &Pod,
+    grace: Option<u32>,
+) -> Result<bool, kube::Error> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: grace,
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(either) => {
+            match either.left() {
+                // Marked for a graceful stop: the cache learns that.
+                Some(marked) if marked.metadata.deletion_timestamp.is_some() => {
+                    cache.assume(marked)
+                }
+                _ => cache.assume_deleted(pod),
+            }
+            Ok(true)
+        }
+        Err(e) if matches!(api_code(&e), Some(404) | Some(409)) => {
+            debug!(pod = %name, "pod already gone or replaced");
+            cache.assume_deleted(pod);
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 

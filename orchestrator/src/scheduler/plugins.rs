@@ -216,20 +216,25 @@ pub fn matches_node(
 }
 
 fn tolerates(tolerations: &[Toleration], key: &str, value: Option<&str>, effect: &str) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == effect);
-        let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == key);
-        let op = t.operator.as_deref().unwrap_or("Equal");
-        let value_ok = op == "Exists" || t.value.as_deref().unwrap_or("") == value.unwrap_or("");
-        // An empty key with Exists tolerates everything.
-        effect_ok
-            && key_ok
-            && value_ok
-            && (t.key.as_deref().is_some_and(|k| !k.is_empty()) || op == "Exists")
-    })
+    tolerations
+        .iter()
+        .any(|t| toleration_matches(t, key, value, effect))
+}
+
+/// Whether one toleration covers the taint `key=value:effect`.
+pub fn toleration_matches(t: &Toleration, key: &str, value: Option<&str>, effect: &str) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == effect);
+    let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == key);
+    let op = t.operator.as_deref().unwrap_or("Equal");
+    let value_ok = op == "Exists" || t.value.as_deref().unwrap_or("") == value.unwrap_or("");
+    // An empty key with Exists tolerates everything.
+    effect_ok
+        && key_ok
+        && value_ok
+        && (t.key.as_deref().is_some_and(|k| !k.is_empty()) || op == "Exists")
 }
 
 /// How the scheduler ranks feasible nodes.

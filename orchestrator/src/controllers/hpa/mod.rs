@@ -57,7 +57,17 @@ struct Measured {
 impl HpaController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
-        wiring::enqueue_self(&ctx.informers.hpas, &queue);
+        // New autoscalers and changed specs are looked at at once; after
+        // that each one's sync period paces it. Its own status writes must
+        // not queue it again: usage moves a little on every read, so each
+        // write would bring another pass at once, without end.
+        let q = queue.clone();
+        ctx.informers.hpas.on_change(move |old, new| {
+            let Some(n) = new else { return };
+            if old.is_none_or(|o| o.spec != n.spec) {
+                q.add(key_of(n));
+            }
+        });
         (
             Arc::new(HpaController {
                 ctx: ctx.clone(),
