@@ -102,53 +102,37 @@ pub fn ready_status(node: &Node) -> &str {
 /// Every condition turned Unknown, as Kubernetes marks a silent node; the
 /// heartbeat times stay what the node last posted.
 pub fn unknown_conditions(node: &Node, now: Timestamp) -> Vec<NodeCondition> {
-    let current = node
+    let mut current = node
         .status
         .as_ref()
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let unknown = |c: NodeCondition, reason: &str, message: &str| NodeCondition {
-        status: "Unknown".into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: if c.status == "Unknown" {
-            c.last_transition_time.clone()
-        } else {
-            Some(Time(now))
-        },
-        ..c
-    };
-    if current.iter().all(|c| c.type_ != "Ready") {
-        let ready = NodeCondition {
+    // A node that never posted a Ready condition is told so, and gets one.
+    let (reason, message) = if current.iter().any(|c| c.type_ == "Ready") {
+        ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+    } else {
+        current.push(NodeCondition {
             type_: "Ready".into(),
             status: "Unknown".into(),
             ..NodeCondition::default()
-        };
-        let mut out: Vec<NodeCondition> = current
-            .into_iter()
-            .map(|c| {
-                unknown(
-                    c,
-                    "NodeStatusNeverUpdated",
-                    "Kubelet never posted node status.",
-                )
-            })
-            .collect();
-        out.push(unknown(
-            ready,
+        });
+        (
             "NodeStatusNeverUpdated",
             "Kubelet never posted node status.",
-        ));
-        return out;
-    }
+        )
+    };
     current
         .into_iter()
-        .map(|c| {
-            unknown(
-                c,
-                "NodeStatusUnknown",
-                "Kubelet stopped posting node status.",
-            )
+        .map(|c| NodeCondition {
+            status: "Unknown".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_transition_time: if c.status == "Unknown" {
+                c.last_transition_time.clone()
+            } else {
+                Some(Time(now))
+            },
+            ..c
         })
         .collect()
 }
