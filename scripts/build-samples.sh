@@ -16,8 +16,9 @@ export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
 # The main toolchain's settings must not leak into the guest build.
 unset CARGO_BUILD_TARGET CARGO_TARGET_DIR RUSTUP_TOOLCHAIN
 cd samples/rust
-/usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip1 --release
-# The wasi:http handlers are WASI 0.2 components only.
+# The wasi:http handlers are built both ways: as WASI 0.2 components, and as
+# preview-1 core modules that a node wraps with the proxy adapter at load.
+/usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip1 --release --workspace
 /usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip2 --release --workspace
 for kind in p1 p2; do
   mkdir -p "$root/target/wasm-samples/$kind"
@@ -26,6 +27,8 @@ for kind in p1 p2; do
   done
 done
 for lib in http-hello http-caller; do
-  cp "target/wasm32-wasip2/release/${lib//-/_}.wasm" "$root/target/wasm-samples/p2/$lib.wasm"
+  for kind in p1 p2; do
+    cp "target/wasm32-wasi$kind/release/${lib//-/_}.wasm" "$root/target/wasm-samples/$kind/$lib.wasm"
+  done
 done
 echo "build-samples: $(ls "$root"/target/wasm-samples/p1 | wc -l) modules and $(ls "$root"/target/wasm-samples/p2 | wc -l) components in target/wasm-samples"

@@ -2,6 +2,7 @@
 //! compatibility hash: a module is compiled once per node and engine build,
 //! and a node restart costs a file map instead of a Cranelift run.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -45,11 +46,14 @@ impl CompileCache {
         load_module(engine, &path).or_else(|_| Module::new(engine, wasm))
     }
 
-    pub(crate) fn component(
+    /// `source` makes the component's bytes; it runs only when nothing
+    /// usable is cached, since making them may itself cost (a core module
+    /// wrapped with an adapter).
+    pub(crate) fn component<'a>(
         &self,
         engine: &Engine,
         digest: &str,
-        wasm: &[u8],
+        source: impl FnOnce() -> wasmtime::Result<Cow<'a, [u8]>>,
     ) -> wasmtime::Result<Component> {
         let path = self.path(digest, "component");
         if path.exists() {
@@ -60,9 +64,10 @@ impl CompileCache {
                 }
             }
         }
-        let compiled = engine.precompile_component(wasm)?;
+        let wasm = source()?;
+        let compiled = engine.precompile_component(&wasm)?;
         self.save(&path, &compiled);
-        load_component(engine, &path).or_else(|_| Component::new(engine, wasm))
+        load_component(engine, &path).or_else(|_| Component::new(engine, &wasm))
     }
 
     /// Best effort: a cache that cannot be written only costs a recompile

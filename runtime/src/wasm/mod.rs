@@ -1,12 +1,15 @@
-//! The Wasm backend: WASI preview-1 modules (`_start`) and WASI 0.2 command
-//! components (`wasi:cli/run`) on one pooled, epoch-interrupted engine.
+//! The Wasm backend: WASI preview-1 modules (`_start`), WASI 0.2 command
+//! components (`wasi:cli/run`) and `wasi:http` handlers (components, or
+//! preview-1 modules wrapped at load) on one pooled, epoch-interrupted engine.
 
+mod adapt;
 mod cache;
 mod engine;
 mod host;
 mod http;
 mod run;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -130,7 +133,14 @@ impl WasmBackend {
                 .module(&engine, &digest_owned, &bytes)
                 .map(Compiled::Module),
             WasmKind::Component => cache
-                .component(&engine, &digest_owned, &bytes)
+                .component(&engine, &digest_owned, || Ok(Cow::Borrowed(&bytes)))
+                .map(Compiled::Component),
+            WasmKind::HttpModule => cache
+                .component(&engine, &digest_owned, || {
+                    adapt::proxy_component(&bytes)
+                        .map(Cow::Owned)
+                        .map_err(wasmtime::Error::msg)
+                })
                 .map(Compiled::Component),
         })
         .await
@@ -180,12 +190,18 @@ fn exports_http_handler(engine: &Engine, c: &wasmtime::component::Component) -> 
 enum WasmKind {
     Module,
     Component,
+    /// A core module exporting a `wasi:http` handler: served as the
+    /// component the proxy adapter makes of it.
+    HttpModule,
 }
 
 /// Tells a core module from a component by the preamble, before handing
 /// bytes to Cranelift.
 fn wasm_kind(bytes: &[u8]) -> Result<WasmKind, &'static str> {
     match bytes.get(0..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) if adapt::exports_http_handler(bytes) => {
+            Ok(WasmKind::HttpModule)
+        }
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(WasmKind::Module),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(WasmKind::Component),
         Some([0, b'a', b's', b'm', ..]) => Err("unsupported WebAssembly binary version"),

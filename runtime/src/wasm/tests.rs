@@ -363,10 +363,11 @@ async fn adapted_component_reads_env_and_mounted_files() {
 }
 
 /// The HTTP hello sample built by `scripts/build-samples.sh`, if built
-/// (required when `SHOAL_REQUIRE_RUST_SAMPLES=1`, as CI sets).
-fn http_hello() -> Option<String> {
+/// (required when `SHOAL_REQUIRE_RUST_SAMPLES=1`, as CI sets): `p2` the
+/// component, `p1` the core module.
+fn http_hello(kind: &str) -> Option<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm-samples/p2/http-hello.wasm");
+        .join(format!("../target/wasm-samples/{kind}/http-hello.wasm"));
     if path.exists() {
         return Some(format!("file://{}", path.display()));
     }
@@ -408,7 +409,9 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_component_serves_each_request_in_a_fresh_instance() {
-    let Some(image) = http_hello() else { return };
+    let Some(image) = http_hello("p2") else {
+        return;
+    };
     let f = fixture();
     let prepared = f.backend.prepare(&image).await.expect("prepare");
     let mut s = spec(Arc::new(Capture::default()));
@@ -471,4 +474,93 @@ async fn http_component_serves_each_request_in_a_fresh_instance() {
     let (code, text) = slow.await.expect("slow request");
     assert_eq!((code, text.as_str()), (200, "slept 300 ms in pod-a\n"));
     assert_eq!(c.wait().await, Exit::Killed);
+}
+
+/// The same handler built as a preview-1 core module: the node wraps it
+/// with the preview-1 adapter at load and serves it like the component,
+/// the pod's environment included. A
+/// second node on the same data directory takes the wrapped component
+/// from the compile cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_core_module_is_served_through_the_adapter() {
+    let Some(image) = http_hello("p1") else {
+        return;
+    };
+    let f = fixture();
+    for round in 0..2 {
+        let backend = if round == 0 {
+            None
+        } else {
+            Some(
+                WasmBackend::new(
+                    &f.root.join("node"),
+                    WasmConfig {
+                        max_instances: 16,
+                        max_memory_bytes: 64 << 20,
+                    },
+                )
+                .expect("second backend"),
+            )
+        };
+        let backend = backend.as_ref().unwrap_or(&f.backend);
+        let prepared = backend.prepare(&image).await.expect("prepare");
+        let mut s = spec(Arc::new(Capture::default()));
+        s.env = vec![("HOSTNAME".into(), "pod-b".into())];
+        let mut c = backend.start(&prepared, s).await.expect("start");
+        let svc = c.http().expect("a wasi:http core module gets a handler");
+        let (code, text) = call(&svc, "GET", "/hi", b"").await;
+        assert_eq!((code, text.as_str()), (200, "hello from pod-b (GET /hi)\n"));
+        let (code, text) = call(&svc, "POST", "/echo", b"ping").await;
+        assert_eq!((code, text.as_str()), (200, "ping"));
+        let (code, text) = call(&svc, "GET", "/trap", b"").await;
+        assert_eq!(code, 502, "{text}");
+        c.kill();
+        assert_eq!(c.wait().await, Exit::Killed);
+    }
+    let cached = std::fs::read_dir(f.root.join("node").join("compiled"))
+        .expect("compile cache")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".component.cwasm")
+        })
+        .count();
+    assert_eq!(
+        cached, 1,
+        "the wrapped component is compiled once and cached"
+    );
+}
+
+/// A preview-1 command module stays a module: only a handler export makes
+/// the node wrap it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_handler_modules_are_wrapped() {
+    let command =
+        wat::parse_str(include_str!("../../../samples/wat/config-reader.wat")).expect("wat");
+    assert_eq!(wasm_kind(&command), Ok(WasmKind::Module));
+    let handler = wat::parse_str(
+        r#"(module (func (export "wasi:http/incoming-handler@0.2.6#handle") (param i32 i32)))"#,
+    )
+    .expect("wat");
+    assert_eq!(wasm_kind(&handler), Ok(WasmKind::HttpModule));
+    // The export without the WIT world wit-bindgen records beside it wraps
+    // into a component that exports nothing: refused, saying why.
+    let f = fixture();
+    let path = f.root.join("bare-handler.wasm");
+    std::fs::write(&path, &handler).expect("write");
+    let Err(err) = f
+        .backend
+        .prepare(&format!("file://{}", path.display()))
+        .await
+    else {
+        panic!("a handler without its WIT world is refused");
+    };
+    assert!(err.to_string().contains("nor an HTTP handler"), "{err}");
+    assert_eq!(
+        wasm_kind(b"\0asm\x01\0\0\0garbage"),
+        Ok(WasmKind::Module),
+        "a module that does not parse is left to the compiler to refuse"
+    );
 }

@@ -103,7 +103,46 @@ async fn nodeports_spread_forward_and_route_service_names() -> anyhow::Result<()
         );
     }
 
+    core_module_handler(&s, &p2_dir).await?;
     bad_input(&s).await?;
+    Ok(())
+}
+
+/// The hello handler built as a preview-1 core module (no component step):
+/// the node wraps it with the preview-1 adapter and serves it, its pod's
+/// environment (HOSTNAME) included.
+async fn core_module_handler(s: &Server, p2_dir: &str) -> anyhow::Result<()> {
+    let p1_dir = p2_dir.replace("/wasm-samples/p2", "/wasm-samples/p1");
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hello-p1}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: hello-p1}}}}
+  template:
+    metadata: {{labels: {{app: hello-p1}}}}
+    spec:
+      containers:
+      - {{name: main, image: "file://{p1_dir}/http-hello.wasm"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: hello-p1}}
+spec:
+  type: NodePort
+  selector: {{app: hello-p1}}
+  ports: [{{port: 80, nodePort: 30085}}]
+"#
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    wait_endpoints(s, "default", "hello-p1", 1).await?;
+    let (code, body) = http_get(&format!("{B}:30085"), "/from-a-module").await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("hello from hello-p1-") && body.contains("(GET /from-a-module)"),
+        "{body}"
+    );
     Ok(())
 }
 
