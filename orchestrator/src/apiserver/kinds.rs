@@ -225,6 +225,7 @@ pub fn registry() -> Registry {
         entry::<policy::PodDisruptionBudget>()
             .short(&["pdb"])
             .subresources(&["status"])
+            .printer(Printer::PodDisruptionBudget)
             .build(),
         // authorization.k8s.io/v1 and authentication.k8s.io/v1: answered, not stored
         entry::<authorization::SelfSubjectAccessReview>()

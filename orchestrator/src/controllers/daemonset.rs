@@ -21,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::deployment::revision::template_hash;
 use super::history::{self, HASH_LABEL};
 use super::informer::key_of;
+use super::intstr;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
@@ -300,14 +301,7 @@ impl DaemonSetController {
             .rolling_update
             .and_then(|r| r.max_unavailable)
             .unwrap_or(IntOrString::Int(1));
-        let max = match max {
-            IntOrString::Int(n) => n.max(0),
-            IntOrString::String(s) => {
-                let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-                ((pct * i64::from(desired) + 99) / 100) as i32
-            }
-        }
-        .max(1);
+        let max = intstr::scaled(&max, desired, true).max(1);
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let (broken, healthy): (Vec<_>, Vec<_>) = old
             .drain(..)

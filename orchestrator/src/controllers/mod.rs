@@ -6,11 +6,13 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
 pub mod hpa;
 pub mod informer;
+pub mod intstr;
 pub mod job;
 pub mod leader;
 pub mod loadbalancer;
@@ -37,6 +39,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -112,6 +115,7 @@ pub struct Informers {
     /// Nodes' heartbeat Leases (namespace `kube-node-lease` only).
     pub node_leases: Arc<Informer<Lease>>,
     pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
+    pub pdbs: Arc<Informer<PodDisruptionBudget>>,
 }
 
 impl Informers {
@@ -133,6 +137,7 @@ impl Informers {
             ingresses: Informer::new("ingresses"),
             node_leases: Informer::new("leases"),
             hpas: Informer::new("horizontalpodautoscalers"),
+            pdbs: Informer::new("poddisruptionbudgets"),
         }
     }
 
@@ -156,6 +161,7 @@ impl Informers {
             nodelifecycle::LEASE_NAMESPACE,
         ));
         self.hpas.start(Api::all(client.clone()));
+        self.pdbs.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -175,6 +181,7 @@ impl Informers {
         self.ingresses.wait_synced().await;
         self.node_leases.wait_synced().await;
         self.hpas.wait_synced().await;
+        self.pdbs.wait_synced().await;
     }
 }
 
@@ -246,6 +253,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let nodes = nodelifecycle::NodeLifecycleController::register(&ctx);
     let podgc = podgc::PodGarbageCollector::register(&ctx);
     let hpa = hpa::HpaController::register(&ctx);
+    let pdb = disruption::DisruptionController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -265,6 +273,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(nodes.0, nodes.1, 2, ctx.clone()));
     set.spawn(run_loop(podgc.0, podgc.1, 2, ctx.clone()));
     set.spawn(run_loop(hpa.0, hpa.1, 2, ctx.clone()));
+    set.spawn(run_loop(pdb.0, pdb.1, 2, ctx.clone()));
     set
 }
 

@@ -24,6 +24,17 @@ async fn drain_evicts_within_the_disruption_budget() -> anyhow::Result<()> {
     s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
     wait_ready_pods(&pods, "web", 3).await?;
     s.kubectl_in(&["apply", "-f", "-"], Some(PDB))?;
+    // The disruption controller fills in the budget's status.
+    wait_pdb(&s, "3 2 3 1 True SufficientPods").await?;
+    let table = s.kubectl(&["get", "pdb", "web"])?;
+    assert!(
+        table.contains("MIN AVAILABLE")
+            && table.contains("ALLOWED DISRUPTIONS")
+            && table.lines().nth(1).is_some_and(|l| {
+                l.split_whitespace().take(4).collect::<Vec<_>>() == ["web", "2", "N/A", "1"]
+            }),
+        "{table}"
+    );
 
     // Three healthy pods and a budget of two: one may go, the next is
     // refused until the drain gives up. The replacement cannot be
@@ -54,6 +65,8 @@ async fn drain_evicts_within_the_disruption_budget() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(ready, 2);
+    // Two healthy of the three expected: nothing more to spare.
+    wait_pdb(&s, "3 2 2 0 False InsufficientPods").await?;
 
     // Without the budget the drain empties the node; uncordoned, the
     // Deployment comes back whole.
@@ -83,4 +96,24 @@ async fn drain_evicts_within_the_disruption_budget() -> anyhow::Result<()> {
     )?;
     assert!(err.contains("not found"), "{err}");
     Ok(())
+}
+
+/// Waits until budget `web`'s status reads `want`: expected, desired and
+/// current healthy pods, allowed disruptions, and the DisruptionAllowed
+/// condition's status and reason.
+async fn wait_pdb(s: &Server, want: &str) -> anyhow::Result<()> {
+    let jsonpath = "jsonpath={.status.expectedPods} {.status.desiredHealthy} \
+        {.status.currentHealthy} {.status.disruptionsAllowed} \
+        {.status.conditions[?(@.type==\"DisruptionAllowed\")].status} \
+        {.status.conditions[?(@.type==\"DisruptionAllowed\")].reason}";
+    let mut last = String::new();
+    let seen = wait_for(&format!("budget status {want}"), PATIENCE, || {
+        let got = s
+            .kubectl(&["get", "pdb", "web", "-o", jsonpath])
+            .unwrap_or_default();
+        last = got.clone();
+        async move { (got == want).then_some(()) }
+    })
+    .await;
+    seen.map_err(|e| anyhow::anyhow!("{e}; last status: {last:?}"))
 }

@@ -2,15 +2,17 @@
 //! drain` sends it.
 //!
 //! Kubernetes reads a budget's `status.disruptionsAllowed`, kept by its
-//! disruption controller; Shoal has no such controller, so the budget is
-//! worked out here from the pods it selects: healthy means Ready and not
-//! being deleted, expected means every selected pod that has not finished.
-//! Evictions are taken one at a time, so two cannot both spend the last
-//! allowed disruption.
+//! disruption controller, and records evicted pods in `disruptedPods` until
+//! the controller catches up. Here the budget is worked out afresh from the
+//! pods it selects, with the disruption controller's own arithmetic
+//! (`controllers::disruption::budget`), and evictions are taken one at a
+//! time, so two cannot both spend the last allowed disruption.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{json, Map, Value};
 
 use super::delete::{delete_one, options_from};
@@ -19,6 +21,7 @@ use crate::apiserver::error::{ApiError, ApiResult};
 use crate::apiserver::request::{self, Query, Target};
 use crate::apiserver::selectors::label_selector_matches;
 use crate::apiserver::ApiState;
+use crate::controllers::{disruption, pods};
 
 pub async fn evict(
     st: &ApiState,
@@ -53,9 +56,10 @@ pub async fn evict(
         .map_err(|e| ApiError::from_store(e, "pods", name))?
         .ok_or_else(|| ApiError::not_found("pods", name))?;
     // A pod that has finished or is already going costs no budget.
-    let spent = finished(&pod.value) || terminating(&pod.value);
-    if !spent {
-        check_budgets(st, ns, &pod.value).await?;
+    let typed: Pod = serde_json::from_value((*pod.value).clone())
+        .map_err(|e| ApiError::bad_request(format!("stored pod {name}: {e}")))?;
+    if pods::is_active(&typed) {
+        check_budgets(st, ns, &typed).await?;
     }
     delete_one(st, &pod_target, name, &options).await?;
     Ok(respond(
@@ -66,15 +70,18 @@ pub async fn evict(
 }
 
 /// 429 when the pod's budget has no disruption to spare.
-async fn check_budgets(st: &ApiState, ns: &str, pod: &Value) -> ApiResult<()> {
+async fn check_budgets(st: &ApiState, ns: &str, pod: &Pod) -> ApiResult<()> {
     let Some(pdbs) = st.registry.get("policy", "v1", "poddisruptionbudgets") else {
         return Ok(());
     };
     let empty = Map::new();
-    let labels = pod
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
+    let labels: Map<String, Value> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let page = st
         .store
         .list(&pdbs.key(Some(ns), None), None, None, &|_| true)
@@ -85,7 +92,7 @@ async fn check_budgets(st: &ApiState, ns: &str, pod: &Value) -> ApiResult<()> {
         let Some(sel) = pdb.value.pointer("/spec/selector") else {
             continue;
         };
-        if label_selector_matches(sel, labels).unwrap_or(false) {
+        if label_selector_matches(sel, &labels).unwrap_or(false) {
             covering.push(pdb.value.clone());
         }
     }
@@ -116,19 +123,24 @@ async fn check_budgets(st: &ApiState, ns: &str, pod: &Value) -> ApiResult<()> {
         })
         .await
         .map_err(|e| ApiError::from_store(e, "pods", ""))?;
-    let expected = selected
+    let typed = |v: &Value| serde_json::from_value::<Pod>(v.clone()).ok();
+    let selected: Vec<Pod> = selected
         .items
         .iter()
-        .filter(|p| !finished(&p.value))
-        .count() as i64;
-    let healthy = selected.items.iter().filter(|p| healthy(&p.value)).count() as i64;
-    let desired = desired_healthy(pdb, expected);
-    // An unhealthy pod may go while the budget is met; a healthy one only
-    // if one more can be spared.
-    let allowed = if healthy_pod(pod) {
-        healthy - desired > 0
+        .filter_map(|p| typed(&p.value))
+        .collect();
+    let pdb_typed: PodDisruptionBudget = serde_json::from_value((**pdb).clone())
+        .map_err(|e| ApiError::bad_request(format!("stored PodDisruptionBudget: {e}")))?;
+    let spec = pdb_typed.spec.unwrap_or_default();
+    let b = disruption::budget(&spec, selected.iter());
+    let (healthy, desired) = (b.healthy, b.desired);
+    let always_unhealthy = spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow");
+    // An unhealthy pod may go while the budget is met (or always, if the
+    // budget says so); a healthy one only if one more can be spared.
+    let allowed = if disruption::is_healthy(pod) {
+        b.allowed() > 0
     } else {
-        healthy >= desired
+        always_unhealthy || healthy >= desired
     };
     if allowed {
         return Ok(());
@@ -145,73 +157,4 @@ async fn check_budgets(st: &ApiState, ns: &str, pod: &Value) -> ApiResult<()> {
     e.details = Some(json!({"causes": [{"reason": "DisruptionBudget",
         "message": format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently")}]}));
     Err(e)
-}
-
-/// How many selected pods must stay healthy.
-fn desired_healthy(pdb: &Value, expected: i64) -> i64 {
-    let spec = pdb.get("spec");
-    if let Some(min) = spec.and_then(|s| s.get("minAvailable")) {
-        return scaled(min, expected);
-    }
-    if let Some(max) = spec.and_then(|s| s.get("maxUnavailable")) {
-        return (expected - scaled(max, expected)).max(0);
-    }
-    // Neither: one pod stays, as policy/v1beta1 defaulted minAvailable.
-    1
-}
-
-/// An int-or-percent against `total`, percentages rounded up.
-fn scaled(v: &Value, total: i64) -> i64 {
-    if let Some(n) = v.as_i64() {
-        return n;
-    }
-    let pct = v
-        .as_str()
-        .and_then(|s| s.strip_suffix('%'))
-        .and_then(|s| s.parse::<i64>().ok())
-        .unwrap_or(0);
-    (pct * total + 99) / 100
-}
-
-fn finished(pod: &Value) -> bool {
-    matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-fn terminating(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-}
-
-fn healthy_pod(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
-fn healthy(pod: &Value) -> bool {
-    healthy_pod(pod) && !terminating(pod) && !finished(pod)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_in_numbers_and_percentages() {
-        let pdb = |spec: Value| json!({"spec": spec});
-        assert_eq!(desired_healthy(&pdb(json!({"minAvailable": 2})), 3), 2);
-        assert_eq!(desired_healthy(&pdb(json!({"minAvailable": "50%"})), 3), 2);
-        assert_eq!(desired_healthy(&pdb(json!({"maxUnavailable": 1})), 3), 2);
-        assert_eq!(
-            desired_healthy(&pdb(json!({"maxUnavailable": "50%"})), 3),
-            1
-        );
-        assert_eq!(desired_healthy(&pdb(json!({})), 3), 1);
-    }
 }

@@ -636,5 +636,20 @@ pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
             json!(n(o, "/status/currentReplicas").to_string()),
             age,
         ],
+        Printer::PodDisruptionBudget => {
+            // An int or a percentage; "N/A" when the budget uses the other.
+            let either = |p: &str| match o.pointer(p) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".to_string(),
+            };
+            vec![
+                name,
+                json!(either("/spec/minAvailable")),
+                json!(either("/spec/maxUnavailable")),
+                json!(n(o, "/status/disruptionsAllowed")),
+                age,
+            ]
+        }
     }
 }

@@ -29,6 +29,7 @@ pub enum Printer {
     EndpointSlice,
     Endpoints,
     HorizontalPodAutoscaler,
+    PodDisruptionBudget,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -160,6 +161,13 @@ fn columns(p: Printer) -> Vec<Col> {
             ("MinPods", "string", 0),
             ("MaxPods", "string", 0),
             ("Replicas", "string", 0),
+            age,
+        ],
+        Printer::PodDisruptionBudget => vec![
+            name,
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
             age,
         ],
     }

@@ -4,22 +4,12 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// An int, or a percentage of `total` rounded up or down.
+use crate::controllers::intstr;
+
+/// An int, or a percentage of `total`; unset is Kubernetes' default of 25%.
 fn scaled(v: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
-    match v {
-        Some(IntOrString::Int(n)) => (*n).max(0),
-        Some(IntOrString::String(s)) => {
-            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(25);
-            let num = pct * i64::from(total.max(0));
-            let n = if round_up {
-                (num + 99) / 100
-            } else {
-                num / 100
-            };
-            n.clamp(0, i64::from(i32::MAX)) as i32
-        }
-        None => scaled(Some(&IntOrString::String("25%".into())), total, round_up),
-    }
+    let default = IntOrString::String("25%".into());
+    intstr::scaled(v.unwrap_or(&default), total, round_up)
 }
 
 /// `(maxSurge, maxUnavailable)` as pod counts: surge rounds up,
