@@ -1,6 +1,8 @@
-//! Readiness and liveness probes on HTTP pods: a pod is Ready (and an
-//! endpoint) only once its readiness probe passes, a failing one stays out
-//! of the Service, and a failing liveness probe restarts the container.
+//! Startup, readiness and liveness probes on HTTP pods: a pod is Ready (and
+//! an endpoint) only once its readiness probe passes, a failing one stays
+//! out of the Service, a failing liveness probe restarts the container, and
+//! a startup probe holds the container unstarted (and its liveness probe
+//! back) until it passes, restarting it if it never does.
 
 use std::time::Duration;
 
@@ -36,7 +38,18 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
     let ready = "    readinessProbe:\n      httpGet: {path: /healthz, port: http}\n      periodSeconds: 1\n";
     let never = "    readinessProbe:\n      httpGet: {path: /trap, port: 8080}\n      periodSeconds: 1\n      failureThreshold: 1\n";
     let dead = "    livenessProbe:\n      httpGet: {path: /hang, port: 8080}\n      periodSeconds: 1\n      timeoutSeconds: 1\n      failureThreshold: 2\n";
-    for (name, probe) in [("ready", ready), ("never", never), ("dead", dead)] {
+    let starts =
+        "    startupProbe:\n      httpGet: {path: /healthz, port: http}\n      periodSeconds: 1\n";
+    // The liveness probe would fail at once; the startup probe fails first
+    // and holds it back.
+    let nostart = "    startupProbe:\n      httpGet: {path: /trap, port: 8080}\n      periodSeconds: 1\n      failureThreshold: 3\n    livenessProbe:\n      httpGet: {path: /trap, port: 8080}\n      failureThreshold: 1\n";
+    for (name, probe) in [
+        ("ready", ready),
+        ("never", never),
+        ("dead", dead),
+        ("starts", starts),
+        ("nostart", nostart),
+    ] {
         s.kubectl_in(&["apply", "-f", "-"], Some(&probed(name, &hello, probe)))?;
     }
     s.kubectl_in(
@@ -61,6 +74,37 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
     assert!(
         described.contains("Liveness probe failed")
             && described.contains("failed liveness probe, will be restarted"),
+        "{described}"
+    );
+
+    // A startup probe that passes: started, and Ready with no readiness
+    // probe of its own.
+    wait_pod(&pods, "starts", "to pass its startup probe", |p| {
+        first_container(p).is_some_and(|c| c.started == Some(true) && c.ready)
+    })
+    .await?;
+    // One that never passes: running but not started, then restarted by
+    // the startup probe, not the liveness probe.
+    let p = pods.get("nostart").await?;
+    if restarts(&p) == 0 && phase(&p) == "Running" {
+        let c = first_container(&p);
+        assert!(
+            c.is_some_and(|c| c.started != Some(true) && !c.ready),
+            "started before its startup probe passed: {c:?}"
+        );
+    }
+    wait_pod(
+        &pods,
+        "nostart",
+        "to be restarted by its startup probe",
+        |p| restarts(p) >= 1,
+    )
+    .await?;
+    let described = s.kubectl(&["describe", "pod", "nostart"])?;
+    assert!(
+        described.contains("Startup probe failed")
+            && described.contains("failed startup probe, will be restarted")
+            && !described.contains("Liveness probe failed"),
         "{described}"
     );
 

@@ -292,6 +292,15 @@ fn validate_container<'a>(
             }
         }
     }
+    for (field, must_succeed_once) in [
+        ("startupProbe", true),
+        ("livenessProbe", true),
+        ("readinessProbe", false),
+    ] {
+        if let Some(probe) = c.get(field).filter(|p| !p.is_null()) {
+            validate_probe(probe, &format!("{path}.{field}"), must_succeed_once, out);
+        }
+    }
     if let Some(mounts) = c.get("volumeMounts").and_then(Value::as_array) {
         for (i, m) in mounts.iter().enumerate() {
             let n = str_at(m, "/name").unwrap_or("");
@@ -307,6 +316,56 @@ fn validate_container<'a>(
                     "{path}.volumeMounts[{i}].mountPath"
                 )));
             }
+        }
+    }
+}
+
+/// Kubernetes' probe rules: exactly one handler, no negative timings, and
+/// a startup or liveness probe that succeeds once (`successThreshold: 1`).
+fn validate_probe(probe: &Value, path: &str, must_succeed_once: bool, out: &mut Vec<Cause>) {
+    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"]
+        .iter()
+        .filter(|h| probe.get(**h).is_some_and(|v| !v.is_null()))
+        .count();
+    match handlers {
+        0 => out.push(Cause {
+            reason: "FieldValueRequired",
+            field: path.to_string(),
+            message: "Required value: must specify a handler type".into(),
+        }),
+        1 => {}
+        _ => out.push(Cause::forbidden(
+            path,
+            "may not specify more than 1 handler type",
+        )),
+    }
+    for field in [
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "successThreshold",
+        "failureThreshold",
+        "terminationGracePeriodSeconds",
+    ] {
+        if let Some(n) = probe.get(field).and_then(Value::as_i64).filter(|n| *n < 0) {
+            out.push(Cause::invalid(
+                format!("{path}.{field}"),
+                n,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if must_succeed_once {
+        if let Some(n) = probe
+            .get("successThreshold")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 1)
+        {
+            out.push(Cause::invalid(
+                format!("{path}.successThreshold"),
+                n,
+                "must be 1",
+            ));
         }
     }
 }
@@ -421,6 +480,39 @@ mod tests {
                 "spec.containers[0].image",
                 "spec.containers[1].ports[0].containerPort",
                 "spec.restartPolicy"
+            ]
+        );
+    }
+
+    #[test]
+    fn probes_need_one_handler_and_liveness_succeeds_once() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x",
+            "startupProbe": {"httpGet": {"port": 80}, "successThreshold": 2},
+            "livenessProbe": {"periodSeconds": -1},
+            "readinessProbe": {"httpGet": {"port": 80}, "tcpSocket": {"port": 80}, "successThreshold": 3}}]}});
+        let got: Vec<(String, String)> = validate_pod(&pod)
+            .into_iter()
+            .map(|c| (c.field, c.message))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "spec.containers[0].startupProbe.successThreshold".into(),
+                    "Invalid value: 2: must be 1".into()
+                ),
+                (
+                    "spec.containers[0].livenessProbe".into(),
+                    "Required value: must specify a handler type".into()
+                ),
+                (
+                    "spec.containers[0].livenessProbe.periodSeconds".into(),
+                    "Invalid value: -1: must be greater than or equal to 0".into()
+                ),
+                (
+                    "spec.containers[0].readinessProbe".into(),
+                    "Forbidden: may not specify more than 1 handler type".into()
+                ),
             ]
         );
     }

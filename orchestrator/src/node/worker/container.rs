@@ -214,9 +214,10 @@ impl ContainerTask {
         let http = running.http();
         let mut prober =
             Prober::for_container(&self.ready.spec, http.clone(), self.ctx.host_ip.clone());
-        // With a readiness probe the container is Ready only once it passes.
+        // With a readiness probe the container is Ready only once it passes;
+        // with a startup probe it is not even started until that passes.
         self.status.ready = prober.initially_ready();
-        self.status.started = Some(true);
+        self.status.started = Some(prober.initially_started());
         self.status.state = Some(ContainerState {
             running: Some(ContainerStateRunning {
                 started_at: Some(started_at.clone()),
@@ -255,6 +256,11 @@ impl ContainerTask {
                         killed = true;
                     }
                     outcome = prober.next(), if !killed => match outcome {
+                        Outcome::Started { ready } => {
+                            self.status.started = Some(true);
+                            self.status.ready = ready;
+                            self.send();
+                        }
                         Outcome::Ready(ready) => {
                             if !ready {
                                 self.ctx.events.warning(
@@ -266,16 +272,20 @@ impl ContainerTask {
                             self.status.ready = ready;
                             self.send();
                         }
-                        Outcome::Dead(why) => {
+                        Outcome::Dead { probe, why } => {
+                            let probe = probe.as_str();
                             self.ctx.events.warning(
                                 &self.object,
                                 "Unhealthy",
-                                format!("Liveness probe failed: {why}"),
+                                format!("{probe} probe failed: {why}"),
                             );
                             self.ctx.events.normal(
                                 &self.object,
                                 "Killing",
-                                format!("Container {name} failed liveness probe, will be restarted"),
+                                format!(
+                                    "Container {name} failed {} probe, will be restarted",
+                                    probe.to_lowercase()
+                                ),
                             );
                             kill.kill();
                             killed = true;

@@ -1,6 +1,8 @@
-//! Readiness and liveness probes of one running container, kubelet's
-//! semantics: `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
-//! `successThreshold`, `failureThreshold`. `httpGet` and `tcpSocket` probe
+//! Startup, readiness and liveness probes of one running container,
+//! kubelet's semantics: `initialDelaySeconds`, `periodSeconds`,
+//! `timeoutSeconds`, `successThreshold`, `failureThreshold`. A startup probe
+//! holds the other two back until it first succeeds, and the container is
+//! neither started nor Ready before then. `httpGet` and `tcpSocket` probe
 //! a `wasi:http` container through its handler in-process (the port names
 //! the pod, which serves every port it declares); any other container is
 //! probed over the network at the pod's address. `exec` cannot run inside
@@ -18,11 +20,30 @@ use tokio::time::Instant;
 /// What a probe round changed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
+    /// The startup probe succeeded: the container has started, and is
+    /// Ready now if it has no readiness probe to pass.
+    Started { ready: bool },
     /// The readiness verdict flipped.
     Ready(bool),
-    /// Liveness failed `failureThreshold` times in a row; the message is the
-    /// last failure.
-    Dead(String),
+    /// The startup or liveness probe failed `failureThreshold` times in a
+    /// row; `why` is the last failure.
+    Dead { probe: Kind, why: String },
+}
+
+/// Which probe gave up on a container, as kubelet names it in Events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Startup,
+    Liveness,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Liveness => "Liveness",
+        }
+    }
 }
 
 struct Schedule {
@@ -49,6 +70,8 @@ impl Schedule {
 }
 
 pub(crate) struct Prober {
+    /// Dropped once it succeeds: a startup probe runs until then only.
+    startup: Option<Schedule>,
     readiness: Option<Schedule>,
     liveness: Option<Schedule>,
     ready: bool,
@@ -88,6 +111,7 @@ impl Prober {
             })
         };
         Prober::new(
+            resolve(&c.startup_probe),
             resolve(&c.readiness_probe),
             resolve(&c.liveness_probe),
             http,
@@ -96,6 +120,7 @@ impl Prober {
     }
 
     fn new(
+        startup: Option<Probe>,
         readiness: Option<Probe>,
         liveness: Option<Probe>,
         http: Option<Arc<dyn HttpService>>,
@@ -103,7 +128,8 @@ impl Prober {
     ) -> Prober {
         let now = Instant::now();
         Prober {
-            ready: readiness.is_none(),
+            ready: readiness.is_none() && startup.is_none(),
+            startup: startup.map(|p| Schedule::new(p, now)),
             readiness: readiness.map(|p| Schedule::new(p, now)),
             liveness: liveness.map(|p| Schedule::new(p, now)),
             http,
@@ -116,20 +142,54 @@ impl Prober {
         self.ready
     }
 
-    /// Runs probes as they fall due; returns when the readiness verdict
-    /// flips or liveness gives up. Without probes it never returns.
+    /// Whether the container counts as started before any probe has run:
+    /// unless it has a startup probe to pass.
+    pub(crate) fn initially_started(&self) -> bool {
+        self.startup.is_none()
+    }
+
+    /// Runs probes as they fall due; returns when the container starts,
+    /// the readiness verdict flips, or startup or liveness gives up.
+    /// Without probes it never returns.
     pub(crate) async fn next(&mut self) -> Outcome {
         loop {
-            let due = [&self.readiness, &self.liveness]
-                .into_iter()
-                .flatten()
-                .map(|s| s.next)
-                .min();
+            // Until the startup probe passes, it is the only one that runs;
+            // the others' initial delays count from the container's start.
+            let due = match &self.startup {
+                Some(s) => Some(s.next),
+                None => [&self.readiness, &self.liveness]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.next)
+                    .min(),
+            };
             let Some(due) = due else {
                 return std::future::pending().await;
             };
             tokio::time::sleep_until(due).await;
             let now = Instant::now();
+            if let Some(s) = self.startup.as_mut() {
+                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
+                s.next = Instant::now() + s.period();
+                match result {
+                    Ok(()) => {
+                        self.startup = None;
+                        self.ready = self.readiness.is_none();
+                        return Outcome::Started { ready: self.ready };
+                    }
+                    Err(why) => {
+                        s.failures += 1;
+                        if s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1) {
+                            s.failures = 0;
+                            return Outcome::Dead {
+                                probe: Kind::Startup,
+                                why,
+                            };
+                        }
+                    }
+                }
+                continue;
+            }
             if let Some(s) = self.liveness.as_mut().filter(|s| s.next <= now) {
                 let result = check(&s.probe, self.http.as_ref(), &self.host).await;
                 s.next = Instant::now() + s.period();
@@ -139,7 +199,10 @@ impl Prober {
                         s.failures += 1;
                         if s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1) {
                             s.failures = 0;
-                            return Outcome::Dead(why);
+                            return Outcome::Dead {
+                                probe: Kind::Liveness,
+                                why,
+                            };
                         }
                     }
                 }
@@ -312,18 +375,70 @@ mod tests {
     #[tokio::test]
     async fn readiness_flips_and_liveness_gives_up() {
         let svc: Arc<dyn HttpService> = Arc::new(ByPath);
-        let mut ok = Prober::new(Some(probe("/204", 3)), None, Some(svc.clone()), "h".into());
+        let mut ok = Prober::new(
+            None,
+            Some(probe("/204", 3)),
+            None,
+            Some(svc.clone()),
+            "h".into(),
+        );
         assert!(!ok.initially_ready());
+        assert!(ok.initially_started());
         assert_eq!(ok.next().await, Outcome::Ready(true));
 
-        let mut dead = Prober::new(None, Some(probe("/500", 2)), Some(svc), "h".into());
+        let mut dead = Prober::new(None, None, Some(probe("/500", 2)), Some(svc), "h".into());
         assert!(dead.initially_ready());
         let started = Instant::now();
         match dead.next().await {
-            Outcome::Dead(why) => assert!(why.contains("statuscode: 500"), "{why}"),
+            Outcome::Dead {
+                probe: Kind::Liveness,
+                why,
+            } => assert!(why.contains("statuscode: 500"), "{why}"),
             other => panic!("unexpected {other:?}"),
         }
         // Two failures, a period apart.
         assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn startup_holds_the_other_probes_back() {
+        let svc: Arc<dyn HttpService> = Arc::new(ByPath);
+        // Started, then Ready through its readiness probe.
+        let mut p = Prober::new(
+            Some(probe("/200", 3)),
+            Some(probe("/200", 3)),
+            None,
+            Some(svc.clone()),
+            "h".into(),
+        );
+        assert!(!p.initially_started() && !p.initially_ready());
+        assert_eq!(p.next().await, Outcome::Started { ready: false });
+        assert_eq!(p.next().await, Outcome::Ready(true));
+        // No readiness probe: Ready as soon as started.
+        let mut p = Prober::new(
+            Some(probe("/200", 3)),
+            None,
+            None,
+            Some(svc.clone()),
+            "h".into(),
+        );
+        assert!(!p.initially_ready());
+        assert_eq!(p.next().await, Outcome::Started { ready: true });
+        // A liveness probe that would fail at once never runs while the
+        // startup probe is failing; the startup probe gives up instead.
+        let mut p = Prober::new(
+            Some(probe("/503", 2)),
+            None,
+            Some(probe("/500", 1)),
+            Some(svc),
+            "h".into(),
+        );
+        match p.next().await {
+            Outcome::Dead {
+                probe: Kind::Startup,
+                why,
+            } => assert!(why.contains("statuscode: 503"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
