@@ -108,6 +108,8 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
         "{described}"
     );
 
+    pre_stop_hooks(&s, &pods, &hello).await?;
+
     // `never` runs but is never Ready, and is no ready endpoint: the
     // Service's ready endpoints are `ready` and `dead` (between restarts).
     let p = pods.get("never").await?;
@@ -132,6 +134,44 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
             ])
             .ok()?;
         (slice.contains("never=false") && slice.contains("ready=true")).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A preStop hook runs when the pod is deleted, before its container is
+/// stopped: a `sleep` holds the deletion for its length, and a failing
+/// `httpGet` is a `FailedPreStopHook` Event, the pod going anyway.
+async fn pre_stop_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Result<()> {
+    let sleeper = "    lifecycle:\n      preStop:\n        sleep: {seconds: 2}\n";
+    let failing = "    lifecycle:\n      preStop:\n        httpGet: {path: /trap, port: http}\n";
+    for (name, hook) in [("sleeper", sleeper), ("failing", failing)] {
+        s.kubectl_in(&["apply", "-f", "-"], Some(&probed(name, hello, hook)))?;
+        wait_pod(pods, name, "to be Ready", |p| {
+            first_container(p).is_some_and(|c| c.ready)
+        })
+        .await?;
+    }
+    let started = std::time::Instant::now();
+    s.kubectl(&["delete", "pod", "sleeper", "--wait=true"])?;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "deleted after {:?}, before its preStop sleep ended",
+        started.elapsed()
+    );
+    s.kubectl(&["delete", "pod", "failing", "--wait=true"])?;
+    wait_for("the FailedPreStopHook Event", PATIENCE, || async {
+        let events = s
+            .kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=failing,reason=FailedPreStopHook",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .ok()?;
+        events.contains("statuscode: 502").then_some(())
     })
     .await?;
     Ok(())

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, Fuse, FutureExt};
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus,
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, instrument};
 
 use super::backoff::Backoff;
+use super::hooks;
 use super::probe::{Outcome, Prober};
 use super::{now, ReadyContainer};
 use crate::events::ObjectRef;
@@ -67,7 +69,8 @@ pub(crate) struct ContainerTask {
     pub object: ObjectRef,
     pub updates: mpsc::UnboundedSender<Update>,
     /// Flips to true when the pod is being deleted.
-    pub stop: watch::Receiver<bool>,
+    /// The pod's grace period, once its containers are to stop.
+    pub stop: watch::Receiver<Option<Duration>>,
 }
 
 impl ContainerTask {
@@ -99,13 +102,13 @@ impl ContainerTask {
     /// Sleeps unless told to stop first; true when stopped.
     async fn pause(&mut self, d: Duration) -> bool {
         if d.is_zero() {
-            return *self.stop.borrow();
+            return self.stop.borrow().is_some();
         }
         let stopped = tokio::select! {
             _ = tokio::time::sleep(d) => false,
             _ = stopped(self.stop.clone()) => true,
         };
-        stopped || *self.stop.borrow()
+        stopped || self.stop.borrow().is_some()
     }
 
     /// Runs the container until it ends for good or the pod stops; returns
@@ -117,7 +120,7 @@ impl ContainerTask {
         let name = self.ready.spec.name.clone();
         self.status.image_id = self.ready.prepared.digest.clone();
         loop {
-            if *self.stop.borrow() {
+            if self.stop.borrow().is_some() {
                 return self.status;
             }
             let ran_from = Instant::now();
@@ -135,7 +138,7 @@ impl ContainerTask {
                     continue;
                 }
             };
-            if *self.stop.borrow() || !self.policy.again(&exit) {
+            if self.stop.borrow().is_some() || !self.policy.again(&exit) {
                 return self.status;
             }
             exited_at = Some(Instant::now());
@@ -241,6 +244,10 @@ impl ContainerTask {
                 .register(&self.pod.namespace, &self.pod.name, h.clone());
         }
         let mut killed = false;
+        // Deleted: the preStop hook runs (the container still serving) and
+        // the kill follows it.
+        let mut stopping = false;
+        let mut pre_stop = Fuse::<BoxFuture<'static, Option<Result<(), String>>>>::terminated();
         let exit = {
             let kill = running.kill_handle();
             let wait = running.wait();
@@ -248,14 +255,28 @@ impl ContainerTask {
             loop {
                 tokio::select! {
                     e = &mut wait => break e,
-                    _ = stopped(self.stop.clone()), if !killed => {
+                    grace = stopped(self.stop.clone()), if !stopping => {
+                        stopping = true;
+                        let (c, http, host) = (self.ready.spec.clone(), http.clone(), self.ctx.host_ip.clone());
+                        pre_stop = async move { hooks::pre_stop(&c, http.as_ref(), &host, grace).await }
+                            .boxed()
+                            .fuse();
+                    }
+                    hooked = &mut pre_stop, if !killed => {
+                        if let Some(Err(why)) = hooked {
+                            self.ctx.events.warning(
+                                &self.object,
+                                "FailedPreStopHook",
+                                format!("PreStopHook failed for container {name}: {why}"),
+                            );
+                        }
                         // A Wasm guest cannot install a SIGTERM handler, so
                         // SIGTERM's default action applies: it ends now (an
                         // HTTP pod first answers what it has in flight).
                         kill.kill();
                         killed = true;
                     }
-                    outcome = prober.next(), if !killed => match outcome {
+                    outcome = prober.next(), if !killed && !stopping => match outcome {
                         Outcome::Started { ready } => {
                             self.status.started = Some(true);
                             self.status.ready = ready;
@@ -332,9 +353,13 @@ impl ContainerTask {
     }
 }
 
-/// Resolves once the pod is told to stop (or the worker is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// Resolves once the pod is told to stop, with its grace period (zero if
+/// the worker is gone).
+async fn stopped(mut stop: watch::Receiver<Option<Duration>>) -> Duration {
+    match stop.wait_for(Option::is_some).await {
+        Ok(grace) => grace.unwrap_or_default(),
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// Durations as Go prints them in kubelet messages ("10ms", "2.5s", "5m0s").

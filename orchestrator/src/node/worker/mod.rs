@@ -13,6 +13,7 @@
 mod backoff;
 mod container;
 mod finished;
+mod hooks;
 mod init;
 mod pending;
 mod probe;

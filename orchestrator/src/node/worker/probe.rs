@@ -89,24 +89,7 @@ impl Prober {
     ) -> Prober {
         let resolve = |p: &Option<Probe>| {
             p.clone().map(|mut p| {
-                let named = |port: &mut IntOrString| {
-                    if let IntOrString::String(name) = port {
-                        let found = c
-                            .ports
-                            .iter()
-                            .flatten()
-                            .find(|cp| cp.name.as_deref() == Some(name.as_str()));
-                        if let Some(cp) = found {
-                            *port = IntOrString::Int(cp.container_port);
-                        }
-                    }
-                };
-                if let Some(g) = p.http_get.as_mut() {
-                    named(&mut g.port);
-                }
-                if let Some(t) = p.tcp_socket.as_mut() {
-                    named(&mut t.port);
-                }
+                resolve_ports(c, &mut p);
                 p
             })
         };
@@ -233,6 +216,29 @@ impl Prober {
     }
 }
 
+/// Turns named ports in `p`'s handler into container port numbers; a name
+/// no port has stays, and the attempt then fails saying so.
+pub(super) fn resolve_ports(c: &Container, p: &mut Probe) {
+    let named = |port: &mut IntOrString| {
+        if let IntOrString::String(name) = port {
+            let found = c
+                .ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()));
+            if let Some(cp) = found {
+                *port = IntOrString::Int(cp.container_port);
+            }
+        }
+    };
+    if let Some(g) = p.http_get.as_mut() {
+        named(&mut g.port);
+    }
+    if let Some(t) = p.tcp_socket.as_mut() {
+        named(&mut t.port);
+    }
+}
+
 fn port_number(p: &IntOrString) -> Option<u16> {
     match p {
         IntOrString::Int(n) => u16::try_from(*n).ok(),
@@ -255,7 +261,7 @@ async fn check(
     }
 }
 
-async fn attempt(
+pub(super) async fn attempt(
     probe: &Probe,
     http: Option<&Arc<dyn HttpService>>,
     host: &str,

@@ -18,7 +18,8 @@ pub(super) struct Supervisor {
     tasks: JoinSet<ContainerStatus>,
     updates: mpsc::UnboundedReceiver<Update>,
     tx: mpsc::UnboundedSender<Update>,
-    stop: watch::Sender<bool>,
+    /// Set to the pod's grace period when its containers are to stop.
+    stop: watch::Sender<Option<Duration>>,
 }
 
 pub(super) enum Outcome {
@@ -33,7 +34,7 @@ const KILL_SLACK: Duration = Duration::from_secs(2);
 impl Supervisor {
     pub(super) fn new() -> Supervisor {
         let (tx, updates) = mpsc::unbounded_channel();
-        let (stop, _) = watch::channel(false);
+        let (stop, _) = watch::channel(None);
         Supervisor {
             tasks: JoinSet::new(),
             updates,
@@ -114,13 +115,13 @@ impl Supervisor {
 
     /// Stops every container within the pod's grace period.
     async fn shutdown(&mut self, w: &mut PodWorker) {
-        let _ = self.stop.send(true);
         let grace = w
             .pod
             .metadata
             .deletion_grace_period_seconds
             .unwrap_or(0)
             .max(0) as u64;
+        let _ = self.stop.send(Some(Duration::from_secs(grace)));
         let deadline = Duration::from_secs(grace) + KILL_SLACK;
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(deadline, all).await.is_err() {
