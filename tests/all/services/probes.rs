@@ -108,7 +108,7 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
         "{described}"
     );
 
-    pre_stop_hooks(&s, &pods, &hello).await?;
+    lifecycle_hooks(&s, &pods, &hello).await?;
 
     // `never` runs but is never Ready, and is no ready endpoint: the
     // Service's ready endpoints are `ready` and `dead` (between restarts).
@@ -139,12 +139,19 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A preStop hook runs when the pod is deleted, before its container is
-/// stopped: a `sleep` holds the deletion for its length, and a failing
-/// `httpGet` is a `FailedPreStopHook` Event, the pod going anyway.
-async fn pre_stop_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Result<()> {
-    let sleeper = "    lifecycle:\n      preStop:\n        sleep: {seconds: 2}\n";
+/// Lifecycle hooks. A postStart hook that passes lets the container run;
+/// one that fails is a `FailedPostStartHook` Event and a restart. A preStop
+/// hook runs when the pod is deleted, before its container is stopped: a
+/// `sleep` holds the deletion for its length, and a failing `httpGet` is a
+/// `FailedPreStopHook` Event, the pod going anyway.
+async fn lifecycle_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Result<()> {
+    let sleeper = "    lifecycle:\n      postStart:\n        httpGet: {path: /healthz, port: http}\n      preStop:\n        sleep: {seconds: 2}\n";
     let failing = "    lifecycle:\n      preStop:\n        httpGet: {path: /trap, port: http}\n";
+    let badstart = "    lifecycle:\n      postStart:\n        httpGet: {path: /trap, port: http}\n";
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&probed("badstart", hello, badstart)),
+    )?;
     for (name, hook) in [("sleeper", sleeper), ("failing", failing)] {
         s.kubectl_in(&["apply", "-f", "-"], Some(&probed(name, hello, hook)))?;
         wait_pod(pods, name, "to be Ready", |p| {
@@ -152,6 +159,19 @@ async fn pre_stop_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Res
         })
         .await?;
     }
+    wait_pod(
+        pods,
+        "badstart",
+        "to be restarted after its postStart hook failed",
+        |p| restarts(p) >= 1,
+    )
+    .await?;
+    let described = s.kubectl(&["describe", "pod", "badstart"])?;
+    assert!(
+        described.contains("FailedPostStartHook") && described.contains("statuscode: 502"),
+        "{described}"
+    );
+    s.kubectl(&["delete", "pod", "badstart", "--wait=false"])?;
     let started = std::time::Instant::now();
     s.kubectl(&["delete", "pod", "sleeper", "--wait=true"])?;
     assert!(

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use shoal_runtime::{Backend, ContainerSpec, Exit};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, instrument};
@@ -215,6 +216,22 @@ impl ContainerTask {
             running.memory_gauge(),
         );
         let http = running.http();
+        if let Some(Err(why)) = self.post_start(http.as_ref()).await {
+            // As kubelet: the container is killed and its restart policy
+            // decides what follows.
+            self.ctx.events.warning(
+                &self.object,
+                "FailedPostStartHook",
+                format!("PostStartHook failed for container {name}: {why}"),
+            );
+            running.kill_handle().kill();
+            let exit = running.wait().await;
+            self.ctx.usage.stopped(&self.pod, &name);
+            log.finish();
+            let message = Some(format!("PostStartHook failed: {why}"));
+            self.terminated(&exit, "Error", message, started_at);
+            return Some(exit);
+        }
         let mut prober =
             Prober::for_container(&self.ready.spec, http.clone(), self.ctx.host_ip.clone());
         // With a readiness probe the container is Ready only once it passes;
@@ -329,6 +346,12 @@ impl ContainerTask {
             _ => ("Error", None),
         };
         debug!(container = %name, exit = ?exit, "container ended");
+        self.terminated(&exit, reason, message, started_at);
+        Some(exit)
+    }
+
+    /// Reports the guest's end as the container's terminated state.
+    fn terminated(&mut self, exit: &Exit, reason: &str, message: Option<String>, started_at: Time) {
         self.set_state(ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: exit.code(),
@@ -342,7 +365,18 @@ impl ContainerTask {
             ..Default::default()
         });
         self.ctx.metrics.container_exited(reason);
-        Some(exit)
+    }
+
+    /// Runs the postStart hook, if any, unless the pod is deleted first
+    /// (then the preStop path takes over).
+    async fn post_start(
+        &self,
+        http: Option<&Arc<dyn shoal_runtime::http::HttpService>>,
+    ) -> Option<Result<(), String>> {
+        tokio::select! {
+            r = hooks::post_start(&self.ready.spec, http, &self.ctx.host_ip) => r,
+            _ = stopped(self.stop.clone()) => None,
+        }
     }
 
     fn fail_start(&mut self, message: String) {

@@ -1,8 +1,11 @@
-//! Container lifecycle hooks: `preStop` runs when the pod is deleted, before
-//! the container is told to stop, and the pod's grace period bounds it, as
-//! kubelet does. A Wasm HTTP pod keeps serving while it runs: a `sleep`
-//! preStop is the usual way to let endpoint removal reach every gateway
-//! before the pod stops taking requests.
+//! Container lifecycle hooks, as kubelet runs them. `postStart` runs once
+//! the container has started; until it completes the container is not
+//! Running, and if it fails the container is killed and restarted by the
+//! pod's policy. `preStop` runs when the pod is deleted, before the
+//! container is told to stop, and the pod's grace period bounds it. A Wasm
+//! HTTP pod keeps serving while it runs: a `sleep` preStop is the usual way
+//! to let endpoint removal reach every gateway before the pod stops taking
+//! requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,18 @@ pub(super) async fn pre_stop(
             grace.as_secs()
         )),
     })
+}
+
+/// Runs `container`'s postStart hook, if it has one; `None` when there is
+/// none. Like kubelet, no deadline: a hook that hangs keeps the container
+/// from Running until the pod is deleted.
+pub(super) async fn post_start(
+    container: &Container,
+    http: Option<&Arc<dyn HttpService>>,
+    host: &str,
+) -> Option<Result<(), String>> {
+    let hook = container.lifecycle.as_ref()?.post_start.as_ref()?;
+    Some(run(container, hook, http, host).await)
 }
 
 /// One hook: a sleep, or a handler as a probe would run it.
@@ -83,9 +98,24 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "name": "main",
             "ports": [{"name": "http", "containerPort": 8080}],
-            "lifecycle": {"preStop": pre_stop},
+            "lifecycle": {"preStop": pre_stop, "postStart": pre_stop},
         }))
         .expect("container")
+    }
+
+    #[tokio::test]
+    async fn post_start_runs_the_same_handlers() {
+        let svc = Arc::new(Counting::default());
+        let http: Arc<dyn HttpService> = svc.clone();
+        let c = container(serde_json::json!({"httpGet": {"path": "/quit", "port": "http"}}));
+        assert_eq!(post_start(&c, Some(&http), "h").await, Some(Ok(())));
+        assert_eq!(svc.0.load(Ordering::SeqCst), 1);
+        let c = container(serde_json::json!({"exec": {"command": ["true"]}}));
+        let failed = post_start(&c, Some(&http), "h").await;
+        assert!(
+            matches!(&failed, Some(Err(why)) if why.contains("Wasm sandbox")),
+            "{failed:?}"
+        );
     }
 
     #[tokio::test]

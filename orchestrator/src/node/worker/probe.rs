@@ -67,6 +67,28 @@ impl Schedule {
     fn period(&self) -> Duration {
         Duration::from_secs(self.probe.period_seconds.unwrap_or(10).max(1) as u64)
     }
+
+    /// One attempt now; the next falls a period later.
+    async fn attempt(
+        &mut self,
+        http: Option<&Arc<dyn HttpService>>,
+        host: &str,
+    ) -> Result<(), String> {
+        let result = check(&self.probe, http, host).await;
+        self.next = Instant::now() + self.period();
+        result
+    }
+
+    /// Counts a failure; true once `failureThreshold` failed in a row,
+    /// counting afresh from there.
+    fn gives_up(&mut self) -> bool {
+        self.failures += 1;
+        if self.failures >= self.probe.failure_threshold.unwrap_or(3).max(1) {
+            self.failures = 0;
+            return true;
+        }
+        false
+    }
 }
 
 pub(crate) struct Prober {
@@ -152,48 +174,36 @@ impl Prober {
             tokio::time::sleep_until(due).await;
             let now = Instant::now();
             if let Some(s) = self.startup.as_mut() {
-                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
-                s.next = Instant::now() + s.period();
-                match result {
+                match s.attempt(self.http.as_ref(), &self.host).await {
                     Ok(()) => {
                         self.startup = None;
                         self.ready = self.readiness.is_none();
                         return Outcome::Started { ready: self.ready };
                     }
-                    Err(why) => {
-                        s.failures += 1;
-                        if s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1) {
-                            s.failures = 0;
-                            return Outcome::Dead {
-                                probe: Kind::Startup,
-                                why,
-                            };
+                    Err(why) if s.gives_up() => {
+                        return Outcome::Dead {
+                            probe: Kind::Startup,
+                            why,
                         }
                     }
+                    Err(_) => {}
                 }
                 continue;
             }
             if let Some(s) = self.liveness.as_mut().filter(|s| s.next <= now) {
-                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
-                s.next = Instant::now() + s.period();
-                match result {
+                match s.attempt(self.http.as_ref(), &self.host).await {
                     Ok(()) => s.failures = 0,
-                    Err(why) => {
-                        s.failures += 1;
-                        if s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1) {
-                            s.failures = 0;
-                            return Outcome::Dead {
-                                probe: Kind::Liveness,
-                                why,
-                            };
+                    Err(why) if s.gives_up() => {
+                        return Outcome::Dead {
+                            probe: Kind::Liveness,
+                            why,
                         }
                     }
+                    Err(_) => {}
                 }
             }
             if let Some(s) = self.readiness.as_mut().filter(|s| s.next <= now) {
-                let result = check(&s.probe, self.http.as_ref(), &self.host).await;
-                s.next = Instant::now() + s.period();
-                let verdict = match result {
+                let verdict = match s.attempt(self.http.as_ref(), &self.host).await {
                     Ok(()) => {
                         s.failures = 0;
                         s.successes += 1;
@@ -202,9 +212,7 @@ impl Prober {
                     }
                     Err(_) => {
                         s.successes = 0;
-                        s.failures += 1;
-                        (s.failures >= s.probe.failure_threshold.unwrap_or(3).max(1))
-                            .then_some(false)
+                        s.gives_up().then_some(false)
                     }
                 };
                 if let Some(v) = verdict.filter(|v| *v != self.ready) {
