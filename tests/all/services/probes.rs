@@ -62,20 +62,17 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
     .await?;
 
     // The liveness probe times out twice and the container is restarted.
-    let p = wait_pod(
+    let p = restarted_saying(
+        &s,
         &pods,
         "dead",
-        "to be restarted by its liveness probe",
-        |p| restarts(p) >= 1,
+        &[
+            "Liveness probe failed",
+            "failed liveness probe, will be restarted",
+        ],
     )
     .await?;
     assert_eq!(phase(&p), "Running");
-    let described = s.kubectl(&["describe", "pod", "dead"])?;
-    assert!(
-        described.contains("Liveness probe failed")
-            && described.contains("failed liveness probe, will be restarted"),
-        "{described}"
-    );
 
     // A startup probe that passes: started, and Ready with no readiness
     // probe of its own.
@@ -93,20 +90,18 @@ async fn probes_gate_readiness_and_restart_dead_pods() -> anyhow::Result<()> {
             "started before its startup probe passed: {c:?}"
         );
     }
-    wait_pod(
+    let _ = restarted_saying(
+        &s,
         &pods,
         "nostart",
-        "to be restarted by its startup probe",
-        |p| restarts(p) >= 1,
+        &[
+            "Startup probe failed",
+            "failed startup probe, will be restarted",
+        ],
     )
     .await?;
     let described = s.kubectl(&["describe", "pod", "nostart"])?;
-    assert!(
-        described.contains("Startup probe failed")
-            && described.contains("failed startup probe, will be restarted")
-            && !described.contains("Liveness probe failed"),
-        "{described}"
-    );
+    assert!(!described.contains("Liveness probe failed"), "{described}");
 
     lifecycle_hooks(&s, &pods, &hello).await?;
 
@@ -159,18 +154,13 @@ async fn lifecycle_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Re
         })
         .await?;
     }
-    wait_pod(
+    let _ = restarted_saying(
+        s,
         pods,
         "badstart",
-        "to be restarted after its postStart hook failed",
-        |p| restarts(p) >= 1,
+        &["FailedPostStartHook", "statuscode: 502"],
     )
     .await?;
-    let described = s.kubectl(&["describe", "pod", "badstart"])?;
-    assert!(
-        described.contains("FailedPostStartHook") && described.contains("statuscode: 502"),
-        "{described}"
-    );
     s.kubectl(&["delete", "pod", "badstart", "--wait=false"])?;
     let started = std::time::Instant::now();
     s.kubectl(&["delete", "pod", "sleeper", "--wait=true"])?;
@@ -195,4 +185,23 @@ async fn lifecycle_hooks(s: &Server, pods: &Api<Pod>, hello: &str) -> anyhow::Re
     })
     .await?;
     Ok(())
+}
+
+/// Waits until pod `name` has restarted, then checks that `describe` tells
+/// why in every one of `says`; returns the pod.
+async fn restarted_saying(
+    s: &Server,
+    pods: &Api<Pod>,
+    name: &str,
+    says: &[&str],
+) -> anyhow::Result<Pod> {
+    let p = wait_pod(pods, name, "to be restarted", |p| restarts(p) >= 1).await?;
+    let described = s.kubectl(&["describe", "pod", name])?;
+    for needle in says {
+        assert!(
+            described.contains(needle),
+            "{needle:?} missing: {described}"
+        );
+    }
+    Ok(p)
 }
