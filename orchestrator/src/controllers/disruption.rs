@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::{
+    PodDisruptionBudget, PodDisruptionBudgetSpec, PodDisruptionBudgetStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
@@ -195,8 +197,11 @@ impl Reconciler for DisruptionController {
         };
         let b = budget(&spec, selected.iter().map(|p| &**p));
         let wanted = status_for(&pdb, b, Timestamp::now());
-        let current = serde_json::to_value(&pdb.status).unwrap_or_default();
-        if current != wanted {
+        // Compared as the typed status, so a field the server writes in
+        // another form (or leaves out) cannot make every pass write again.
+        let unchanged = serde_json::from_value::<PodDisruptionBudgetStatus>(wanted.clone())
+            .is_ok_and(|w| pdb.status.as_ref() == Some(&w));
+        if !unchanged {
             wiring::write_status(&self.ctx, &self.ctx.informers.pdbs, &*pdb, &wanted).await?;
         }
         Ok(Action::AwaitChange)
