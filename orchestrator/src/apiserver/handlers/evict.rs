@@ -57,9 +57,15 @@ pub async fn evict(
         .ok_or_else(|| ApiError::not_found("pods", name))?;
     // A pod that has finished or is already going costs no budget.
     let typed: Pod = serde_json::from_value((*pod.value).clone())
-        .map_err(|e| ApiError::bad_request(format!("stored pod {name}: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("stored pod {name} does not decode: {e}")))?;
     if pods::is_active(&typed) {
-        check_budgets(st, ns, &typed).await?;
+        let empty = Map::new();
+        let labels = pod
+            .value
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        check_budgets(st, ns, labels, &typed).await?;
     }
     delete_one(st, &pod_target, name, &options).await?;
     Ok(respond(
@@ -70,18 +76,16 @@ pub async fn evict(
 }
 
 /// 429 when the pod's budget has no disruption to spare.
-async fn check_budgets(st: &ApiState, ns: &str, pod: &Pod) -> ApiResult<()> {
+async fn check_budgets(
+    st: &ApiState,
+    ns: &str,
+    labels: &Map<String, Value>,
+    pod: &Pod,
+) -> ApiResult<()> {
     let Some(pdbs) = st.registry.get("policy", "v1", "poddisruptionbudgets") else {
         return Ok(());
     };
     let empty = Map::new();
-    let labels: Map<String, Value> = pod
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
     let page = st
         .store
         .list(&pdbs.key(Some(ns), None), None, None, &|_| true)
@@ -92,7 +96,7 @@ async fn check_budgets(st: &ApiState, ns: &str, pod: &Pod) -> ApiResult<()> {
         let Some(sel) = pdb.value.pointer("/spec/selector") else {
             continue;
         };
-        if label_selector_matches(sel, &labels).unwrap_or(false) {
+        if label_selector_matches(sel, labels).unwrap_or(false) {
             covering.push(pdb.value.clone());
         }
     }
@@ -129,8 +133,9 @@ async fn check_budgets(st: &ApiState, ns: &str, pod: &Pod) -> ApiResult<()> {
         .iter()
         .filter_map(|p| typed(&p.value))
         .collect();
-    let pdb_typed: PodDisruptionBudget = serde_json::from_value((**pdb).clone())
-        .map_err(|e| ApiError::bad_request(format!("stored PodDisruptionBudget: {e}")))?;
+    let pdb_typed: PodDisruptionBudget = serde_json::from_value((**pdb).clone()).map_err(|e| {
+        ApiError::internal(format!("stored PodDisruptionBudget does not decode: {e}"))
+    })?;
     let spec = pdb_typed.spec.unwrap_or_default();
     let b = disruption::budget(&spec, selected.iter());
     let (healthy, desired) = (b.healthy, b.desired);
