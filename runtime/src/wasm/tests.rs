@@ -50,17 +50,22 @@ struct Fixture {
     backend: WasmBackend,
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().to_path_buf();
-    let backend = WasmBackend::new(
+/// A small backend on the node data directory under `root`.
+fn backend_at(root: &std::path::Path) -> WasmBackend {
+    WasmBackend::new(
         &root.join("node"),
         WasmConfig {
             max_instances: 16,
             max_memory_bytes: 64 << 20,
         },
     )
-    .expect("backend");
+    .expect("backend")
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let backend = backend_at(&root);
     Fixture {
         _dir: dir,
         root,
@@ -488,20 +493,7 @@ async fn http_core_module_is_served_through_the_adapter() {
     };
     let f = fixture();
     for round in 0..2 {
-        let backend = if round == 0 {
-            None
-        } else {
-            Some(
-                WasmBackend::new(
-                    &f.root.join("node"),
-                    WasmConfig {
-                        max_instances: 16,
-                        max_memory_bytes: 64 << 20,
-                    },
-                )
-                .expect("second backend"),
-            )
-        };
+        let backend = (round > 0).then(|| backend_at(&f.root));
         let backend = backend.as_ref().unwrap_or(&f.backend);
         let prepared = backend.prepare(&image).await.expect("prepare");
         let mut s = spec(Arc::new(Capture::default()));
