@@ -39,6 +39,7 @@ FILES = [
     "k8s.io/api/events/v1/generated.proto",
     "k8s.io/api/authorization/v1/generated.proto",
     "k8s.io/api/authentication/v1/generated.proto",
+    "k8s.io/api/rbac/v1/generated.proto",
 ]
 
 # Go structs embedded with `json:",inline"`: a field in protobuf, its

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// Where NodePort Services' ports come from.
     pub node_port_range: std::ops::RangeInclusive<i64>,
     pub controller_settings: controllers::Settings,
+    /// More users: kube-apiserver's `--token-auth-file` format.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// A server that is up and serving.
@@ -40,6 +42,7 @@ pub struct Started {
     pub url: String,
     pub ca_pem: String,
     pub node_token: String,
+    pub admin_token: String,
     pub serving: JoinHandle<()>,
     app: axum::Router,
 }
@@ -81,11 +84,20 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         .with_context(|| format!("listening on {}", cfg.listen))?;
     // The real port, should the caller have asked for port 0.
     let advertise = SocketAddr::new(advertise_ip, listener.local_addr()?.port()).to_string();
+    let mut tokens = apiserver::auth::Tokens::new(&admin, &node);
+    if let Some(file) = &cfg.token_auth_file {
+        let n = tokens.add_file(file)?;
+        info!(users = n, file = %file.display(), "static token users loaded");
+    }
+    let policy = apiserver::auth::cache::PolicyCache::start(store.clone())
+        .await
+        .context("loading the RBAC policy")?;
     let state = Arc::new(ApiState {
         store,
         registry: kinds::registry(),
         metrics: metrics.clone(),
-        tokens: vec![(admin.clone(), "admin"), (node.clone(), "node")],
+        tokens,
+        policy,
         advertise: advertise.clone(),
         nodes: apiserver::proxy::NodeClient::new(node.clone()),
         services: apiserver::allocate::ServiceAllocator::new(
@@ -130,6 +142,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         url,
         ca_pem: tls.ca_pem.clone(),
         node_token: node,
+        admin_token: admin,
         serving,
         app,
     })
@@ -166,6 +179,7 @@ mod tests {
             service_cidr: "10.43.0.0/16".parse().expect("a literal range"),
             node_port_range: 30000..=32767,
             controller_settings: controllers::Settings::default(),
+            token_auth_file: None,
         }
     }
 
@@ -176,7 +190,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let started = start(config(dir.path())).await.expect("the server starts");
         let client = started
-            .local_client(&started.node_token, "test")
+            .local_client(&started.admin_token, "test")
             .expect("an in-process client");
         let cms: Api<ConfigMap> = Api::namespaced(client, "default");
         let mut events = cms

@@ -4,10 +4,12 @@ use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
     core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, node::v1 as node,
-    policy::v1 as policy,
+    policy::v1 as policy, rbac::v1 as rbac,
 };
 
-use super::admission::{self, core as core_rules, meta, pod, workloads, Admission};
+use super::admission::{
+    self, core as core_rules, meta, pod, rbac as rbac_rules, workloads, Admission,
+};
 use super::registry::{entry, Registry};
 use super::table::Printer;
 use super::{resource_metrics, reviews};
@@ -227,9 +229,45 @@ pub fn registry() -> Registry {
             .subresources(&["status"])
             .printer(Printer::PodDisruptionBudget)
             .build(),
+        // rbac.authorization.k8s.io/v1
+        entry::<rbac::Role>()
+            .admission(Admission {
+                name_rule: rbac_rules::path_segment_name,
+                validate: rbac_rules::validate_role,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<rbac::ClusterRole>()
+            .admission(Admission {
+                name_rule: rbac_rules::path_segment_name,
+                validate: rbac_rules::validate_cluster_role,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<rbac::RoleBinding>()
+            .printer(Printer::RoleBinding)
+            .admission(Admission {
+                name_rule: rbac_rules::path_segment_name,
+                validate: rbac_rules::validate_role_binding,
+                validate_update: rbac_rules::validate_binding_update,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<rbac::ClusterRoleBinding>()
+            .printer(Printer::RoleBinding)
+            .admission(Admission {
+                name_rule: rbac_rules::path_segment_name,
+                validate: rbac_rules::validate_cluster_role_binding,
+                validate_update: rbac_rules::validate_binding_update,
+                ..Admission::default()
+            })
+            .build(),
         // authorization.k8s.io/v1 and authentication.k8s.io/v1: answered, not stored
         entry::<authorization::SelfSubjectAccessReview>()
             .answered_by(reviews::access)
+            .build(),
+        entry::<authorization::SubjectAccessReview>()
+            .answered_by(reviews::subject_access)
             .build(),
         entry::<authorization::SelfSubjectRulesReview>()
             .answered_by(reviews::rules)

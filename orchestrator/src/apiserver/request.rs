@@ -88,6 +88,9 @@ pub struct Query {
     /// The manager named by the User-Agent, for writes without `fieldManager`.
     #[serde(skip)]
     pub agent: String,
+    /// Who the request acts as (after impersonation).
+    #[serde(skip)]
+    pub user: Option<std::sync::Arc<super::auth::UserInfo>>,
 }
 
 pub fn truthy(v: &Option<String>) -> bool {

@@ -1,6 +1,6 @@
 //! Objects every cluster starts with: the system namespaces, the two
-//! RuntimeClasses (`wasmtime`, the default, and `runc`) and the default
-//! IngressClass `shoal`.
+//! RuntimeClasses (`wasmtime`, the default, and `runc`), the default
+//! IngressClass `shoal`, and the bootstrap RBAC roles and bindings.
 
 use serde_json::{json, Value};
 use tracing::info;
@@ -65,6 +65,14 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
             json!({"ingressclass.kubernetes.io/is-default-class": "true"});
         o
     }));
+    // The bootstrap RBAC policy, marked as Kubernetes marks its own.
+    for (plural, kind, name, extra) in super::auth::defaults::objects() {
+        let mut o = object("rbac.authorization.k8s.io/v1", kind, name, extra);
+        o["metadata"]["labels"] = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
+        o["metadata"]["annotations"] =
+            json!({"rbac.authorization.kubernetes.io/autoupdate": "true"});
+        wanted.push(("rbac.authorization.k8s.io", plural, o));
+    }
     for (group, plural, obj) in wanted {
         let Some(res) = st.registry.get(group, "v1", plural) else {
             continue;

@@ -84,6 +84,10 @@ pub(crate) struct ControlArgs {
     /// How often each HorizontalPodAutoscaler re-reads its metrics and rescales.
     #[arg(long, env = "SHOAL_HORIZONTAL_POD_AUTOSCALER_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// A CSV file of more users, one `token,user,uid,"group1,group2"` line
+    /// each (kube-apiserver's format); what they may do is up to RBAC.
+    #[arg(long, env = "SHOAL_TOKEN_AUTH_FILE")]
+    token_auth_file: Option<PathBuf>,
 }
 
 /// A duration as Kubernetes' flags write them, in one unit: `500ms`, `40s`, `2m`, `1h`.
@@ -142,6 +146,7 @@ impl ControlArgs {
                 node_monitor_grace: self.node_monitor_grace_period,
                 hpa_sync_period: self.horizontal_pod_autoscaler_sync_period,
             },
+            token_auth_file: self.token_auth_file.clone(),
         }
     }
 }

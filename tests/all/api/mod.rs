@@ -6,6 +6,7 @@ mod durability;
 mod kubectl;
 mod lists;
 mod observability;
+mod rbac;
 mod watch;
 
 use kube::Client;

@@ -9,6 +9,7 @@ pub mod core;
 pub mod cron;
 pub mod meta;
 pub mod pod;
+pub mod rbac;
 pub mod workloads;
 
 use serde_json::{Map, Value};

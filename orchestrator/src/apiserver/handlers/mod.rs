@@ -12,11 +12,12 @@ pub mod write;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::auth::UserInfo;
 use super::error::{ApiError, ApiResult};
 use super::registry::Source;
 use super::request::{self, Query, Target};
@@ -32,29 +33,35 @@ pub struct RequestLabels {
 
 pub async fn core_resource(
     State(st): State<Arc<ApiState>>,
+    Extension(user): Extension<Arc<UserInfo>>,
     Path(rest): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(st, "", "v1", &rest, method, uri, headers, body).await
+    serve(st, user, "", "v1", &rest, method, uri, headers, body).await
 }
 
 pub async fn group_resource(
     State(st): State<Arc<ApiState>>,
+    Extension(user): Extension<Arc<UserInfo>>,
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(st, &group, &version, &rest, method, uri, headers, body).await
+    serve(
+        st, user, &group, &version, &rest, method, uri, headers, body,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     st: Arc<ApiState>,
+    user: Arc<UserInfo>,
     group: &str,
     version: &str,
     rest: &str,
@@ -69,6 +76,7 @@ async fn serve(
     };
     let result = dispatch(
         &st,
+        user,
         group,
         version,
         rest,
@@ -90,6 +98,7 @@ async fn serve(
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     st: &ApiState,
+    user: Arc<UserInfo>,
     group: &str,
     version: &str,
     rest: &str,
@@ -107,6 +116,7 @@ async fn dispatch(
     let t = request::resolve(&st.registry, group, version, rest, uri.path())?;
     let mut q = Query::parse(uri.query())?;
     q.agent = request::agent_manager(headers);
+    q.user = Some(user);
     labels.resource = match &t.sub {
         Some(s) => format!("{}/{s}", t.res.plural),
         None => t.res.plural.to_string(),

@@ -219,9 +219,12 @@ pub async fn review(
     let mut obj = request::read_object(headers, body).await?;
     check_type(t.res, &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
-    let identity = st.identity(headers).unwrap_or("anonymous");
-    let status =
-        answer(&obj, identity).map_err(|causes| ApiError::invalid(t.res.kind, "", causes))?;
+    let user = q
+        .user
+        .clone()
+        .ok_or_else(|| ApiError::internal("a review reached the server with no user"))?;
+    let status = answer(&obj, &user, &st.policy)
+        .map_err(|causes| ApiError::invalid(t.res.kind, "", causes))?;
     if let Value::Object(m) = &mut obj {
         m.insert("status".into(), status);
     }
@@ -278,6 +281,7 @@ pub async fn create_object(
         }
     }
     admit(t.res, &mut obj, None)?;
+    guard_escalation(st, t, q, &obj)?;
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -500,6 +504,24 @@ pub fn precondition_in(doc: &Value) -> ApiResult<Option<Revision>> {
     }
 }
 
+/// RBAC objects may not give away more than their writer holds.
+fn guard_escalation(st: &ApiState, t: &Target<'_>, q: &Query, obj: &Value) -> ApiResult<()> {
+    if t.res.group != crate::apiserver::auth::rbac::GROUP {
+        return Ok(());
+    }
+    let user = q
+        .user
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("an RBAC write reached the server with no user"))?;
+    crate::apiserver::auth::guard_escalation(
+        &st.policy,
+        user,
+        t.res.plural,
+        t.namespace.as_deref().unwrap_or(""),
+        obj,
+    )
+}
+
 /// Read-modify-write: `change` maps the stored object to the client's
 /// version; without a precondition, conflicts with concurrent writers are
 /// retried (as Kubernetes' GuaranteedUpdate does).
@@ -565,6 +587,7 @@ pub async fn write_with_retry(
         let mut merged = merge_for_update(t.res, client, &cur.value, part);
         crate::store::stamp_revision(&mut merged, cur.rv);
         admit(t.res, &mut merged, Some(&cur.value))?;
+        guard_escalation(st, t, q, &merged)?;
         match applied_fields {
             Some(entries) => apply::set_entries(&mut merged, &entries),
             // Most objects are never applied: skip the bookkeeping for them.

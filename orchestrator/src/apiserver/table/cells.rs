@@ -651,5 +651,30 @@ pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        Printer::RoleBinding => {
+            // Subjects of one kind, comma separated; service accounts as ns:name.
+            let of = |kind: &str| {
+                arr(o, "/subjects")
+                    .filter(|x| s(x, "/kind") == kind)
+                    .map(|x| match (kind, s(x, "/namespace")) {
+                        ("ServiceAccount", ns) => format!("{ns}:{}", s(x, "/name")),
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                age,
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
+        }
     }
 }

@@ -30,6 +30,7 @@ pub enum Printer {
     Endpoints,
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
+    RoleBinding,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -169,6 +170,14 @@ fn columns(p: Printer) -> Vec<Col> {
             ("Max Unavailable", "string", 0),
             ("Allowed Disruptions", "integer", 0),
             age,
+        ],
+        Printer::RoleBinding => vec![
+            name,
+            ("Role", "string", 0),
+            age,
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
         ],
     }
 }
