@@ -74,6 +74,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
     .with_context(|| format!("opening the store in {}", data_dir.join("store").display()))?;
     let admin = bootstrap::token(&data_dir.join("admin-token"))?;
     let node = bootstrap::token(&data_dir.join("node-token"))?;
+    let sa_key = bootstrap::token(&data_dir.join("service-account.key"))?;
     let advertise_ip = if cfg.listen.ip().is_unspecified() {
         "127.0.0.1".parse()?
     } else {
@@ -97,6 +98,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Started> {
         registry: kinds::registry(),
         metrics: metrics.clone(),
         tokens,
+        sa_tokens: apiserver::auth::sa_token::Signer::new(sa_key.as_bytes()),
         policy,
         advertise: advertise.clone(),
         nodes: apiserver::proxy::NodeClient::new(node.clone()),

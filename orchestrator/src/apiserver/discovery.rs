@@ -123,6 +123,10 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/proxy", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "NodeProxyOptions", "verbs": ["create", "delete", "get", "patch", "update"]})
             }
+            "token" => {
+                json!({"name": format!("{}/token", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
+            }
             "finalize" => {
                 json!({"name": format!("{}/finalize", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": ["update"]})

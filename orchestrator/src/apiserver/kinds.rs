@@ -119,7 +119,10 @@ pub fn registry() -> Registry {
             .short(&["ep"])
             .printer(Printer::Endpoints)
             .build(),
-        entry::<core::ServiceAccount>().short(&["sa"]).build(),
+        entry::<core::ServiceAccount>()
+            .short(&["sa"])
+            .subresources(&["token"])
+            .build(),
         entry::<core::ResourceQuota>()
             .short(&["quota"])
             .subresources(&["status"])

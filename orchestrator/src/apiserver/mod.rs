@@ -50,6 +50,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Bearer tokens accepted, with the user each stands for.
     pub tokens: auth::Tokens,
+    /// Signs and checks ServiceAccount tokens.
+    pub sa_tokens: auth::sa_token::Signer,
     /// The RBAC policy requests are authorized against.
     pub policy: Arc<auth::cache::PolicyCache>,
     /// `host:port` clients are told to use.
@@ -74,7 +76,11 @@ async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> 
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    let Some(user) = st.tokens.lookup(req.headers()) else {
+    let user = match st.tokens.lookup(req.headers()) {
+        Some(u) => Some(u),
+        None => auth::service_account_user(&st, req.headers()).await,
+    };
+    let Some(user) = user else {
         return ApiError::unauthorized().into_response();
     };
     let user = match auth::impersonate(&st.policy, user, req.headers()) {

@@ -23,6 +23,7 @@ pub mod podgc;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod wiring;
 
@@ -36,7 +37,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -116,6 +117,7 @@ pub struct Informers {
     pub node_leases: Arc<Informer<Lease>>,
     pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
+    pub service_accounts: Arc<Informer<ServiceAccount>>,
 }
 
 impl Informers {
@@ -138,6 +140,7 @@ impl Informers {
             node_leases: Informer::new("leases"),
             hpas: Informer::new("horizontalpodautoscalers"),
             pdbs: Informer::new("poddisruptionbudgets"),
+            service_accounts: Informer::new("serviceaccounts"),
         }
     }
 
@@ -162,6 +165,7 @@ impl Informers {
         ));
         self.hpas.start(Api::all(client.clone()));
         self.pdbs.start(Api::all(client.clone()));
+        self.service_accounts.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -182,6 +186,7 @@ impl Informers {
         self.node_leases.wait_synced().await;
         self.hpas.wait_synced().await;
         self.pdbs.wait_synced().await;
+        self.service_accounts.wait_synced().await;
     }
 }
 
@@ -254,6 +259,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let podgc = podgc::PodGarbageCollector::register(&ctx);
     let hpa = hpa::HpaController::register(&ctx);
     let pdb = disruption::DisruptionController::register(&ctx);
+    let sa = serviceaccount::ServiceAccountController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -274,6 +280,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(podgc.0, podgc.1, 2, ctx.clone()));
     set.spawn(run_loop(hpa.0, hpa.1, 2, ctx.clone()));
     set.spawn(run_loop(pdb.0, pdb.1, 2, ctx.clone()));
+    set.spawn(run_loop(sa.0, sa.1, 1, ctx.clone()));
     set
 }
 

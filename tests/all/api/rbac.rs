@@ -289,3 +289,94 @@ async fn rbac_grants_what_bindings_say_and_nothing_more() -> Result<()> {
     ))?;
     Ok(())
 }
+
+#[tokio::test]
+async fn service_account_tokens_sign_in_as_their_account() -> Result<()> {
+    let s = Server::start()?;
+    s.kubectl(&["create", "namespace", "team"])?;
+    // Every namespace gets a `default` ServiceAccount.
+    wait_for(
+        "team's default service account",
+        Duration::from_secs(10),
+        || async {
+            s.kubectl(&["get", "serviceaccount", "default", "-n", "team"])
+                .ok()
+        },
+    )
+    .await?;
+    s.kubectl(&["create", "serviceaccount", "bot", "-n", "team"])?;
+    let token = s.kubectl(&["create", "token", "bot", "-n", "team"])?;
+    let token = token.trim();
+    let me = s.kubectl(&["--token", token, "auth", "whoami"])?;
+    assert!(
+        me.contains("system:serviceaccount:team:bot") && me.contains("system:serviceaccounts:team"),
+        "{me}"
+    );
+    let denied = s.kubectl_err(&["--token", token, "get", "pods", "-n", "team"], None)?;
+    assert!(
+        denied.contains(r#"User "system:serviceaccount:team:bot" cannot list resource "pods""#),
+        "{denied}"
+    );
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "bot-view",
+        "--clusterrole=view",
+        "--serviceaccount=team:bot",
+        "-n",
+        "team",
+    ])?;
+    wait_for(
+        "the bot's binding to take effect",
+        Duration::from_secs(10),
+        || async {
+            s.kubectl(&["--token", token, "get", "pods", "-n", "team"])
+                .ok()
+        },
+    )
+    .await?;
+
+    // Tokens for another audience do not sign in here; short ones are refused.
+    let vault = s.kubectl(&["create", "token", "bot", "-n", "team", "--audience=vault"])?;
+    let other = s.kubectl_err(
+        &["--token", vault.trim(), "get", "pods", "-n", "team"],
+        None,
+    )?;
+    assert!(other.contains("Unauthorized"), "{other}");
+    let short = s.kubectl_err(
+        &["create", "token", "bot", "-n", "team", "--duration=1m"],
+        None,
+    )?;
+    assert!(
+        short.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{short}"
+    );
+    let missing = s.kubectl_err(&["create", "token", "nobody", "-n", "team"], None)?;
+    assert!(
+        missing.contains(r#"serviceaccounts "nobody" not found"#),
+        "{missing}"
+    );
+
+    // A token bound to a Secret dies with it; every token dies with its account.
+    s.kubectl(&["create", "secret", "generic", "holder", "-n", "team"])?;
+    let bound = s.kubectl(&[
+        "create",
+        "token",
+        "bot",
+        "-n",
+        "team",
+        "--bound-object-kind=Secret",
+        "--bound-object-name=holder",
+    ])?;
+    s.kubectl(&["--token", bound.trim(), "get", "pods", "-n", "team"])?;
+    s.kubectl(&["delete", "secret", "holder", "-n", "team"])?;
+    let dead = s.kubectl_err(
+        &["--token", bound.trim(), "get", "pods", "-n", "team"],
+        None,
+    )?;
+    assert!(dead.contains("Unauthorized"), "{dead}");
+    s.kubectl(&["delete", "serviceaccount", "bot", "-n", "team"])?;
+    let gone = s.kubectl_err(&["--token", token, "get", "pods", "-n", "team"], None)?;
+    assert!(gone.contains("Unauthorized"), "{gone}");
+    Ok(())
+}

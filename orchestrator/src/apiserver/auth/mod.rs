@@ -7,6 +7,7 @@ pub mod cache;
 pub mod defaults;
 pub mod escalation;
 pub mod rbac;
+pub mod sa_token;
 pub mod user;
 
 use std::sync::Arc;
@@ -19,6 +20,41 @@ use super::error::{ApiError, ApiResult};
 use attributes::{Attributes, Resource};
 use cache::PolicyCache;
 pub use user::{Tokens, UserInfo};
+
+/// The user of a ServiceAccount token that verifies and whose account (and
+/// bound Pod or Secret, if any) still exists with the uid it names.
+pub async fn service_account_user(
+    st: &super::ApiState,
+    headers: &HeaderMap,
+) -> Option<Arc<UserInfo>> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let bearer = value.strip_prefix("Bearer ")?.trim();
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let claims = st.sa_tokens.verify(bearer, now)?;
+    let k = &claims.kubernetes;
+    let lives = |plural: &'static str, name: String, uid: String| async move {
+        let res = st.registry.get("", "v1", plural)?;
+        let obj = st
+            .store
+            .get(&res.key(Some(&k.namespace), Some(&name)))
+            .await
+            .ok()??;
+        (obj.value.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()))
+            .then_some(())
+    };
+    let account = &k.serviceaccount;
+    lives("serviceaccounts", account.name.clone(), account.uid.clone()).await?;
+    if let Some(p) = &k.pod {
+        lives("pods", p.name.clone(), p.uid.clone()).await?;
+    }
+    if let Some(s) = &k.secret {
+        lives("secrets", s.name.clone(), s.uid.clone()).await?;
+    }
+    Some(Arc::new(claims.user()))
+}
 
 /// Checks the request against RBAC; superusers pass without a look.
 pub fn authorize(policy: &PolicyCache, user: &UserInfo, a: &Attributes) -> ApiResult<()> {

@@ -6,6 +6,7 @@ mod evict;
 mod patch;
 pub(super) mod read;
 mod scale;
+mod token;
 mod watch;
 pub mod write;
 
@@ -153,6 +154,7 @@ async fn dispatch(
         ("POST", false, None) => write::create(st, &t, &q, headers, body).await,
         ("POST", true, Some("binding")) => write::bind(st, &t, headers, body).await,
         ("POST", true, Some("eviction")) => evict::evict(st, &t, &q, headers, body).await,
+        ("POST", true, Some("token")) => token::create(st, &t, headers, body).await,
         ("PUT", true, Some("scale")) => scale::put(st, &t, &q, headers, body).await,
         ("PUT", true, _) => write::update(st, &t, &q, headers, body).await,
         ("PATCH", true, Some("scale")) => scale::patch(st, &t, &q, headers, body).await,
