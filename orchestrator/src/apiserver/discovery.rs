@@ -179,12 +179,17 @@ pub async fn group_resources(
 /// empty document, so kubectl's client-side schema lookups find nothing and
 /// it relies on server-side validation (advertised through v3) and its
 /// built-in patch metadata instead.
+///
+/// kubectl asks with the `…spec.v2@v1.0+protobuf` media type, but an
+/// answer must name it `…spec.v2.v1.0+protobuf`, as kube-openapi does: Go's
+/// MIME parser refuses the `@`, and `kubectl create -f` of a kind with no
+/// PATCH (the access reviews) falls back to v2 and failed on it.
 pub async fn openapi_v2() -> Response {
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
         )],
         Vec::<u8>::new(),
     )

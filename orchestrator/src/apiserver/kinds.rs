@@ -272,6 +272,9 @@ pub fn registry() -> Registry {
         entry::<authorization::SubjectAccessReview>()
             .answered_by(reviews::subject_access)
             .build(),
+        entry::<authorization::LocalSubjectAccessReview>()
+            .answered_by(reviews::subject_access)
+            .build(),
         entry::<authorization::SelfSubjectRulesReview>()
             .answered_by(reviews::rules)
             .build(),

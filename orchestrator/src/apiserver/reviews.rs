@@ -65,14 +65,40 @@ pub fn access(review: &Value, user: &UserInfo, policy: &PolicyCache) -> Result<V
     Ok(verdict(policy, user, &a))
 }
 
-/// `authorization.k8s.io/v1` SubjectAccessReview: may the user the spec names?
+/// `authorization.k8s.io/v1` SubjectAccessReview, and the namespaced
+/// LocalSubjectAccessReview (`kubectl`-less tools ask these): may the user
+/// the spec names?
 pub fn subject_access(
     review: &Value,
     _asking: &UserInfo,
     policy: &PolicyCache,
 ) -> Result<Value, Vec<Cause>> {
     let spec = review.get("spec");
-    let a = attributes(spec)?;
+    let mut a = attributes(spec)?;
+    let local = review
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    if let Some(ns) = local {
+        match a.resource.as_mut() {
+            Some(r) if r.namespace.is_empty() => r.namespace = ns.to_string(),
+            Some(r) if r.namespace != ns => {
+                return Err(vec![Cause::invalid(
+                    "spec.resourceAttributes.namespace",
+                    &r.namespace,
+                    "must match metadata.namespace",
+                )])
+            }
+            Some(_) => {}
+            None => {
+                return Err(vec![Cause::invalid(
+                    "spec.nonResourceAttributes",
+                    "",
+                    "disallowed on this kind of request",
+                )])
+            }
+        }
+    }
     let name = text(spec, "user");
     let groups: Vec<String> = spec
         .and_then(|s| s.get("groups"))

@@ -138,6 +138,24 @@ async fn rbac_grants_what_bindings_say_and_nothing_more() -> Result<()> {
         can(&["auth", "can-i", "list", "secrets", "-n", "team", "--as", "jane"])?,
         "no"
     );
+    // Tools ask the same question for another user with a (Local)SubjectAccessReview.
+    let review = |kind: &str, verb: &str, resource: &str| {
+        let body = format!(
+            "apiVersion: authorization.k8s.io/v1\nkind: {kind}\nmetadata: {{namespace: team}}\nspec:\n  user: jane\n  resourceAttributes: {{namespace: team, verb: {verb}, resource: {resource}}}\n"
+        );
+        s.kubectl_in(
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            Some(&body),
+        )
+    };
+    assert_eq!(
+        review("LocalSubjectAccessReview", "list", "pods")?.trim(),
+        "true"
+    );
+    assert_eq!(
+        review("SubjectAccessReview", "list", "secrets")?.trim(),
+        "false"
+    );
     let impersonated =
         s.kubectl_err(&["get", "pods", "-n", "kube-system", "--as", "jane"], None)?;
     assert!(

@@ -218,6 +218,8 @@ pub async fn review(
     };
     let mut obj = request::read_object(headers, body).await?;
     check_type(t.res, &mut obj)?;
+    // A LocalSubjectAccessReview asks about its own namespace.
+    check_namespace(t.res, t.namespace.as_deref(), &mut obj)?;
     let (mut obj, warnings) = type_check(t.res, &obj, q)?;
     let user = q
         .user
