@@ -81,11 +81,11 @@ async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> 
         None => auth::service_account_user(&st, req.headers()).await,
     };
     let Some(user) = user else {
-        return ApiError::unauthorized().into_response();
+        return refused(&req, ApiError::unauthorized());
     };
     let user = match auth::impersonate(&st.policy, user, req.headers()) {
         Ok(u) => u,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(&req, e),
     };
     // Superusers skip working out the request's attributes at all: the
     // controllers and the API benchmark are all such requests.
@@ -93,11 +93,34 @@ async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> 
         let attrs = auth::attributes::Attributes::of(req.method(), req.uri());
         if let Err(e) = auth::authorize(&st.policy, &user, &attrs) {
             tracing::debug!(user = %user.name, verb = %attrs.verb, path = %attrs.path, "forbidden");
-            return e.into_response();
+            return refused(&req, e);
         }
     }
     req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// A request turned away before any handler: labelled for `/metrics` by
+/// what it asked, so refusals show by verb and resource like other errors.
+fn refused(req: &Request, e: ApiError) -> Response {
+    let attrs = auth::attributes::Attributes::of(req.method(), req.uri());
+    let verb = match attrs.verb.as_str() {
+        "get" => "GET",
+        "list" => "LIST",
+        "watch" => "WATCH",
+        "create" => "POST",
+        "update" => "PUT",
+        "patch" => "PATCH",
+        "delete" => "DELETE",
+        "deletecollection" => "DELETECOLLECTION",
+        _ => "OTHER",
+    };
+    let mut resp = e.into_response();
+    resp.extensions_mut().insert(RequestLabels {
+        verb,
+        resource: attrs.resource_name(),
+    });
+    resp
 }
 
 /// Request count and latency by verb, resource and code.

@@ -16,6 +16,7 @@ use super::informer::key_of;
 use super::queue::WorkQueue;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::apiserver::kinds;
+use crate::apiserver::registry::Source;
 
 pub const NAME: &str = "namespace-controller";
 const FINALIZER: &str = "kubernetes";
@@ -38,7 +39,9 @@ impl NamespaceController {
         let resources = kinds::registry()
             .resources
             .iter()
-            .filter(|r| r.namespaced)
+            // Only what is stored can be left in a namespace: reviews are
+            // answered and metrics measured, never kept.
+            .filter(|r| r.namespaced && matches!(r.source, Source::Stored))
             .map(|r| ApiResource {
                 group: r.group.to_string(),
                 version: r.version.to_string(),

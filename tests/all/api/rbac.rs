@@ -81,6 +81,12 @@ async fn rbac_grants_what_bindings_say_and_nothing_more() -> Result<()> {
         metrics.contains(r#"User "jane" cannot get path "/metrics""#),
         "{metrics}"
     );
+    // Refusals count in the request metrics by verb and resource.
+    let counted = s.kubectl(&["get", "--raw", "/metrics"])?;
+    assert!(
+        counted.contains(r#"apiserver_request_total{code="403",resource="pods",verb="LIST"}"#),
+        "{counted}"
+    );
     // Discovery is everyone's.
     s.kubectl(&as_user(
         "jane-token",
@@ -354,6 +360,23 @@ async fn service_account_tokens_sign_in_as_their_account() -> Result<()> {
     )
     .await?;
 
+    // A pod may only run as an account that exists.
+    let pod = |account: &str| {
+        shoal_tests::pod_yaml(
+            &format!("as-{account}"),
+            "file:///nonexistent.wasm",
+            &format!("  serviceAccountName: {account}\n"),
+            "",
+        )
+    };
+    let refused = s.kubectl_err(&["apply", "-n", "team", "-f", "-"], Some(&pod("nobody")))?;
+    assert!(
+        refused.contains(
+            r#"error looking up service account team/nobody: serviceaccount "nobody" not found"#
+        ),
+        "{refused}"
+    );
+    s.kubectl_in(&["apply", "-n", "team", "-f", "-"], Some(&pod("bot")))?;
     // Tokens for another audience do not sign in here; short ones are refused.
     let vault = s.kubectl(&["create", "token", "bot", "-n", "team", "--audience=vault"])?;
     let other = s.kubectl_err(

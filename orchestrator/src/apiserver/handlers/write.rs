@@ -189,6 +189,34 @@ async fn check_namespace_open(st: &ApiState, ns: &str) -> ApiResult<()> {
     }
 }
 
+/// Kubernetes' ServiceAccount admission: a pod may only run as an account
+/// that exists. `default` is let through while missing: the service account
+/// controller makes it moments after its namespace, and a manifest that
+/// creates a namespace and its pods together must not race it.
+async fn check_service_account(st: &ApiState, ns: &str, pod: &str, obj: &Value) -> ApiResult<()> {
+    let account = obj
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or(crate::controllers::serviceaccount::DEFAULT);
+    if account == crate::controllers::serviceaccount::DEFAULT {
+        return Ok(());
+    }
+    let Some(reg) = st.registry.get("", "v1", "serviceaccounts") else {
+        return Ok(());
+    };
+    match st.store.get(&reg.key(Some(ns), Some(account))).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let mut e = ApiError::forbidden(format!(
+                "pods {pod:?} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found"
+            ));
+            e.details = Some(json!({"name": pod, "kind": "pods"}));
+            Err(e)
+        }
+        Err(e) => Err(ApiError::from_store(e, "serviceaccounts", account)),
+    }
+}
+
 pub async fn create(
     st: &ApiState,
     t: &Target<'_>,
@@ -291,6 +319,9 @@ pub async fn create_object(
         .to_string();
     if let Some(ns) = t.namespace.as_deref() {
         check_namespace_open(st, ns).await?;
+        if (t.res.group, t.res.plural) == ("", "pods") {
+            check_service_account(st, ns, &name, &obj).await?;
+        }
     }
     // Allocation reads every Service, so it is held until this one is stored.
     let _allocating = if (t.res.group, t.res.plural) == ("", "services") {
