@@ -3,6 +3,7 @@
 //! backoff. It is an API client like any other, and runs only while it
 //! holds the controller-manager Lease, so a second server can take over.
 
+pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -41,6 +42,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, Servi
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -118,6 +120,7 @@ pub struct Informers {
     pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
     pub service_accounts: Arc<Informer<ServiceAccount>>,
+    pub cluster_roles: Arc<Informer<ClusterRole>>,
 }
 
 impl Informers {
@@ -141,6 +144,7 @@ impl Informers {
             hpas: Informer::new("horizontalpodautoscalers"),
             pdbs: Informer::new("poddisruptionbudgets"),
             service_accounts: Informer::new("serviceaccounts"),
+            cluster_roles: Informer::new("clusterroles"),
         }
     }
 
@@ -166,6 +170,7 @@ impl Informers {
         self.hpas.start(Api::all(client.clone()));
         self.pdbs.start(Api::all(client.clone()));
         self.service_accounts.start(Api::all(client.clone()));
+        self.cluster_roles.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -187,6 +192,7 @@ impl Informers {
         self.hpas.wait_synced().await;
         self.pdbs.wait_synced().await;
         self.service_accounts.wait_synced().await;
+        self.cluster_roles.wait_synced().await;
     }
 }
 
@@ -260,6 +266,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let hpa = hpa::HpaController::register(&ctx);
     let pdb = disruption::DisruptionController::register(&ctx);
     let sa = serviceaccount::ServiceAccountController::register(&ctx);
+    let aggregation = aggregation::AggregationController::register(&ctx);
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -281,6 +288,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(hpa.0, hpa.1, 2, ctx.clone()));
     set.spawn(run_loop(pdb.0, pdb.1, 2, ctx.clone()));
     set.spawn(run_loop(sa.0, sa.1, 1, ctx.clone()));
+    set.spawn(run_loop(aggregation.0, aggregation.1, 1, ctx.clone()));
     set
 }
 

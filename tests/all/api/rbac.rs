@@ -421,3 +421,91 @@ async fn service_account_tokens_sign_in_as_their_account() -> Result<()> {
     assert!(gone.contains("Unauthorized"), "{gone}");
     Ok(())
 }
+
+const MONITORING: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: monitoring
+aggregationRule:
+  clusterRoleSelectors:
+  - matchLabels:
+      rbac.example.com/aggregate-to-monitoring: "true"
+rules: []
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: monitoring
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: monitoring
+subjects:
+- kind: User
+  apiGroup: rbac.authorization.k8s.io
+  name: prometheus
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: monitoring-endpoints
+  labels:
+    rbac.example.com/aggregate-to-monitoring: "true"
+rules:
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [list]
+"#;
+
+#[tokio::test]
+async fn aggregated_cluster_roles_gather_the_rules_they_select() -> Result<()> {
+    let s = Server::start()?;
+    s.kubectl_in(&["apply", "-f", "-"], Some(MONITORING))?;
+    let rules = || {
+        s.kubectl(&[
+            "get",
+            "clusterrole",
+            "monitoring",
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ])
+        .unwrap_or_default()
+    };
+    let can = |resource: &'static str| {
+        let out = s
+            .kubectl_raw(
+                &["auth", "can-i", "list", resource, "--as", "prometheus"],
+                None,
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        out == "yes"
+    };
+    wait_for(
+        "the aggregate to gather endpoints",
+        Duration::from_secs(10),
+        || async { (rules().contains("endpoints") && can("endpoints")).then_some(()) },
+    )
+    .await?;
+    assert!(!can("pods"));
+    // A new labelled role joins the aggregate; a deleted one leaves it.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: monitoring-pods\n  labels: {rbac.example.com/aggregate-to-monitoring: \"true\"}\nrules:\n- {apiGroups: [\"\"], resources: [pods], verbs: [list]}\n"),
+    )?;
+    wait_for(
+        "the aggregate to gather pods",
+        Duration::from_secs(10),
+        || async { can("pods").then_some(()) },
+    )
+    .await?;
+    s.kubectl(&["delete", "clusterrole", "monitoring-endpoints"])?;
+    wait_for(
+        "endpoints to leave the aggregate",
+        Duration::from_secs(10),
+        || async { (!rules().contains("endpoints") && !can("endpoints")).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}

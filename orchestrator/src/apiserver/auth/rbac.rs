@@ -1,6 +1,7 @@
 //! Role-based access control as Kubernetes defines it: the policy (Roles,
 //! ClusterRoles and their bindings) and the pure functions that decide
-//! whether it allows a request.
+//! whether it allows a request. Aggregated ClusterRoles are filled in by
+//! `controllers::aggregation`; here every role is its stored rules.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,6 @@ use serde_json::Value;
 
 use super::attributes::Attributes;
 use super::user::UserInfo;
-use crate::apiserver::selectors::label_selector_matches;
 
 pub const GROUP: &str = "rbac.authorization.k8s.io";
 /// Where the four kinds are stored.
@@ -136,49 +136,19 @@ impl Policy {
     }
 
     /// The rules a role reference grants; None when the role does not exist.
-    /// An aggregated ClusterRole has the rules of every ClusterRole its
-    /// selectors match, as Kubernetes' aggregation controller gives it.
+    /// An aggregated ClusterRole's rules are those the aggregation
+    /// controller wrote into it, as in Kubernetes.
     pub fn role_rules(&self, r: &RoleRef, namespace: &str) -> Option<Vec<&PolicyRule>> {
-        match r.kind.as_str() {
+        let rules = match r.kind.as_str() {
             "Role" => self
                 .roles
-                .get(&(namespace.to_string(), r.name.clone()))
-                .map(|role| role.rules.iter().flatten().collect()),
-            "ClusterRole" => {
-                let role = self.cluster_roles.get(&r.name)?;
-                let selectors = role
-                    .aggregation_rule
-                    .as_ref()
-                    .and_then(|a| a.cluster_role_selectors.as_ref());
-                let Some(selectors) = selectors else {
-                    return Some(role.rules.iter().flatten().collect());
-                };
-                let selectors: Vec<Value> = selectors
-                    .iter()
-                    .filter_map(|s| serde_json::to_value(s).ok())
-                    .collect();
-                Some(
-                    self.cluster_roles
-                        .iter()
-                        .filter(|(name, _)| **name != r.name)
-                        .filter(|(_, other)| {
-                            let labels: serde_json::Map<String, Value> = other
-                                .metadata
-                                .labels
-                                .iter()
-                                .flatten()
-                                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                                .collect();
-                            selectors
-                                .iter()
-                                .any(|s| label_selector_matches(s, &labels).unwrap_or(false))
-                        })
-                        .flat_map(|(_, other)| other.rules.iter().flatten())
-                        .collect(),
-                )
-            }
-            _ => None,
-        }
+                .get(&(namespace.to_string(), r.name.clone()))?
+                .rules
+                .as_ref(),
+            "ClusterRole" => self.cluster_roles.get(&r.name)?.rules.as_ref(),
+            _ => return None,
+        };
+        Some(rules.into_iter().flatten().collect())
     }
 
     /// Calls `f` with every rule `user` holds in `namespace` ("" for the
@@ -469,23 +439,17 @@ mod tests {
     }
 
     #[test]
-    fn service_accounts_and_aggregated_roles() {
+    fn service_account_subjects_default_to_the_binding_namespace() {
         let p = policy(&[
             (
-                "clusterroles/monitoring",
-                json!({"metadata": {"name": "monitoring"},
-                       "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}}]},
-                       "rules": []}),
-            ),
-            (
-                "clusterroles/monitoring-endpoints",
-                json!({"metadata": {"name": "monitoring-endpoints", "labels": {"rbac.example.com/aggregate-to-monitoring": "true"}},
+                "clusterroles/endpoints-reader",
+                json!({"metadata": {"name": "endpoints-reader"},
                        "rules": [{"apiGroups": [""], "resources": ["endpoints"], "verbs": ["list"]}]}),
             ),
             (
                 "rolebindings/team/bot",
                 json!({"metadata": {"name": "bot", "namespace": "team"},
-                       "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "monitoring"},
+                       "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "endpoints-reader"},
                        "subjects": [{"kind": "ServiceAccount", "name": "bot"}]}),
             ),
         ]);
