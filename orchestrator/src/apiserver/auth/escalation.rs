@@ -5,11 +5,7 @@
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-use super::rbac::url_covers;
-
-fn has(list: Option<&Vec<String>>, value: &str) -> bool {
-    list.into_iter().flatten().any(|x| x == "*" || x == value)
-}
+use super::rbac::{listed as has, url_covers};
 
 /// Whether `owned` covers a wanted resource `resource` ("pods", "pods/log",
 /// "*/scale" or "*"): a wildcard is only covered by the same wildcard.

@@ -35,25 +35,43 @@ pub async fn service_account_user(
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let claims = st.sa_tokens.verify(bearer, now)?;
     let k = &claims.kubernetes;
-    let lives = |plural: &'static str, name: String, uid: String| async move {
-        let res = st.registry.get("", "v1", plural)?;
-        let obj = st
-            .store
-            .get(&res.key(Some(&k.namespace), Some(&name)))
-            .await
-            .ok()??;
-        (obj.value.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()))
-            .then_some(())
-    };
     let account = &k.serviceaccount;
-    lives("serviceaccounts", account.name.clone(), account.uid.clone()).await?;
-    if let Some(p) = &k.pod {
-        lives("pods", p.name.clone(), p.uid.clone()).await?;
-    }
-    if let Some(s) = &k.secret {
-        lives("secrets", s.name.clone(), s.uid.clone()).await?;
+    let mut named = vec![("serviceaccounts", &account.name, &account.uid)];
+    named.extend(k.pod.as_ref().map(|p| ("pods", &p.name, &p.uid)));
+    named.extend(k.secret.as_ref().map(|s| ("secrets", &s.name, &s.uid)));
+    for (plural, name, uid) in named {
+        let live = live_uid(st, plural, &k.namespace, name).await.ok()??;
+        if live != *uid {
+            return None;
+        }
     }
     Some(Arc::new(claims.user()))
+}
+
+/// The uid of a stored core/v1 object, or None when there is none: what a
+/// ServiceAccount token names, both when it is issued and at each use.
+pub(crate) async fn live_uid(
+    st: &super::ApiState,
+    plural: &str,
+    namespace: &str,
+    name: &str,
+) -> ApiResult<Option<String>> {
+    let res = st
+        .registry
+        .get("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
+    let obj = st
+        .store
+        .get(&res.key(Some(namespace), Some(name)))
+        .await
+        .map_err(|e| ApiError::from_store(e, plural, name))?;
+    Ok(obj.map(|o| {
+        o.value
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }))
 }
 
 /// Checks the request against RBAC; superusers pass without a look.
@@ -268,7 +286,6 @@ pub fn guard_escalation(
         };
         policy.allows(user, &a).is_some()
     };
-    let held = policy.rules_of(user, namespace);
     let wanted: Vec<PolicyRule> = match resource {
         "roles" | "clusterroles" => {
             if allowed("escalate", resource, name) {
@@ -310,6 +327,8 @@ pub fn guard_escalation(
         }
         _ => return Ok(()),
     };
+    // Worked out only now: `escalate` or `bind` above makes it unneeded.
+    let held = policy.rules_of(user, namespace);
     let missing = escalation::uncovered(&held, &wanted);
     if missing.is_empty() {
         return Ok(());

@@ -257,7 +257,8 @@ pub fn applies(s: &Subject, user: &UserInfo, binding_namespace: &str) -> bool {
     }
 }
 
-fn listed(list: Option<&Vec<String>>, value: &str) -> bool {
+/// Whether a rule's list names `value` or holds the wildcard.
+pub(super) fn listed(list: Option<&Vec<String>>, value: &str) -> bool {
     list.into_iter().flatten().any(|x| x == "*" || x == value)
 }
 

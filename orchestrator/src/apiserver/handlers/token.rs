@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::{object_name, respond};
+use crate::apiserver::auth::live_uid;
 use crate::apiserver::auth::sa_token::{
     Bound, Claims, KubernetesClaim, ServiceAccountRef, API_AUDIENCE, ISSUER,
 };
@@ -25,22 +26,9 @@ const MAX_SECONDS: i64 = 1 << 32;
 
 /// The uid of a live core/v1 object, or its 404.
 async fn uid_of(st: &ApiState, plural: &str, namespace: &str, name: &str) -> ApiResult<String> {
-    let res = st
-        .registry
-        .get("", "v1", plural)
-        .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
-    let obj = st
-        .store
-        .get(&res.key(Some(namespace), Some(name)))
-        .await
-        .map_err(|e| ApiError::from_store(e, plural, name))?
-        .ok_or_else(|| ApiError::not_found(plural, name))?;
-    Ok(obj
-        .value
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string())
+    live_uid(st, plural, namespace, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(plural, name))
 }
 
 pub async fn create(
