@@ -536,3 +536,47 @@ pub async fn http_get_host(addr: &str, host: &str, path: &str) -> Result<(u16, S
     let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     http_exchange(addr, raw.as_bytes()).await
 }
+
+/// An OCI image archive of Debian's static busybox (every applet linked,
+/// `/www/index.html` to serve), packed once per test process by `shoal
+/// pack-image`. Returns its `file://` image name.
+pub fn busybox_image() -> Result<String> {
+    static IMAGE: std::sync::OnceLock<std::result::Result<String, String>> =
+        std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| build_busybox().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("packing the busybox image: {e}"))
+}
+
+fn build_busybox() -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("shoal-test-busybox-{}", std::process::id()));
+    let root = dir.join("root");
+    for d in ["bin", "etc", "tmp", "www"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (Debian's busybox-static; .ci/run installs it)")?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n")?;
+    std::fs::write(root.join("www/index.html"), "hello from a runc pod\n")?;
+    let out = dir.join("busybox.tar");
+    let packed = Command::new(shoal_bin())
+        .args(["pack-image", "--cmd", "sh"])
+        .arg(&root)
+        .arg("--output")
+        .arg(&out)
+        .output()?;
+    if !packed.status.success() {
+        bail!(
+            "shoal pack-image failed: {}",
+            String::from_utf8_lossy(&packed.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&packed.stdout).trim().to_string())
+}

@@ -126,6 +126,12 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
             &prepared,
             ContainerSpec {
                 argv: vec!["hello".into()],
+                command: vec![],
+                args: vec![],
+                working_dir: None,
+                hostname: "bench".into(),
+                stop_grace: std::time::Duration::ZERO,
+                http_port: None,
                 env: vec![("HOSTNAME".into(), "bench".into())],
                 mounts: vec![],
                 memory_limit: None,

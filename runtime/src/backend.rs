@@ -60,8 +60,21 @@ pub struct Mount {
 /// Everything a container needs beyond its image, already resolved by the
 /// node agent (ConfigMaps and Secrets read, paths created).
 pub struct ContainerSpec {
-    /// Full argv, `argv[0]` included.
+    /// Full argv, `argv[0]` included, for a runtime whose images carry no
+    /// entrypoint (Wasm).
     pub argv: Vec<String>,
+    /// The container's `command` and `args` as given (variables expanded),
+    /// for a runtime whose images carry an Entrypoint and Cmd (OCI).
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<String>,
+    /// The pod's name, as its containers' hostname.
+    pub hostname: String,
+    /// From a stop request (SIGTERM, for processes) to the forced end.
+    pub stop_grace: std::time::Duration,
+    /// The port a container listening on the network serves HTTP on: where
+    /// the node gateway sends it Service traffic.
+    pub http_port: Option<u16>,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     /// Bytes of linear memory the guest may use in all.
@@ -86,6 +99,8 @@ pub enum Exit {
     Trap(String),
     /// Stopped by [`Container::kill`].
     Killed,
+    /// The runtime could not start the process (a missing executable, say).
+    StartError(String),
 }
 
 impl Exit {
@@ -96,6 +111,8 @@ impl Exit {
             // What a container killed by the OOM killer or SIGKILL reports.
             Exit::OomKilled | Exit::Killed => 137,
             Exit::Trap(_) => 1,
+            // What kubelet reports for a container that never ran.
+            Exit::StartError(_) => 128,
         }
     }
 }
@@ -115,6 +132,9 @@ pub struct Container {
     pub(crate) memory: Arc<AtomicU64>,
     pub(crate) cpu: CpuMeter,
     pub(crate) http: Option<Arc<dyn HttpService>>,
+    /// The guest listens on real sockets in the node's network, so probes
+    /// and hooks reach it over TCP rather than through [`Container::http`].
+    pub(crate) on_network: bool,
 }
 
 impl Container {
@@ -133,9 +153,15 @@ impl Container {
         self.http.clone()
     }
 
+    /// See the `on_network` field.
+    pub fn listens_on_network(&self) -> bool {
+        self.on_network
+    }
+
     /// Stops the guest at its next yield point or host call. A container
     /// serving HTTP stops taking requests and ends once those in flight
-    /// have been answered.
+    /// have been answered. A process (runc) gets SIGTERM, and SIGKILL once
+    /// its `stop_grace` is up.
     pub fn kill(&self) {
         self.kill.notify_one();
     }

@@ -86,7 +86,7 @@ impl ImageRef {
             Location::Http(base.to_string())
         } else {
             return Err(invalid(
-                "the wasmtime runtime takes file:///abs/path.wasm or https://host/path.wasm, optionally with @sha256:<digest>",
+                "an image is a file:///abs/path or https://host/path URL (a .wasm file, or for runc an OCI image archive), optionally with @sha256:<digest>; registry references are not supported yet",
             ));
         };
         Ok(ImageRef { location, digest })

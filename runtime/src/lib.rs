@@ -8,6 +8,7 @@ pub mod backend;
 pub mod http;
 pub mod image;
 pub mod meter;
+pub mod oci;
 pub mod output;
 pub mod wasm;
 
@@ -17,6 +18,7 @@ pub use backend::{
 pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
 pub use image::{ImageError, ImageRef, ImageStore};
 pub use meter::CpuMeter;
+pub use oci::{OciBackend, OciConfig};
 pub use output::{OutputSink, StdStream};
 pub use wasm::{WasmBackend, WasmConfig};
 

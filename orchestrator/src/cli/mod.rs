@@ -2,6 +2,7 @@
 //! `SHOAL_<FLAG>` from the environment.
 
 mod node;
+mod pack;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Run a server and one node in one process: the zero-configuration default.
     Up(node::UpArgs),
+    /// Pack a directory into an OCI image archive for runc pods; prints its
+    /// `file://` image name.
+    PackImage(pack::PackArgs),
 }
 
 #[derive(Args, Debug)]
@@ -167,5 +171,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(a) => server::run(a.control.config(a.data_dir, a.listen)).await,
         Command::Node(a) => node::run_node(a).await,
         Command::Up(a) => node::run_up(a).await,
+        Command::PackImage(a) => pack::run(a),
     }
 }

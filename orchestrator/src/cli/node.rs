@@ -63,6 +63,10 @@ pub struct NodeTuning {
     /// Largest linear memory any one sandbox may have, in MiB.
     #[arg(long, env = "SHOAL_MAX_POD_MEMORY_MIB", default_value_t = 256)]
     max_pod_memory_mib: u64,
+    /// The runc binary for pods with `runtimeClassName: runc` (needs root);
+    /// empty offers Wasm only.
+    #[arg(long, env = "SHOAL_RUNC", default_value = "runc")]
+    runc: String,
     /// First restart back-off after the immediate one, in milliseconds.
     #[arg(long, env = "SHOAL_BACKOFF_INITIAL_MS", default_value_t = 10)]
     backoff_initial_ms: u64,
@@ -103,6 +107,7 @@ impl NodeTuning {
                 max_instances: self.max_pods,
                 max_memory_bytes: self.max_pod_memory_mib.saturating_mul(1024 * 1024),
             },
+            runc: Some(PathBuf::from(&self.runc)).filter(|_| !self.runc.is_empty()),
             backoff: BackoffPolicy {
                 initial: Duration::from_millis(self.backoff_initial_ms),
                 max: Duration::from_secs(self.backoff_max_seconds),

@@ -22,6 +22,9 @@ pub struct ConfigError(pub String);
 /// The resolved pieces of one container.
 pub struct Resolved {
     pub argv: Vec<String>,
+    /// `command` and `args` apart, for images that carry an entrypoint.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub memory_limit: Option<u64>,
@@ -133,10 +136,10 @@ pub async fn resolve(
     // first word if given, else the container's name.
     let argv = if command.is_empty() {
         std::iter::once(container.name.clone())
-            .chain(args)
+            .chain(args.iter().cloned())
             .collect()
     } else {
-        command.into_iter().chain(args).collect()
+        command.iter().chain(&args).cloned().collect()
     };
     let volumes = pod
         .spec
@@ -183,6 +186,8 @@ pub async fn resolve(
         .and_then(|v| u64::try_from(v).ok());
     Ok(Resolved {
         argv,
+        command,
+        args,
         env,
         mounts,
         memory_limit,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use shoal_runtime::{Backend, WasmBackend, WasmConfig};
+use shoal_runtime::{Backend, OciBackend, OciConfig, WasmBackend, WasmConfig};
 use tracing::{info, warn};
 
 use crate::controllers::informer::Informer;
@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub ingress_http_port: u16,
     pub ingress_https_port: u16,
     pub wasm: WasmConfig,
+    /// The runc binary for `runtimeClassName: runc` pods; `None` offers
+    /// Wasm only.
+    pub runc: Option<PathBuf>,
     pub backoff: BackoffPolicy,
     pub lease_interval: Duration,
     /// A client to use instead of one for `server`: `shoal up` hands its
@@ -123,6 +126,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .context("starting the wasmtime backend")?;
     let mut backends: HashMap<&'static str, Arc<dyn Backend>> = HashMap::new();
     backends.insert(wasm.runtime_class(), Arc::new(wasm));
+    if let Some(runc) = &cfg.runc {
+        let oci = OciConfig {
+            runc: runc.clone(),
+            root: cfg.data_dir.join("oci"),
+        };
+        // A node without runc still serves Wasm: runc pods then wait for a
+        // node that offers it, and the scheduler says so.
+        match OciBackend::new(oci).await {
+            Ok(b) => {
+                info!(version = b.version(), "runc backend ready");
+                backends.insert(b.runtime_class(), Arc::new(b));
+            }
+            Err(e) => warn!(error = %e, "not offering runtime class runc"),
+        }
+    }
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.address, cfg.port))
         .await
         .with_context(|| format!("node API listening on {}:{}", cfg.address, cfg.port))?;

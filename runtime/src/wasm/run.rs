@@ -123,6 +123,7 @@ pub(crate) async fn start(
                 memory,
                 cpu: meter,
                 http: Some(svc),
+                on_network: false,
             });
         }
     }
@@ -132,6 +133,7 @@ pub(crate) async fn start(
         memory,
         cpu: meter,
         http: None,
+        on_network: false,
     })
 }
 

@@ -91,6 +91,12 @@ impl Fixture {
 fn spec(out: Arc<Capture>) -> ContainerSpec {
     ContainerSpec {
         argv: vec!["guest".into()],
+        command: vec![],
+        args: vec![],
+        working_dir: None,
+        hostname: "guest".into(),
+        stop_grace: std::time::Duration::ZERO,
+        http_port: None,
         env: vec![],
         mounts: vec![],
         memory_limit: None,

@@ -5,6 +5,7 @@ mod bad_input;
 mod config;
 mod lifecycle;
 mod restarts;
+mod runc;
 mod rust_samples;
 mod top;
 

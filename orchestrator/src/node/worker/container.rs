@@ -69,9 +69,11 @@ pub(crate) struct ContainerTask {
     pub status: ContainerStatus,
     pub object: ObjectRef,
     pub updates: mpsc::UnboundedSender<Update>,
-    /// Flips to true when the pod is being deleted.
     /// The pod's grace period, once its containers are to stop.
     pub stop: watch::Receiver<Option<Duration>>,
+    /// The pod's `terminationGracePeriodSeconds`: how long a process that
+    /// is stopped for any reason gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
 }
 
 impl ContainerTask {
@@ -182,6 +184,12 @@ impl ContainerTask {
         let r = &self.ready.resolved;
         let spec = ContainerSpec {
             argv: r.argv.clone(),
+            command: r.command.clone(),
+            args: r.args.clone(),
+            working_dir: self.ready.spec.working_dir.clone(),
+            hostname: self.pod.name.clone(),
+            stop_grace: self.grace,
+            http_port: http_port(&self.ready.spec),
             env: r.env.clone(),
             mounts: r.mounts.clone(),
             memory_limit: r.memory_limit,
@@ -216,7 +224,14 @@ impl ContainerTask {
             running.memory_gauge(),
         );
         let http = running.http();
-        if let Some(Err(why)) = self.post_start(http.as_ref()).await {
+        // Probes and hooks reach a process over the network, as kubelet's
+        // do; a Wasm guest through its handler.
+        let local = if running.listens_on_network() {
+            None
+        } else {
+            http.clone()
+        };
+        if let Some(Err(why)) = self.post_start(local.as_ref()).await {
             // As kubelet: the container is killed and its restart policy
             // decides what follows.
             self.ctx.events.warning(
@@ -233,7 +248,7 @@ impl ContainerTask {
             return Some(exit);
         }
         let mut prober =
-            Prober::for_container(&self.ready.spec, http.clone(), self.ctx.host_ip.clone());
+            Prober::for_container(&self.ready.spec, local.clone(), self.ctx.host_ip.clone());
         // With a readiness probe the container is Ready only once it passes;
         // with a startup probe it is not even started until that passes.
         self.status.ready = prober.initially_ready();
@@ -274,7 +289,7 @@ impl ContainerTask {
                     e = &mut wait => break e,
                     grace = stopped(self.stop.clone()), if !stopping => {
                         stopping = true;
-                        let (c, http, host) = (self.ready.spec.clone(), http.clone(), self.ctx.host_ip.clone());
+                        let (c, http, host) = (self.ready.spec.clone(), local.clone(), self.ctx.host_ip.clone());
                         pre_stop = async move { hooks::pre_stop(&c, http.as_ref(), &host, grace).await }
                             .boxed()
                             .fuse();
@@ -342,6 +357,7 @@ impl ContainerTask {
         let (reason, message) = match &exit {
             Exit::OomKilled => ("OOMKilled", None),
             Exit::Trap(m) => ("Error", Some(m.clone())),
+            Exit::StartError(m) => ("StartError", Some(m.clone())),
             Exit::Code(0) if !killed => ("Completed", None),
             _ => ("Error", None),
         };
@@ -385,6 +401,16 @@ impl ContainerTask {
             .events
             .warning(&self.object, "Failed", format!("Error: {message}"));
     }
+}
+
+/// The first TCP port the container declares: where Service traffic for a
+/// container on the node's network goes.
+fn http_port(c: &k8s_openapi::api::core::v1::Container) -> Option<u16> {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 /// Resolves once the pod is told to stop, with its grace period (zero if

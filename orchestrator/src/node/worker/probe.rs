@@ -335,8 +335,13 @@ pub(super) async fn attempt(
 async fn network_get(
     target: &str,
     port: u16,
-    req: http::Request<shoal_runtime::http::Body>,
+    mut req: http::Request<shoal_runtime::http::Body>,
 ) -> Result<http::StatusCode, String> {
+    // On the wire the target is origin-form (`GET /path`), as kubelet sends
+    // it: small servers (busybox httpd) answer 400 to the absolute form.
+    if let Some(origin) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = http::Uri::from(origin);
+    }
     let stream = tokio::net::TcpStream::connect((target, port))
         .await
         .map_err(|e| format!("dial tcp {target}:{port}: {e}"))?;

@@ -66,6 +66,13 @@ impl Supervisor {
             status,
             updates: self.tx.clone(),
             stop: self.stop.subscribe(),
+            grace: Duration::from_secs(
+                w.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .map_or(30, |g| u64::try_from(g).unwrap_or(0)),
+            ),
         };
         self.tasks.spawn(task.run());
     }

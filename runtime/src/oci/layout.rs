@@ -1,0 +1,200 @@
+//! Reading an image archive: an OCI image layout (`index.json`,
+//! `blobs/sha256/…`, as `skopeo copy … oci-archive:` or `docker save` write
+//! it) or Docker's older `docker save` layout (`manifest.json`). Gives the
+//! image's run configuration and its layers, base first.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// What the image's config says about running it (the fields kubelet uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    /// `uid[:gid]`; names are not resolved (no passwd lookup yet).
+    pub user: String,
+}
+
+impl ImageConfig {
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "Entrypoint": self.entrypoint, "Cmd": self.cmd, "Env": self.env,
+            "WorkingDir": self.working_dir, "User": self.user,
+        })
+    }
+
+    /// Reads the `config` object of an image config blob (or our own copy).
+    pub fn from_json(v: &Value) -> ImageConfig {
+        let strings = |key: &str| -> Vec<String> {
+            v.get(key)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let text = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        ImageConfig {
+            entrypoint: strings("Entrypoint"),
+            cmd: strings("Cmd"),
+            env: strings("Env"),
+            working_dir: text("WorkingDir"),
+            user: text("User"),
+        }
+    }
+}
+
+/// An archive unpacked into `dir`, read.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    pub config: ImageConfig,
+    /// Layer files, base first.
+    pub layers: Vec<PathBuf>,
+}
+
+const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Reads the layout unpacked in `dir`.
+pub(crate) fn read(dir: &Path) -> Result<Layout, String> {
+    if dir.join("index.json").exists() {
+        let index = read_json(&dir.join("index.json"))?;
+        let manifest = pick_manifest(dir, &index, 0)?;
+        let config_digest = manifest
+            .pointer("/config/digest")
+            .and_then(Value::as_str)
+            .ok_or("the image manifest has no config.digest")?;
+        let config = read_json(&blob(dir, config_digest)?)?;
+        let layers = manifest
+            .get("layers")
+            .and_then(Value::as_array)
+            .ok_or("the image manifest has no layers")?
+            .iter()
+            .map(|l| {
+                l.get("digest")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| "an image layer has no digest".to_string())
+                    .and_then(|d| blob(dir, d))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Layout {
+            config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
+            layers,
+        });
+    }
+    if dir.join("manifest.json").exists() {
+        let manifest = read_json(&dir.join("manifest.json"))?;
+        let first = manifest
+            .as_array()
+            .and_then(|a| a.first())
+            .ok_or("manifest.json lists no image")?;
+        let config_path = first
+            .get("Config")
+            .and_then(Value::as_str)
+            .ok_or("manifest.json names no Config")?;
+        let config = read_json(&inside(dir, config_path)?)?;
+        let layers = first
+            .get("Layers")
+            .and_then(Value::as_array)
+            .ok_or("manifest.json names no Layers")?
+            .iter()
+            .map(|l| {
+                l.as_str()
+                    .ok_or_else(|| "a layer in manifest.json is not a path".to_string())
+                    .and_then(|p| inside(dir, p))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Layout {
+            config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
+            layers,
+        });
+    }
+    Err("not an image archive: it has neither index.json (OCI image layout) nor manifest.json (docker save)".into())
+}
+
+/// The manifest for this machine's platform, following one level of
+/// nested index as registries' multi-platform images have.
+fn pick_manifest(dir: &Path, index: &Value, depth: u8) -> Result<Value, String> {
+    let manifests = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or("index.json lists no manifests")?;
+    let arch = super::pack::go_arch();
+    let fits = |m: &&Value| match m.get("platform") {
+        None => true,
+        Some(p) => {
+            p.get("os").and_then(Value::as_str).unwrap_or("linux") == "linux"
+                && p.get("architecture")
+                    .and_then(Value::as_str)
+                    .unwrap_or(arch)
+                    == arch
+        }
+    };
+    let chosen = manifests
+        .iter()
+        .find(fits)
+        .ok_or_else(|| format!("the image has no manifest for linux/{arch}"))?;
+    let digest = chosen
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or("an index entry has no digest")?;
+    let body = read_json(&blob(dir, digest)?)?;
+    let media = chosen
+        .get("mediaType")
+        .or_else(|| body.get("mediaType"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if INDEX_TYPES.contains(&media) || body.get("manifests").is_some() {
+        if depth > 0 {
+            return Err("image indexes nest deeper than one level".into());
+        }
+        return pick_manifest(dir, &body, depth + 1);
+    }
+    Ok(body)
+}
+
+/// The file of a `sha256:<hex>` blob, refusing anything that is not a
+/// plain digest (a crafted digest must not name a path outside `dir`).
+fn blob(dir: &Path, digest: &str) -> Result<PathBuf, String> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("unsupported blob digest {digest:?} (sha256 only)"))?;
+    let path = dir.join("blobs").join("sha256").join(hex);
+    if !path.is_file() {
+        return Err(format!("the archive lacks blob {digest}"));
+    }
+    Ok(path)
+}
+
+/// A relative path from `manifest.json`, kept inside `dir`.
+fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if p.components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "manifest.json names a path outside the archive: {rel:?}"
+        ));
+    }
+    Ok(dir.join(p))
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("parsing {}: {e}", path.display()))
+}

@@ -1,0 +1,354 @@
+//! The OCI backend against real archives and the real runc (installed by
+//! `.ci/run`, with Debian's static busybox as the image's one program).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::backend::Mount;
+use crate::http::HttpLimits;
+
+fn v(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A layer's tar built in memory: (path, Some(contents) for a file, None
+/// for a directory).
+fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, body) in entries {
+        let mut h = tar::Header::new_gnu();
+        match body {
+            Some(text) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(text.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, path, text.as_bytes()).expect("file");
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                h.set_cksum();
+                b.append_data(&mut h, path, &[][..]).expect("dir");
+            }
+        }
+    }
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn layers_apply_in_order_with_whiteouts() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let base = layer(&[
+        ("a", None),
+        ("a/x", Some("x")),
+        ("a/y", Some("y")),
+        ("b", None),
+        ("b/z", Some("z")),
+        ("c", Some("file")),
+    ]);
+    let top = layer(&[
+        ("a/.wh.x", Some("")),
+        ("b/.wh..wh..opq", Some("")),
+        ("b/new", Some("new")),
+        ("c", None),
+        ("c/d", Some("d")),
+        ("a/y", Some("y2")),
+    ]);
+    unpack::apply(root.path(), &base[..]).expect("base");
+    unpack::apply(root.path(), &top[..]).expect("top");
+    let p = |rel: &str| root.path().join(rel);
+    assert!(!p("a/x").exists(), "a whiteout hides the lower file");
+    assert_eq!(std::fs::read_to_string(p("a/y")).expect("a/y"), "y2");
+    assert!(
+        !p("b/z").exists(),
+        "an opaque directory hides lower contents"
+    );
+    assert_eq!(std::fs::read_to_string(p("b/new")).expect("b/new"), "new");
+    assert!(p("c").is_dir(), "a directory replaces a file");
+    assert!(p("c/d").is_file());
+    assert!(!p("a/.wh.x").exists() && !p("b/.wh..wh..opq").exists());
+}
+
+#[test]
+fn layers_cannot_reach_outside_the_root() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("victim"), "keep").expect("victim");
+    let root = tempfile::tempdir().expect("tempdir");
+    // A symlink to the host, then a whiteout and a file through it.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "esc", outside.path()).expect("link");
+    let links = b.into_inner().expect("tar");
+    unpack::apply(root.path(), &links[..]).expect("the link itself is fine");
+    let through = layer(&[("esc/.wh.victim", Some(""))]);
+    let _ = unpack::apply(root.path(), &through[..]);
+    let write = layer(&[("esc/planted", Some("bad"))]);
+    assert!(unpack::apply(root.path(), &write[..]).is_err());
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("victim")).expect("victim"),
+        "keep"
+    );
+    assert!(!outside.path().join("planted").exists());
+    // `..` in a path is refused outright.
+    let mut raw = tar::Header::new_gnu();
+    raw.set_entry_type(tar::EntryType::Regular);
+    raw.set_size(3);
+    raw.set_mode(0o644);
+    {
+        let name = b"../evil";
+        let gnu = raw.as_gnu_mut().expect("gnu header");
+        gnu.name[..name.len()].copy_from_slice(name);
+    }
+    raw.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&raw, &b"bad"[..]).expect("append");
+    let dotdot = b.into_inner().expect("tar");
+    let err = unpack::apply(root.path(), &dotdot[..]).expect_err("refused");
+    assert!(err.contains("leaves the image"), "{err}");
+}
+
+/// A busybox root with a few applets, packed as an OCI archive.
+fn busybox_archive(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::create_dir_all(root.join("tmp")).expect("tmp");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("Debian's busybox-static at /bin/busybox (.ci/run installs it)");
+    for applet in ["sh", "echo", "cat", "sleep", "ls", "env", "pwd", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .expect("passwd");
+    std::fs::write(root.join("etc/motd"), "from the image\n").expect("motd");
+    let out = dir.join("busybox.tar");
+    let config = ImageConfig {
+        entrypoint: v(&["/bin/sh", "-c"]),
+        cmd: v(&["echo default cmd"]),
+        env: v(&["GREETING=image"]),
+        working_dir: "/tmp".into(),
+        user: String::new(),
+    };
+    pack_dir(&root, &config, &out).expect("pack");
+    out
+}
+
+#[derive(Default)]
+struct Capture(Mutex<Vec<u8>>);
+
+impl OutputSink for Capture {
+    fn write(&self, _: StdStream, bytes: &[u8]) {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(bytes);
+        }
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn spec(out: Arc<Capture>, command: &[&str], args: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        argv: vec![],
+        command: v(command),
+        args: v(args),
+        working_dir: None,
+        hostname: "pod-a".into(),
+        stop_grace: Duration::from_millis(300),
+        http_port: None,
+        env: vec![("FROM_POD".into(), "yes".into())],
+        mounts: vec![],
+        memory_limit: None,
+        cpu_limit_millis: None,
+        output: out,
+        http: HttpLimits::default(),
+        outbound: None,
+    }
+}
+
+async fn backend(dir: &Path) -> OciBackend {
+    OciBackend::new(OciConfig {
+        runc: "runc".into(),
+        root: dir.join("oci"),
+    })
+    .await
+    .expect("runc usable (.ci/run installs Debian's runc; tests run as root)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_runs_containers_from_an_archive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = busybox_archive(dir.path());
+    let b = backend(dir.path()).await;
+    let image = format!("file://{}", archive.display());
+    let prepared = b.prepare(&image).await.expect("prepare");
+    assert!(prepared.digest.starts_with("sha256:"));
+
+    // The image's Entrypoint and Cmd, its env under the pod's, its workdir.
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(&prepared, spec(out.clone(), &[], &[]))
+        .await
+        .expect("start");
+    assert_eq!(c.wait().await, Exit::Code(0));
+    assert_eq!(out.text(), "default cmd\n");
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(
+            &prepared,
+            spec(
+                out.clone(),
+                &[],
+                &["echo $GREETING $FROM_POD $(pwd) $(hostname); cat /etc/motd; exit 3"],
+            ),
+        )
+        .await
+        .expect("start");
+    assert_eq!(c.wait().await, Exit::Code(3));
+    assert_eq!(out.text(), "image yes /tmp pod-a\nfrom the image\n");
+
+    // Writes land in the container's own layer, not the image's.
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(
+            &prepared,
+            spec(
+                out.clone(),
+                &["/bin/sh", "-c", "echo changed > /etc/motd; cat /etc/motd"],
+                &[],
+            ),
+        )
+        .await
+        .expect("start");
+    assert_eq!(c.wait().await, Exit::Code(0));
+    assert_eq!(out.text(), "changed\n");
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(
+            &prepared,
+            spec(out.clone(), &["/bin/cat", "/etc/motd"], &[]),
+        )
+        .await
+        .expect("start");
+    assert_eq!(c.wait().await, Exit::Code(0));
+    assert_eq!(out.text(), "from the image\n");
+
+    // Volumes are bind mounts; read-only ones refuse writes.
+    let vol = dir.path().join("vol");
+    std::fs::create_dir_all(&vol).expect("vol");
+    std::fs::write(vol.join("key"), "value").expect("key");
+    let out = Arc::new(Capture::default());
+    let mut s = spec(
+        out.clone(),
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /cfg/key; echo x > /cfg/new || echo read-only",
+        ],
+        &[],
+    );
+    s.mounts = vec![Mount {
+        host_path: vol.clone(),
+        guest_path: "/cfg".into(),
+        read_only: true,
+    }];
+    let mut c = b.start(&prepared, s).await.expect("start");
+    assert_eq!(c.wait().await, Exit::Code(0));
+    assert!(out.text().starts_with("value"), "{}", out.text());
+    // stderr's complaint and stdout's line come through two pipes, in
+    // either order.
+    assert!(out.text().contains("read-only\n"), "{}", out.text());
+    assert!(
+        out.text().contains("Read-only file system"),
+        "{}",
+        out.text()
+    );
+    assert!(!vol.join("new").exists());
+
+    // A missing executable is runc's error, not the container's exit.
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(&prepared, spec(out.clone(), &["/bin/nope"], &[]))
+        .await
+        .expect("start");
+    match c.wait().await {
+        Exit::StartError(why) => assert!(why.contains("/bin/nope"), "{why}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+
+    // Past its memory limit the kernel's OOM killer ends it.
+    let out = Arc::new(Capture::default());
+    let mut s = spec(
+        out.clone(),
+        &["/bin/sh", "-c", "x=a; while true; do x=$x$x; done"],
+        &[],
+    );
+    s.memory_limit = Some(16 << 20);
+    let mut c = b.start(&prepared, s).await.expect("start");
+    assert_eq!(c.wait().await, Exit::OomKilled);
+
+    // A kill is SIGTERM first: a process that traps it ends its own way.
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(
+            &prepared,
+            spec(
+                out.clone(),
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.05; done",
+                ],
+                &[],
+            ),
+        )
+        .await
+        .expect("start");
+    wait_for(|| out.text().contains("up")).await;
+    c.kill();
+    assert_eq!(c.wait().await, Exit::Code(0));
+    assert!(out.text().ends_with("bye\n"), "{}", out.text());
+
+    // One that ignores it (PID 1 without a handler) is killed after the grace.
+    let out = Arc::new(Capture::default());
+    let mut c = b
+        .start(&prepared, spec(out.clone(), &["/bin/sleep", "60"], &[]))
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.kill();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), c.wait()).await,
+        Ok(Exit::Code(137))
+    );
+    assert!(
+        b.runc.list().await.is_empty(),
+        "every container was deleted"
+    );
+}
+
+async fn wait_for(f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached");
+}

@@ -1,0 +1,195 @@
+//! Pods with `runtimeClassName: runc`: the real runc (installed by
+//! `.ci/run`) running Debian's static busybox, packed by `shoal
+//! pack-image`, beside Wasm pods on the same `shoal up` node.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use shoal_tests::{busybox_image, free_port, http_get, sample, wait_for, Server, UP_NODE};
+
+use super::{first_container, phase, terminated, wait_logs, wait_pod, wait_running, PATIENCE};
+
+fn runc_pod(name: &str, image: &str, extra_spec: &str, container: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n  - name: main\n    image: {image}\n{container}"
+    )
+}
+
+#[tokio::test]
+async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
+    let s = Server::up_on("127.0.9.1", &[])?;
+    let image = busybox_image()?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+
+    // Config reaches the process as env and as files; the image's Cmd is
+    // replaced by args, its Entrypoint by command.
+    let manifest = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  greeting: hello from runc\n---\n{}---\n{}",
+        runc_pod(
+            "bb",
+            &image,
+            "  volumes:\n  - name: cfg\n    configMap: {name: settings}\n",
+            "    command: [sh, -c]\n    args: ['echo $GREETING; cat /cfg/greeting; echo; hostname; exec sleep 3600']\n    env:\n    - name: GREETING\n      valueFrom: {configMapKeyRef: {name: settings, key: greeting}}\n    volumeMounts:\n    - {name: cfg, mountPath: /cfg}\n"
+        ),
+        wasm_neighbour()?,
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    let p = wait_running(&pods, "bb").await?;
+    assert_eq!(
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(UP_NODE)
+    );
+    let c = first_container(&p).cloned().unwrap_or_default();
+    assert!(
+        c.container_id
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("runc://"),
+        "{c:?}"
+    );
+    assert!(c.image_id.starts_with("sha256:"), "{c:?}");
+    let logs = wait_logs(&s, &["bb"], "bb\n").await?;
+    assert_eq!(logs, "hello from runc\nhello from runc\nbb\n");
+    wait_running(&pods, "ticker").await?;
+    let wide = s.kubectl(&["get", "pods", "-o", "wide"])?;
+    assert!(wide.contains("bb") && wide.contains("ticker"), "{wide}");
+
+    // Exit codes and reasons as kubelet reports them.
+    let endings = [
+        runc_pod(
+            "exits",
+            &image,
+            "  restartPolicy: Never\n",
+            "    command: [sh, -c, 'echo bye; exit 3']\n",
+        ),
+        runc_pod(
+            "hog",
+            &image,
+            "  restartPolicy: Never\n",
+            "    command: [sh, -c, 'x=a; while true; do x=$x$x; done']\n    resources:\n      limits: {memory: 16Mi}\n",
+        ),
+        runc_pod(
+            "nobin",
+            &image,
+            "  restartPolicy: Never\n",
+            "    command: [/bin/no-such-program]\n",
+        ),
+    ]
+    .join("---\n");
+    s.kubectl_in(&["apply", "-f", "-"], Some(&endings))?;
+    for (name, code, reason, message) in [
+        ("exits", 3, "Error", ""),
+        ("hog", 137, "OOMKilled", ""),
+        ("nobin", 128, "StartError", "/bin/no-such-program"),
+    ] {
+        let p = wait_pod(&pods, name, "to fail", |p| phase(p) == "Failed").await?;
+        let t = terminated(&p).cloned().unwrap_or_default();
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref()),
+            (code, Some(reason)),
+            "{name}: {t:?}"
+        );
+        assert!(
+            t.message.as_deref().unwrap_or_default().contains(message),
+            "{name}: {t:?}"
+        );
+    }
+    assert_eq!(s.kubectl(&["logs", "exits"])?, "bye\n");
+
+    // A crashing container restarts with back-off, its earlier run's log
+    // kept for --previous.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&runc_pod(
+            "crasher",
+            &image,
+            "",
+            "    command: [sh, -c, 'echo run; exit 1']\n",
+        )),
+    )?;
+    wait_pod(&pods, "crasher", "to restart", |p| {
+        first_container(p).is_some_and(|c| c.restart_count >= 2)
+    })
+    .await?;
+    assert_eq!(s.kubectl(&["logs", "crasher", "--previous"])?, "run\n");
+
+    // Deletion: SIGTERM, then SIGKILL after the 1 s grace (a shell as PID 1
+    // ignores SIGTERM), and the container is gone from runc.
+    s.kubectl(&["delete", "pod", "bb", "crasher", "exits", "hog", "nobin"])?;
+    let state = s.data_dir().join("node/oci/state");
+    wait_for("runc to hold no containers", PATIENCE, || async {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A Wasm pod beside the runc ones: one node serves both runtimes.
+pub fn wasm_neighbour() -> anyhow::Result<String> {
+    Ok(shoal_tests::pod_yaml("ticker", &sample("ticker")?, "", ""))
+}
+
+#[tokio::test]
+async fn runc_services_take_traffic_once_ready() -> anyhow::Result<()> {
+    let s = Server::up_on("127.0.9.2", &[])?;
+    let image = busybox_image()?;
+    let port = free_port()?;
+    let manifest = format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      runtimeClassName: runc
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: {image}
+        command: [httpd, -f, -p, '{port}', -h, /www]
+        ports: [{{containerPort: {port}}}]
+        readinessProbe:
+          httpGet: {{path: /index.html, port: {port}}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: {port}, nodePort: 30091}}]
+"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    let endpoints = s.kubectl(&[
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}",
+    ])?;
+    assert_eq!(endpoints, "127.0.9.2");
+    let (code, body) = wait_for("the NodePort to answer", PATIENCE, || async {
+        http_get("127.0.9.2:30091", "/")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    })
+    .await?;
+    assert_eq!((code, body.as_str()), (200, "hello from a runc pod\n"));
+    Ok(())
+}
