@@ -577,7 +577,11 @@ pub async fn write_with_retry(
     } else {
         None
     };
-    for _ in 0..16 {
+    // As etcd's GuaranteedUpdate: a write without a precondition re-reads
+    // and tries again for as long as others keep winning, so contention
+    // alone never fails it; only a pathologically hot object gives up.
+    let deadline = std::time::Instant::now() + CONTENDED_WRITE_BUDGET;
+    loop {
         let cur = st
             .store
             .get(&key)
@@ -654,16 +658,26 @@ pub async fn write_with_retry(
         }
         match store_update(st, &key, merged, &cur.value, cur.rv).await {
             Ok(v) => return Ok(v),
-            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(StoreError::Conflict { .. })
+                if precondition.is_none() && std::time::Instant::now() < deadline =>
+            {
+                // Let the writer that won finish before reading again.
+                tokio::task::yield_now().await;
+            }
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => {
+                return Err(ApiError::conflict(
+                    &gr,
+                    &name,
+                    "too many concurrent writers; try again",
+                ))
+            }
             Err(e) => return Err(ApiError::from_store(e, &gr, &name)),
         }
     }
-    Err(ApiError::conflict(
-        &gr,
-        &name,
-        "too many concurrent writers; try again",
-    ))
 }
+
+/// How long a write without a precondition keeps retrying on conflicts.
+const CONTENDED_WRITE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A body naming a uid acts as a precondition, as in Kubernetes: a late
 /// writer cannot land on a different object that reused the name.
