@@ -9,6 +9,7 @@ pub mod http;
 pub mod image;
 pub mod meter;
 pub mod oci;
+mod once;
 pub mod output;
 pub mod wasm;
 

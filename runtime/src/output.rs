@@ -30,3 +30,27 @@ pub struct Discard;
 impl OutputSink for Discard {
     fn write(&self, _: StdStream, _: &[u8]) {}
 }
+
+/// Keeps everything in memory: what the runtime's own tests read back.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Capture(std::sync::Mutex<Vec<u8>>);
+
+#[cfg(test)]
+impl OutputSink for Capture {
+    fn write(&self, _: StdStream, bytes: &[u8]) {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+impl Capture {
+    pub(crate) fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}

@@ -2,12 +2,13 @@
 //! `.ci/run`, with Debian's static busybox as the image's one program).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::backend::Mount;
 use crate::http::HttpLimits;
+use crate::output::Capture;
 
 fn v(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
@@ -143,28 +144,9 @@ fn busybox_archive(dir: &Path) -> PathBuf {
     out
 }
 
-#[derive(Default)]
-struct Capture(Mutex<Vec<u8>>);
-
-impl OutputSink for Capture {
-    fn write(&self, _: StdStream, bytes: &[u8]) {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(bytes);
-        }
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-fn spec(out: Arc<Capture>, command: &[&str], args: &[&str]) -> ContainerSpec {
-    ContainerSpec {
+fn spec(command: &[&str], args: &[&str]) -> (ContainerSpec, Arc<Capture>) {
+    let out = Arc::new(Capture::default());
+    let spec = ContainerSpec {
         argv: vec![],
         command: v(command),
         args: v(args),
@@ -176,10 +158,15 @@ fn spec(out: Arc<Capture>, command: &[&str], args: &[&str]) -> ContainerSpec {
         mounts: vec![],
         memory_limit: None,
         cpu_limit_millis: None,
-        output: out,
+        output: out.clone(),
         http: HttpLimits::default(),
         outbound: None,
-    }
+    };
+    (spec, out)
+}
+
+fn sh(script: &str) -> (ContainerSpec, Arc<Capture>) {
+    spec(&["/bin/sh", "-c", script], &[])
 }
 
 async fn backend(dir: &Path) -> OciBackend {
@@ -191,147 +178,92 @@ async fn backend(dir: &Path) -> OciBackend {
     .expect("runc usable (.ci/run installs Debian's runc; tests run as root)")
 }
 
+/// Runs a container to its end: how it ended and what it wrote.
+async fn run(
+    b: &OciBackend,
+    image: &Prepared,
+    (s, out): (ContainerSpec, Arc<Capture>),
+) -> (Exit, String) {
+    let mut c = b.start(image, s).await.expect("start");
+    let exit = c.wait().await;
+    (exit, out.text())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runc_runs_containers_from_an_archive() {
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = busybox_archive(dir.path());
     let b = backend(dir.path()).await;
     let image = format!("file://{}", archive.display());
-    let prepared = b.prepare(&image).await.expect("prepare");
-    assert!(prepared.digest.starts_with("sha256:"));
+    let img = b.prepare(&image).await.expect("prepare");
+    assert!(img.digest.starts_with("sha256:"));
 
     // The image's Entrypoint and Cmd, its env under the pod's, its workdir.
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(&prepared, spec(out.clone(), &[], &[]))
-        .await
-        .expect("start");
-    assert_eq!(c.wait().await, Exit::Code(0));
-    assert_eq!(out.text(), "default cmd\n");
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(
-            &prepared,
-            spec(
-                out.clone(),
-                &[],
-                &["echo $GREETING $FROM_POD $(pwd) $(hostname); cat /etc/motd; exit 3"],
-            ),
+    assert_eq!(
+        run(&b, &img, spec(&[], &[])).await,
+        (Exit::Code(0), "default cmd\n".into())
+    );
+    let script = "echo $GREETING $FROM_POD $(pwd) $(hostname); cat /etc/motd; exit 3";
+    assert_eq!(
+        run(&b, &img, spec(&[], &[script])).await,
+        (
+            Exit::Code(3),
+            "image yes /tmp pod-a\nfrom the image\n".into()
         )
-        .await
-        .expect("start");
-    assert_eq!(c.wait().await, Exit::Code(3));
-    assert_eq!(out.text(), "image yes /tmp pod-a\nfrom the image\n");
+    );
 
     // Writes land in the container's own layer, not the image's.
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(
-            &prepared,
-            spec(
-                out.clone(),
-                &["/bin/sh", "-c", "echo changed > /etc/motd; cat /etc/motd"],
-                &[],
-            ),
-        )
-        .await
-        .expect("start");
-    assert_eq!(c.wait().await, Exit::Code(0));
-    assert_eq!(out.text(), "changed\n");
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(
-            &prepared,
-            spec(out.clone(), &["/bin/cat", "/etc/motd"], &[]),
-        )
-        .await
-        .expect("start");
-    assert_eq!(c.wait().await, Exit::Code(0));
-    assert_eq!(out.text(), "from the image\n");
+    assert_eq!(
+        run(&b, &img, sh("echo changed > /etc/motd; cat /etc/motd")).await,
+        (Exit::Code(0), "changed\n".into())
+    );
+    assert_eq!(
+        run(&b, &img, spec(&["/bin/cat", "/etc/motd"], &[])).await,
+        (Exit::Code(0), "from the image\n".into())
+    );
 
     // Volumes are bind mounts; read-only ones refuse writes.
     let vol = dir.path().join("vol");
     std::fs::create_dir_all(&vol).expect("vol");
     std::fs::write(vol.join("key"), "value").expect("key");
-    let out = Arc::new(Capture::default());
-    let mut s = spec(
-        out.clone(),
-        &[
-            "/bin/sh",
-            "-c",
-            "cat /cfg/key; echo x > /cfg/new || echo read-only",
-        ],
-        &[],
-    );
-    s.mounts = vec![Mount {
+    let mut with_volume = sh("cat /cfg/key; echo x > /cfg/new || echo read-only");
+    with_volume.0.mounts = vec![Mount {
         host_path: vol.clone(),
         guest_path: "/cfg".into(),
         read_only: true,
     }];
-    let mut c = b.start(&prepared, s).await.expect("start");
-    assert_eq!(c.wait().await, Exit::Code(0));
-    assert!(out.text().starts_with("value"), "{}", out.text());
-    // stderr's complaint and stdout's line come through two pipes, in
+    let (exit, text) = run(&b, &img, with_volume).await;
+    assert_eq!(exit, Exit::Code(0));
+    // stderr's complaint and stdout's lines come through two pipes, in
     // either order.
-    assert!(out.text().contains("read-only\n"), "{}", out.text());
-    assert!(
-        out.text().contains("Read-only file system"),
-        "{}",
-        out.text()
-    );
+    for part in ["value", "read-only\n", "Read-only file system"] {
+        assert!(text.contains(part), "{text}");
+    }
     assert!(!vol.join("new").exists());
 
     // A missing executable is runc's error, not the container's exit.
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(&prepared, spec(out.clone(), &["/bin/nope"], &[]))
-        .await
-        .expect("start");
-    match c.wait().await {
+    match run(&b, &img, spec(&["/bin/nope"], &[])).await.0 {
         Exit::StartError(why) => assert!(why.contains("/bin/nope"), "{why}"),
         other => panic!("expected a start error, got {other:?}"),
     }
 
     // Past its memory limit the kernel's OOM killer ends it.
-    let out = Arc::new(Capture::default());
-    let mut s = spec(
-        out.clone(),
-        &["/bin/sh", "-c", "x=a; while true; do x=$x$x; done"],
-        &[],
-    );
-    s.memory_limit = Some(16 << 20);
-    let mut c = b.start(&prepared, s).await.expect("start");
-    assert_eq!(c.wait().await, Exit::OomKilled);
+    let mut hog = sh("x=a; while true; do x=$x$x; done");
+    hog.0.memory_limit = Some(16 << 20);
+    assert_eq!(run(&b, &img, hog).await.0, Exit::OomKilled);
 
     // A kill is SIGTERM first: a process that traps it ends its own way.
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(
-            &prepared,
-            spec(
-                out.clone(),
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.05; done",
-                ],
-                &[],
-            ),
-        )
-        .await
-        .expect("start");
+    let (s, out) = sh("trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.05; done");
+    let mut c = b.start(&img, s).await.expect("start");
     wait_for(|| out.text().contains("up")).await;
     c.kill();
     assert_eq!(c.wait().await, Exit::Code(0));
-    assert!(out.text().ends_with("bye\n"), "{}", out.text());
+    assert_eq!(out.text(), "up\nbye\n");
 
     // One that ignores it (PID 1 without a handler) is killed after the grace.
-    let out = Arc::new(Capture::default());
-    let mut c = b
-        .start(&prepared, spec(out.clone(), &["/bin/sleep", "60"], &[]))
-        .await
-        .expect("start");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, out) = sh("echo up; exec sleep 60");
+    let mut c = b.start(&img, s).await.expect("start");
+    wait_for(|| out.text().contains("up")).await;
     c.kill();
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(10), c.wait()).await,

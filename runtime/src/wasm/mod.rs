@@ -10,11 +10,9 @@ mod http;
 mod run;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::OnceCell;
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -22,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::backend::{Backend, Container, ContainerSpec, Prepared};
 use crate::image::ImageStore;
+use crate::once::PerDigest;
 use crate::RuntimeError;
 pub use engine::{WasmConfig, EPOCH_TICK};
 use host::{P1Host, P2Host};
@@ -35,8 +34,6 @@ pub(crate) enum Loaded {
     Http(ProxyPre<P2Host>),
 }
 
-type LoadCell = Arc<OnceCell<Arc<Loaded>>>;
-
 pub struct WasmBackend {
     engine: Engine,
     config: WasmConfig,
@@ -46,7 +43,7 @@ pub struct WasmBackend {
     p2: ComponentLinker<P2Host>,
     /// Keyed by digest; a cell per digest so concurrent pods of one image
     /// compile it once.
-    loaded: Mutex<HashMap<String, LoadCell>>,
+    loaded: PerDigest<Arc<Loaded>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -91,21 +88,13 @@ impl WasmBackend {
             cache,
             p1,
             p2,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: PerDigest::new(),
             _ticker: ticker,
         })
     }
 
     pub fn config(&self) -> &WasmConfig {
         &self.config
-    }
-
-    fn cell(&self, digest: &str) -> LoadCell {
-        let mut map = match self.loaded.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(digest.to_string()).or_default().clone()
     }
 
     /// Compiles (or loads from the disk cache) and pre-links an image.
@@ -217,7 +206,7 @@ impl Backend for WasmBackend {
 
     async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
         let blob = self.images.pull(image).await?;
-        let cell = self.cell(&blob.digest);
+        let cell = self.loaded.cell(&blob.digest);
         let loaded = cell
             .get_or_try_init(|| self.load(image, &blob.digest, &blob.path))
             .await?

@@ -1,31 +1,11 @@
 //! The backend against hand-written WAT guests: no toolchain needed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::backend::{ContainerSpec, Exit, Mount};
-use crate::output::{OutputSink, StdStream};
-
-#[derive(Default)]
-struct Capture(Mutex<Vec<u8>>);
-
-impl OutputSink for Capture {
-    fn write(&self, _: StdStream, bytes: &[u8]) {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(bytes);
-        }
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-}
+use crate::output::Capture;
 
 /// A p1 module that writes `msg` to stdout, then exits with `code`.
 fn printer(msg: &str, code: i32) -> String {
