@@ -1,6 +1,7 @@
 //! Pod benchmarks on real node agents, printed as one JSON object:
 //! - cold start: `POST` of a pod → its Ready condition seen on a watch,
-//!   one pod at a time, through the whole API (scheduler, node, status);
+//!   one pod at a time, through the whole API (scheduler, node, status),
+//!   for Wasm pods and, on the same path, for runc containers;
 //! - restart latency: a guest's exit → its next guest running (node metric);
 //! - memory per idle running ticker pod, node and control plane separately;
 //! - how many ticker pods one node holds.
@@ -29,11 +30,32 @@ struct Sizes {
     crash_for: Duration,
 }
 
+/// What the cold-start pods run: a Wasm ticker, or (for the comparison
+/// with containers) busybox's `sleep` under runc.
+#[derive(Clone, Copy)]
+enum Runtime<'a> {
+    Wasm(&'a str),
+    Runc(&'a str),
+}
+
 fn pod(name: &str, image: &str, labels: Value, node: Option<&str>) -> anyhow::Result<Pod> {
+    pod_on(name, Runtime::Wasm(image), labels, node)
+}
+
+fn pod_on(name: &str, rt: Runtime<'_>, labels: Value, node: Option<&str>) -> anyhow::Result<Pod> {
+    let container = match rt {
+        Runtime::Wasm(image) => json!({"name": "main", "image": image}),
+        Runtime::Runc(image) => {
+            json!({"name": "main", "image": image, "command": ["sleep", "3600"]})
+        }
+    };
     let mut spec = json!({
         "terminationGracePeriodSeconds": 0,
-        "containers": [{"name": "main", "image": image}],
+        "containers": [container],
     });
+    if let Runtime::Runc(_) = rt {
+        spec["runtimeClassName"] = json!("runc");
+    }
     if let Some(n) = node {
         spec["nodeName"] = json!(n);
     }
@@ -51,7 +73,7 @@ fn ready(p: &Pod) -> bool {
 }
 
 /// Creates pods one at a time and times each from POST to Ready on a watch.
-async fn cold_start(pods: &Api<Pod>, image: &str, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+async fn cold_start(pods: &Api<Pod>, rt: Runtime<'_>, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
     let rv = pods
         .list_metadata(&ListParams::default().limit(1))
         .await?
@@ -62,13 +84,14 @@ async fn cold_start(pods: &Api<Pod>, image: &str, n: usize) -> anyhow::Result<(f
     let mut stream = pods.watch(&wp, &rv).await?.boxed();
     let mut times = Vec::with_capacity(n);
     let mut first = 0.0;
-    // Pod 0 compiles the module; the rest start from the compiled cache.
+    // Pod 0 compiles the module (or unpacks the image); the rest start
+    // from the cache.
     for i in 0..=n {
         let name = format!("cold-{i:04}");
         let started = Instant::now();
         pods.create(
             &PostParams::default(),
-            &pod(&name, image, json!({"bench": "cold"}), None)?,
+            &pod_on(&name, rt, json!({"bench": "cold"}), None)?,
         )
         .await?;
         loop {
@@ -292,14 +315,20 @@ async fn main() -> anyhow::Result<()> {
     let up = Server::up(&["--backoff-initial-ms", "0", "--backoff-max-seconds", "0"])?;
     let client = up.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let (first_ms, cold) = match cold_start(&pods, &ticker, sizes.cold_pods).await {
-        Ok(r) => r,
-        Err(e) => {
-            let saved = std::env::temp_dir().join("shoal-pods-bench-up.log");
-            let _ = std::fs::write(&saved, up.logs());
-            return Err(e.context(format!("the server's log is in {}", saved.display())));
-        }
+    let saved_log = |e: anyhow::Error| {
+        let saved = std::env::temp_dir().join("shoal-pods-bench-up.log");
+        let _ = std::fs::write(&saved, up.logs());
+        e.context(format!("the server's log is in {}", saved.display()))
     };
+    let (first_ms, cold) = cold_start(&pods, Runtime::Wasm(&ticker), sizes.cold_pods)
+        .await
+        .map_err(saved_log)?;
+    // The same path with a container: what Shoal's Wasm pods are measured
+    // against (a static busybox `sleep`, the smallest image there is).
+    let busybox = shoal_tests::busybox_image()?;
+    let (runc_first_ms, runc_cold) = cold_start(&pods, Runtime::Runc(&busybox), sizes.cold_pods)
+        .await
+        .map_err(saved_log)?;
     let (restart_p50, restart_p99, restart_n) = restarts(&client, &crasher, &sizes).await?;
     drop(up);
     let dense = density(&ticker, sizes.density_pods).await?;
@@ -314,6 +343,13 @@ async fn main() -> anyhow::Result<()> {
             "ms_p99": percentile(&cold, 0.99),
             "ms_max": percentile(&cold, 1.0),
         },
+        "cold_start_runc": {
+            "pods": runc_cold.len(),
+            "first_pod_ms_incl_unpack": runc_first_ms,
+            "ms_p50": percentile(&runc_cold, 0.5),
+            "ms_p99": percentile(&runc_cold, 0.99),
+            "ms_max": percentile(&runc_cold, 1.0),
+        },
         "restart": {
             "restarts": restart_n,
             // Node-side, bucket upper bounds, with back-off set to zero.
@@ -323,6 +359,10 @@ async fn main() -> anyhow::Result<()> {
         "density": dense,
     });
     anyhow::ensure!(cold.len() == sizes.cold_pods, "not every pod became Ready");
+    anyhow::ensure!(
+        runc_cold.len() == sizes.cold_pods,
+        "not every runc pod became Ready"
+    );
     anyhow::ensure!(restart_n > 0, "no restarts were observed");
     println!("{report}");
     Ok(())

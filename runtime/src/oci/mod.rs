@@ -17,18 +17,18 @@ mod unpack;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{oneshot, Notify, OnceCell};
+use tokio::sync::{oneshot, Notify};
 
 use crate::backend::{Backend, Container, ContainerSpec, Exit, Prepared};
 use crate::image::ImageStore;
 use crate::meter::CpuMeter;
+use crate::once::PerDigest;
 use crate::output::{OutputSink, StdStream};
 use crate::RuntimeError;
 use runc::{Cgroups, Runc};
@@ -68,15 +68,13 @@ pub enum OciSetupError {
     Image(#[from] crate::ImageError),
 }
 
-type UnpackCell = Arc<OnceCell<Arc<Unpacked>>>;
-
 pub struct OciBackend {
     runc: Runc,
     version: String,
     images: ImageStore,
     unpacked_dir: PathBuf,
     containers_dir: PathBuf,
-    unpacked: Mutex<HashMap<String, UnpackCell>>,
+    unpacked: PerDigest<Arc<Unpacked>>,
     next_id: AtomicU64,
 }
 
@@ -113,7 +111,7 @@ impl OciBackend {
             images: ImageStore::new(config.root.join("images"))?,
             unpacked_dir,
             containers_dir,
-            unpacked: Mutex::new(HashMap::new()),
+            unpacked: PerDigest::new(),
             next_id: AtomicU64::new(0),
         })
     }
@@ -121,14 +119,6 @@ impl OciBackend {
     /// runc's version, as the node reports its container runtime.
     pub fn version(&self) -> &str {
         &self.version
-    }
-
-    fn cell(&self, digest: &str) -> UnpackCell {
-        let mut map = match self.unpacked.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(digest.to_string()).or_default().clone()
     }
 
     fn container_id(&self) -> String {
@@ -148,7 +138,7 @@ impl Backend for OciBackend {
 
     async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
         let blob = self.images.pull(image).await?;
-        let cell = self.cell(&blob.digest);
+        let cell = self.unpacked.cell(&blob.digest);
         let dest = self.unpacked_dir.join(&blob.digest);
         let archive = blob.path.clone();
         let unpacked = cell
@@ -237,6 +227,7 @@ impl Backend for OciBackend {
                 .take()
                 .map(|r| tokio::spawn(pump(r, StdStream::Stderr, spec.output.clone()))),
         ];
+        started(&mut child, &dir).await;
         let cgroups = Cgroups::of(&cgroups_path);
         let memory = Arc::new(AtomicU64::new(0));
         let cpu = CpuMeter::default();
@@ -350,6 +341,21 @@ impl Running {
             (137, _) if oom => Exit::OomKilled,
             _ => Exit::Code(code),
         }
+    }
+}
+
+/// Waits until runc has started the process (its pid file appears) or has
+/// given up (it exited: `supervise` reports why). Returning before that
+/// would count a container as running while runc is still setting it up.
+async fn started(child: &mut tokio::process::Child, dir: &Path) {
+    let pid = dir.join(runc::PID_FILE);
+    loop {
+        if tokio::fs::try_exists(&pid).await.unwrap_or(false)
+            || !matches!(child.try_wait(), Ok(None))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -8,6 +8,10 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
+/// Written by `runc run` once the container's process has been told to
+/// exec: the moment the container counts as started.
+pub(crate) const PID_FILE: &str = "pid";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Runc {
     bin: PathBuf,
@@ -64,6 +68,8 @@ impl Runc {
             .args(["--log-format", "json"])
             .arg("run")
             .arg("--keep")
+            .arg("--pid-file")
+            .arg(bundle.join(PID_FILE))
             .arg("--bundle")
             .arg(bundle)
             .arg(id)
