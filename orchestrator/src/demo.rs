@@ -63,6 +63,55 @@ pub fn write_samples(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(manifest)
 }
 
+const RUNC_MANIFEST: &str = include_str!("../../samples/manifests/runc-pods.yaml");
+
+/// Where Debian's busybox-static puts its one static binary.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Packs a busybox image into `dir` and renders the runc manifest beside
+/// it; `None` (and why) when this machine cannot run the runc demo.
+pub fn write_runc_sample(dir: &Path) -> anyhow::Result<Result<PathBuf, String>> {
+    let runc = std::process::Command::new("runc").arg("--version").output();
+    if !runc.is_ok_and(|o| o.status.success()) {
+        return Ok(Err("runc is not installed (apt install runc)".into()));
+    }
+    let listed = std::process::Command::new(BUSYBOX).arg("--list").output();
+    let Ok(listed) = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()) else {
+        return Ok(Err(format!(
+            "{BUSYBOX} is missing (apt install busybox-static)"
+        )));
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let root = dir.join("busybox-root");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    }
+    for d in ["bin", "etc", "tmp", "www"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
+    for applet in listed.lines().filter(|a| *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n")?;
+    std::fs::write(
+        root.join("www/index.html"),
+        "hello from a runc container, beside the Wasm pods\n",
+    )?;
+    let archive = dir.join("busybox.tar");
+    let config = shoal_runtime::oci::ImageConfig {
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    shoal_runtime::oci::pack_dir(&root, &config, &archive)
+        .with_context(|| format!("packing {}", archive.display()))?;
+    std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    let manifest = dir.join("runc-demo.yaml");
+    let text = RUNC_MANIFEST.replace("${IMAGE}", &format!("file://{}", archive.display()));
+    std::fs::write(&manifest, text).with_context(|| format!("writing {}", manifest.display()))?;
+    Ok(Ok(manifest))
+}
+
 /// Creates every object in the manifest that does not exist yet.
 pub async fn apply(client: &Client, manifest: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(manifest)

@@ -1,6 +1,6 @@
 //! `shoal up --demo`, what the README's first command starts: the sample
-//! pods run and the wasi:http sample answers through its NodePort Service
-//! and its Ingress.
+//! pods run, the wasi:http sample answers through its NodePort Service and
+//! its Ingress, and busybox's httpd answers from a runc container.
 
 use std::time::Duration;
 
@@ -70,6 +70,19 @@ async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
         })
         .await?;
         assert_eq!(via_ingress, "hello from Shoal\n");
+        // The runc peer: busybox httpd in a container, behind its NodePort.
+        let runc = wait_for(
+            "the runc NodePort answering",
+            Duration::from_secs(60),
+            || async {
+                match http_get(&format!("{ADDRESS}:30082"), "/").await {
+                    Ok((200, body)) => Some(body),
+                    _ => None,
+                }
+            },
+        )
+        .await?;
+        assert_eq!(runc, "hello from a runc container, beside the Wasm pods\n");
         anyhow::Ok(())
     };
     check.await.map_err(|e| e.context(s.logs()))

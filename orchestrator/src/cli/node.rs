@@ -219,8 +219,16 @@ async fn run_demo(kubeconfig: &std::path::Path, samples: &std::path::Path) -> an
     let manifest = demo::write_samples(samples)?;
     let client = shoal_sdk::client_from_kubeconfig(kubeconfig).await?;
     demo::apply(&client, &manifest).await?;
+    let runc = match demo::write_runc_sample(samples)? {
+        Ok(m) => {
+            demo::apply(&client, &m).await?;
+            "  curl http://127.0.0.1:30082/             # busybox httpd in a runc container\n"
+                .to_string()
+        }
+        Err(why) => format!("  (no runc demo: {why})\n"),
+    };
     println!(
-        "\nThe demo is running (manifest: {manifest}). Try:\n  export KUBECONFIG={kc}\n  kubectl get pods -n demo -o wide\n  kubectl logs -f ticker -n demo\n  kubectl logs config-reader -n demo\n  kubectl describe pod crasher -n demo     # restarts with back-off\n  kubectl get pod hog -n demo              # OOMKilled under its 16Mi limit\n  kubectl delete pod ticker -n demo\n  curl http://127.0.0.1:30080/             # wasi:http, a fresh instance per request\n  curl -H 'Host: hello.demo' http://127.0.0.1:8080/   # the same through the Ingress\n",
+        "\nThe demo is running (manifest: {manifest}). Try:\n  export KUBECONFIG={kc}\n  kubectl get pods -n demo -o wide\n  kubectl logs -f ticker -n demo\n  kubectl logs config-reader -n demo\n  kubectl describe pod crasher -n demo     # restarts with back-off\n  kubectl get pod hog -n demo              # OOMKilled under its 16Mi limit\n  kubectl delete pod ticker -n demo\n  curl http://127.0.0.1:30080/             # wasi:http, a fresh instance per request\n  curl -H 'Host: hello.demo' http://127.0.0.1:8080/   # the same through the Ingress\n{runc}",
         manifest = manifest.display(),
         kc = kubeconfig.display()
     );
