@@ -472,23 +472,25 @@ async fn aggregated_cluster_roles_gather_the_rules_they_select() -> Result<()> {
         ])
         .unwrap_or_default()
     };
-    let can = |resource: &'static str| {
-        let out = s
-            .kubectl_raw(
-                &["auth", "can-i", "list", resource, "--as", "prometheus"],
-                None,
-            )
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        out == "yes"
+    // kubectl's answer, "yes" or "no"; anything else (kubectl failing) is
+    // neither, so a broken check cannot pass for a refusal.
+    let answer = |resource: &'static str| {
+        s.kubectl_raw(
+            &["auth", "can-i", "list", resource, "--as", "prometheus"],
+            None,
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
     };
+    let can = |resource: &'static str| answer(resource) == "yes";
+    let cannot = |resource: &'static str| answer(resource) == "no";
     wait_for(
         "the aggregate to gather endpoints",
         Duration::from_secs(10),
         || async { (rules().contains("endpoints") && can("endpoints")).then_some(()) },
     )
     .await?;
-    assert!(!can("pods"));
+    assert_eq!(answer("pods"), "no");
     // A new labelled role joins the aggregate; a deleted one leaves it.
     s.kubectl_in(
         &["apply", "-f", "-"],
@@ -504,7 +506,7 @@ async fn aggregated_cluster_roles_gather_the_rules_they_select() -> Result<()> {
     wait_for(
         "endpoints to leave the aggregate",
         Duration::from_secs(10),
-        || async { (!rules().contains("endpoints") && !can("endpoints")).then_some(()) },
+        || async { (!rules().contains("endpoints") && cannot("endpoints")).then_some(()) },
     )
     .await?;
     Ok(())
