@@ -132,6 +132,7 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
                 hostname: "bench".into(),
                 stop_grace: std::time::Duration::ZERO,
                 http_port: None,
+                security: Default::default(),
                 env: vec![("HOSTNAME".into(), "bench".into())],
                 mounts: vec![],
                 memory_limit: None,

@@ -75,6 +75,9 @@ pub struct ContainerSpec {
     /// The port a container listening on the network serves HTTP on: where
     /// the node gateway sends it Service traffic.
     pub http_port: Option<u16>,
+    /// The pod's and container's `securityContext`, for runtimes that run
+    /// processes (a Wasm sandbox has no users or capabilities to set).
+    pub security: Security,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     /// Bytes of linear memory the guest may use in all.
@@ -86,6 +89,21 @@ pub struct ContainerSpec {
     pub http: HttpLimits,
     /// Where the guest's outbound HTTP requests go; `None` denies them all.
     pub outbound: Option<Arc<dyn Outbound>>,
+}
+
+/// What a `securityContext` asks of a process, the container's settings
+/// already laid over the pod's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: bool,
+    pub read_only_root: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// Capability names as Kubernetes writes them (`NET_ADMIN`, `ALL`).
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
 }
 
 /// How a container ended.

@@ -14,7 +14,7 @@ pub mod output;
 pub mod wasm;
 
 pub use backend::{
-    Backend, Container, ContainerSpec, ContainerStats, Exit, KillHandle, Mount, Prepared,
+    Backend, Container, ContainerSpec, ContainerStats, Exit, KillHandle, Mount, Prepared, Security,
 };
 pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
 pub use image::{ImageError, ImageRef, ImageStore};

@@ -32,6 +32,7 @@ pub struct Resolved {
     pub http: HttpLimits,
     /// Hosts outside the cluster the guest may call.
     pub allowed_outbound: Vec<String>,
+    pub security: shoal_runtime::Security,
 }
 
 /// ConfigMaps and Secrets fetched once per pod start, and the Services
@@ -194,7 +195,36 @@ pub async fn resolve(
         cpu_limit_millis,
         http: http_limits(pod)?,
         allowed_outbound: allowed_outbound(pod),
+        security: security(pod, container),
     })
+}
+
+/// The container's `securityContext` over the pod's (container settings
+/// win, as in Kubernetes). Ids that do not fit a uid are left unset;
+/// admission validates them.
+pub fn security(pod: &Pod, container: &Container) -> shoal_runtime::Security {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = container.security_context.as_ref();
+    let id = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    shoal_runtime::Security {
+        run_as_user: id(sc
+            .and_then(|s| s.run_as_user)
+            .or_else(|| pod_sc.and_then(|s| s.run_as_user))),
+        run_as_group: id(sc
+            .and_then(|s| s.run_as_group)
+            .or_else(|| pod_sc.and_then(|s| s.run_as_group))),
+        run_as_non_root: sc
+            .and_then(|s| s.run_as_non_root)
+            .or_else(|| pod_sc.and_then(|s| s.run_as_non_root))
+            .unwrap_or(false),
+        read_only_root: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        add_capabilities: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop_capabilities: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+    }
 }
 
 /// The pod's `shoal.dev/allowed-outbound-hosts`, lower-cased.

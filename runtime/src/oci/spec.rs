@@ -124,6 +124,43 @@ fn lookup(file: &str, pick: impl Fn(&[&str]) -> bool) -> Option<Vec<&str>> {
         .find(|f| pick(f))
 }
 
+/// Docker's default set with the container's `drop` taken out (`ALL`
+/// empties it) and its `add` put in, as `CAP_…` names.
+pub(crate) fn capabilities(sec: &crate::backend::Security) -> Result<Vec<String>, String> {
+    let canonical = |name: &str| -> Result<String, String> {
+        let upper = name.to_ascii_uppercase();
+        let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            return Err(format!(
+                "securityContext.capabilities: {name:?} is not a capability name"
+            ));
+        }
+        Ok(format!("CAP_{bare}"))
+    };
+    let mut caps: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    for d in &sec.drop_capabilities {
+        if d.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            let d = canonical(d)?;
+            caps.retain(|c| *c != d);
+        }
+    }
+    for a in &sec.add_capabilities {
+        if a.eq_ignore_ascii_case("ALL") {
+            return Err(
+                "securityContext.capabilities.add: ALL (privileged containers) is not supported"
+                    .into(),
+            );
+        }
+        let a = canonical(a)?;
+        if !caps.contains(&a) {
+            caps.push(a);
+        }
+    }
+    Ok(caps)
+}
+
 /// The whole `config.json`.
 pub(crate) fn runtime_spec(
     image: &ImageConfig,
@@ -137,7 +174,17 @@ pub(crate) fn runtime_spec(
                 .into(),
         );
     }
-    let (uid, gid) = user(image, at.rootfs)?;
+    let sec = &spec.security;
+    let (image_uid, image_gid) = user(image, at.rootfs)?;
+    let uid = sec.run_as_user.unwrap_or(image_uid);
+    let gid = sec.run_as_group.unwrap_or(image_gid);
+    if sec.run_as_non_root && uid == 0 {
+        return Err(
+            "container has runAsNonRoot and image will run as root (set runAsUser, or a non-root USER in the image)"
+                .into(),
+        );
+    }
+    let caps = capabilities(sec)?;
     let cwd = spec
         .working_dir
         .clone()
@@ -198,13 +245,13 @@ pub(crate) fn runtime_spec(
             "env": env(image, &spec.env),
             "cwd": cwd,
             "capabilities": {
-                "bounding": CAPABILITIES,
-                "effective": CAPABILITIES,
-                "permitted": CAPABILITIES,
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
             },
-            "noNewPrivileges": false,
+            "noNewPrivileges": sec.no_new_privileges,
         },
-        "root": {"path": at.rootfs, "readonly": false},
+        "root": {"path": at.rootfs, "readonly": sec.read_only_root},
         "hostname": at.hostname,
         "mounts": mounts,
         "linux": {
@@ -265,6 +312,27 @@ mod tests {
             &[("LANG".into(), "en".into()), ("X".into(), "a=b".into())],
         );
         assert_eq!(got, v(&["PATH=/bin", "LANG=en", "X=a=b"]));
+    }
+
+    #[test]
+    fn capabilities_drop_then_add() {
+        let sec = |add: &[&str], drop: &[&str]| crate::backend::Security {
+            add_capabilities: v(add),
+            drop_capabilities: v(drop),
+            ..Default::default()
+        };
+        assert_eq!(capabilities(&sec(&[], &[])).expect("default").len(), 14);
+        assert_eq!(
+            capabilities(&sec(&["NET_BIND_SERVICE"], &["ALL"])).expect("minimal"),
+            v(&["CAP_NET_BIND_SERVICE"])
+        );
+        let some = capabilities(&sec(&["net_admin"], &["CAP_CHOWN", "KILL"])).expect("some");
+        assert!(some.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(
+            !some.contains(&"CAP_CHOWN".to_string()) && !some.contains(&"CAP_KILL".to_string())
+        );
+        assert!(capabilities(&sec(&["ALL"], &[])).is_err());
+        assert!(capabilities(&sec(&["NET ADMIN"], &[])).is_err());
     }
 
     #[test]

@@ -154,6 +154,7 @@ fn spec(command: &[&str], args: &[&str]) -> (ContainerSpec, Arc<Capture>) {
         hostname: "pod-a".into(),
         stop_grace: Duration::from_millis(300),
         http_port: None,
+        security: Default::default(),
         env: vec![("FROM_POD".into(), "yes".into())],
         mounts: vec![],
         memory_limit: None,
@@ -240,6 +241,35 @@ async fn runc_runs_containers_from_an_archive() {
         assert!(text.contains(part), "{text}");
     }
     assert!(!vol.join("new").exists());
+
+    // securityContext: another user, a read-only root, capabilities dropped.
+    let mut locked = sh(
+        "id -u; id -g; touch /x 2>/dev/null || echo read-only root; grep CapEff /proc/self/status",
+    );
+    locked.0.security = crate::backend::Security {
+        run_as_user: Some(1000),
+        run_as_group: Some(2000),
+        read_only_root: true,
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&b, &img, locked).await,
+        (
+            Exit::Code(0),
+            "1000\n2000\nread-only root\nCapEff:\t0000000000000000\n".into()
+        )
+    );
+    let mut non_root = spec(&[], &[]);
+    non_root.0.security.run_as_non_root = true;
+    let refused = b.start(&img, non_root.0).await.err().map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runAsNonRoot"),
+        "{refused:?}"
+    );
 
     // A missing executable is runc's error, not the container's exit.
     match run(&b, &img, spec(&["/bin/nope"], &[])).await.0 {

@@ -96,6 +96,22 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
     }
     assert_eq!(s.kubectl(&["logs", "exits"])?, "bye\n");
 
+    // The pod's securityContext, with the container's over it.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&runc_pod(
+            "locked",
+            &image,
+            "  restartPolicy: Never\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n",
+            "    command: [sh, -c, 'id -u; id -g; touch /x 2>/dev/null || echo read-only root']\n    securityContext: {runAsUser: 2000, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}\n",
+        )),
+    )?;
+    wait_pod(&pods, "locked", "to succeed", |p| phase(p) == "Succeeded").await?;
+    assert_eq!(
+        s.kubectl(&["logs", "locked"])?,
+        "2000\n3000\nread-only root\n"
+    );
+
     // A crashing container restarts with back-off, its earlier run's log
     // kept for --previous.
     s.kubectl_in(
@@ -115,7 +131,9 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
 
     // Deletion: SIGTERM, then SIGKILL after the 1 s grace (a shell as PID 1
     // ignores SIGTERM), and the container is gone from runc.
-    s.kubectl(&["delete", "pod", "bb", "crasher", "exits", "hog", "nobin"])?;
+    s.kubectl(&[
+        "delete", "pod", "bb", "crasher", "exits", "hog", "nobin", "locked",
+    ])?;
     let state = s.data_dir().join("node/oci/state");
     wait_for("runc to hold no containers", PATIENCE, || async {
         let out = std::process::Command::new("runc")

@@ -190,6 +190,7 @@ impl ContainerTask {
             hostname: self.pod.name.clone(),
             stop_grace: self.grace,
             http_port: http_port(&self.ready.spec),
+            security: r.security.clone(),
             env: r.env.clone(),
             mounts: r.mounts.clone(),
             memory_limit: r.memory_limit,
