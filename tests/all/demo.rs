@@ -49,18 +49,7 @@ async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
             ready.then_some(())
         })
         .await?;
-        let body = wait_for(
-            "the NodePort answering",
-            Duration::from_secs(60),
-            || async {
-                match http_get(&format!("{ADDRESS}:30080"), "/").await {
-                    Ok((200, body)) => Some(body),
-                    _ => None,
-                }
-            },
-        )
-        .await?;
-        assert_eq!(body, "hello from Shoal\n");
+        assert_eq!(node_port(30080).await?, "hello from Shoal\n");
         let addr = format!("{ADDRESS}:{ingress}");
         let via_ingress = wait_for("the Ingress answering", Duration::from_secs(60), || async {
             match http_get_host(&addr, "hello.demo", "/").await {
@@ -71,19 +60,26 @@ async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
         .await?;
         assert_eq!(via_ingress, "hello from Shoal\n");
         // The runc peer: busybox httpd in a container, behind its NodePort.
-        let runc = wait_for(
-            "the runc NodePort answering",
-            Duration::from_secs(60),
-            || async {
-                match http_get(&format!("{ADDRESS}:30082"), "/").await {
-                    Ok((200, body)) => Some(body),
-                    _ => None,
-                }
-            },
-        )
-        .await?;
-        assert_eq!(runc, "hello from a runc container, beside the Wasm pods\n");
+        assert_eq!(
+            node_port(30082).await?,
+            "hello from a runc container, beside the Wasm pods\n"
+        );
         anyhow::Ok(())
     };
     check.await.map_err(|e| e.context(s.logs()))
+}
+
+/// The body of the first 200 the demo's NodePort `port` answers.
+async fn node_port(port: u16) -> anyhow::Result<String> {
+    wait_for(
+        &format!("NodePort {port} answering"),
+        Duration::from_secs(60),
+        || async {
+            match http_get(&format!("{ADDRESS}:{port}"), "/").await {
+                Ok((200, body)) => Some(body),
+                _ => None,
+            }
+        },
+    )
+    .await
 }
