@@ -132,6 +132,7 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
                 hostname: "bench".into(),
                 stop_grace: std::time::Duration::ZERO,
                 http_port: None,
+                pod_ip: "127.0.0.1".into(),
                 security: Default::default(),
                 env: vec![("HOSTNAME".into(), "bench".into())],
                 mounts: vec![],

@@ -75,6 +75,9 @@ pub struct ContainerSpec {
     /// The port a container listening on the network serves HTTP on: where
     /// the node gateway sends it Service traffic.
     pub http_port: Option<u16>,
+    /// The pod's IP, where that port is reached (the node's own address, as
+    /// containers share its network).
+    pub pod_ip: String,
     /// The pod's and container's `securityContext`, for runtimes that run
     /// processes (a Wasm sandbox has no users or capabilities to set).
     pub security: Security,

@@ -235,8 +235,12 @@ impl Backend for OciBackend {
         let draining = Arc::new(AtomicBool::new(false));
         let (exit_tx, exit_rx) = oneshot::channel();
         let http = spec.http_port.map(|port| {
-            Arc::new(proxy::PortProxy::new(port, spec.http, draining.clone()))
-                as Arc<dyn crate::http::HttpService>
+            Arc::new(proxy::PortProxy::new(
+                &spec.pod_ip,
+                port,
+                spec.http,
+                draining.clone(),
+            )) as Arc<dyn crate::http::HttpService>
         });
         let run = Running {
             runc: self.runc.clone(),

@@ -1,6 +1,6 @@
 //! The HTTP entry point of a container that listens on a real socket: the
 //! node gateway hands it requests, it forwards them to the container's port
-//! on loopback (containers share the node's network namespace).
+//! at the pod's IP (the node's address: containers share its network).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use hyper_util::client::legacy::Client;
 use crate::http::{text_response, Body, BoxError, HttpLimits, HttpService};
 
 pub(crate) struct PortProxy {
-    port: u16,
+    /// `ip:port`, bracketed for IPv6.
+    authority: String,
     limits: HttpLimits,
     client: Client<HttpConnector, Body>,
     in_flight: AtomicUsize,
@@ -20,10 +21,20 @@ pub(crate) struct PortProxy {
 }
 
 impl PortProxy {
-    pub(crate) fn new(port: u16, limits: HttpLimits, draining: Arc<AtomicBool>) -> PortProxy {
+    pub(crate) fn new(
+        ip: &str,
+        port: u16,
+        limits: HttpLimits,
+        draining: Arc<AtomicBool>,
+    ) -> PortProxy {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let authority = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
         PortProxy {
-            port,
+            authority,
             limits,
             client,
             in_flight: AtomicUsize::new(0),
@@ -61,7 +72,7 @@ impl HttpService for PortProxy {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        parts.uri = match format!("http://127.0.0.1:{}{path}", self.port).parse() {
+        parts.uri = match format!("http://{}{path}", self.authority).parse() {
             Ok(u) => u,
             Err(e) => {
                 return Ok(text_response(
@@ -82,7 +93,7 @@ impl HttpService for PortProxy {
             }
             Ok(Err(e)) => Ok(text_response(
                 http::StatusCode::BAD_GATEWAY,
-                format!("the container does not answer on port {}: {e}", self.port),
+                format!("the container does not answer at {}: {e}", self.authority),
             )),
             Err(_) => Ok(text_response(
                 http::StatusCode::GATEWAY_TIMEOUT,

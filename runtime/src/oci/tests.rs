@@ -154,6 +154,7 @@ fn spec(command: &[&str], args: &[&str]) -> (ContainerSpec, Arc<Capture>) {
         hostname: "pod-a".into(),
         stop_grace: Duration::from_millis(300),
         http_port: None,
+        pod_ip: "127.0.0.1".into(),
         security: Default::default(),
         env: vec![("FROM_POD".into(), "yes".into())],
         mounts: vec![],

@@ -77,6 +77,7 @@ fn spec(out: Arc<Capture>) -> ContainerSpec {
         hostname: "guest".into(),
         stop_grace: std::time::Duration::ZERO,
         http_port: None,
+        pod_ip: "127.0.0.1".into(),
         security: Default::default(),
         env: vec![],
         mounts: vec![],

@@ -190,6 +190,7 @@ impl ContainerTask {
             hostname: self.pod.name.clone(),
             stop_grace: self.grace,
             http_port: http_port(&self.ready.spec),
+            pod_ip: self.ctx.host_ip.clone(),
             security: r.security.clone(),
             env: r.env.clone(),
             mounts: r.mounts.clone(),
