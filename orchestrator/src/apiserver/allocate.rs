@@ -38,6 +38,27 @@ impl Cidr {
     fn nth(self, n: u32) -> Ipv4Addr {
         Ipv4Addr::from(self.base.wrapping_add(n))
     }
+
+    /// Whether the two ranges share any address.
+    pub fn overlaps(self, other: Cidr) -> bool {
+        self.contains(Ipv4Addr::from(other.base)) || other.contains(Ipv4Addr::from(self.base))
+    }
+
+    /// The range cut into subnets of prefix length `len`, in order; none
+    /// when `len` is shorter than the range's own.
+    pub fn subnets(self, len: u8) -> impl Iterator<Item = Cidr> {
+        let count: u32 = if len < self.len || len > 30 {
+            0
+        } else {
+            1 << (len - self.len)
+        };
+        let step: u32 = 1 << (32 - u32::from(len.clamp(1, 30)));
+        (0..count).map(move |i| Cidr {
+            // Below the range's size: no wrap for a range of /1 or longer.
+            base: self.base.wrapping_add(i.wrapping_mul(step)),
+            len,
+        })
+    }
 }
 
 impl std::str::FromStr for Cidr {

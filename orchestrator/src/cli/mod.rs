@@ -81,6 +81,13 @@ pub(crate) struct ControlArgs {
     /// The range NodePort Services' ports are allocated from.
     #[arg(long, env = "SHOAL_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: std::ops::RangeInclusive<i64>,
+    /// The range pods' addresses come from: each node gets a share of it
+    /// as its `spec.podCIDR` ("none" turns allocation off).
+    #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = shoal_orchestrator::controllers::DEFAULT_CLUSTER_CIDR, value_parser = parse_cluster_cidr)]
+    cluster_cidr: OptionalCidr,
+    /// The prefix length of each node's share of the cluster CIDR.
+    #[arg(long, env = "SHOAL_NODE_CIDR_MASK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
     /// How long a node may go without a heartbeat before it is marked
     /// Unknown and tainted unreachable (`500ms`, `40s`, `2m`).
     #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
@@ -117,6 +124,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// A range, or none: clap takes `Option` to mean "may be left out".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OptionalCidr(Option<shoal_orchestrator::apiserver::allocate::Cidr>);
+
+fn parse_cluster_cidr(s: &str) -> Result<OptionalCidr, String> {
+    if s == "none" {
+        return Ok(OptionalCidr(None));
+    }
+    s.parse().map(|c| OptionalCidr(Some(c)))
+}
+
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i64>, String> {
     let (a, b) = s
         .split_once('-')
@@ -149,6 +167,12 @@ impl ControlArgs {
             controller_settings: shoal_orchestrator::controllers::Settings {
                 node_monitor_grace: self.node_monitor_grace_period,
                 hpa_sync_period: self.horizontal_pod_autoscaler_sync_period,
+                cluster_cidr: self.cluster_cidr.0.map(|range| {
+                    shoal_orchestrator::controllers::nodeipam::ClusterCidr {
+                        range,
+                        node_mask: self.node_cidr_mask_size,
+                    }
+                }),
             },
             token_auth_file: self.token_auth_file.clone(),
         }

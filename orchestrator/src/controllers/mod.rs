@@ -18,6 +18,7 @@ pub mod job;
 pub mod leader;
 pub mod loadbalancer;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owners;
 pub mod podgc;
@@ -196,6 +197,10 @@ impl Informers {
     }
 }
 
+/// Pods' addresses come from here unless told otherwise (k3s' default,
+/// next to its 10.43.0.0/16 for Services).
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
+
 /// The controller manager's tunables.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -205,6 +210,8 @@ pub struct Settings {
     /// How often each HorizontalPodAutoscaler looks at its metrics
     /// (Kubernetes' `--horizontal-pod-autoscaler-sync-period`).
     pub hpa_sync_period: std::time::Duration,
+    /// Where nodes' pod CIDRs are cut from; `None` leaves them unset.
+    pub cluster_cidr: Option<nodeipam::ClusterCidr>,
 }
 
 impl Default for Settings {
@@ -212,6 +219,10 @@ impl Default for Settings {
         Settings {
             node_monitor_grace: nodelifecycle::DEFAULT_GRACE,
             hpa_sync_period: std::time::Duration::from_secs(15),
+            cluster_cidr: Some(nodeipam::ClusterCidr {
+                range: DEFAULT_CLUSTER_CIDR.parse().expect("a literal range"),
+                node_mask: 24,
+            }),
         }
     }
 }
@@ -267,6 +278,9 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let pdb = disruption::DisruptionController::register(&ctx);
     let sa = serviceaccount::ServiceAccountController::register(&ctx);
     let aggregation = aggregation::AggregationController::register(&ctx);
+    let ipam = settings
+        .cluster_cidr
+        .map(|c| nodeipam::NodeIpamController::register(&ctx, c));
     ctx.informers.start(&client);
     let ready = ctx.clone();
     set.spawn(async move {
@@ -289,6 +303,10 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(pdb.0, pdb.1, 2, ctx.clone()));
     set.spawn(run_loop(sa.0, sa.1, 1, ctx.clone()));
     set.spawn(run_loop(aggregation.0, aggregation.1, 1, ctx.clone()));
+    if let Some((ipam, queue)) = ipam {
+        // One worker: allocations must see each other.
+        set.spawn(run_loop(ipam, queue, 1, ctx.clone()));
+    }
     set
 }
 
