@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +78,14 @@ impl Server {
         Self::launch("up", ip, args)
     }
 
-    fn launch(role: &'static str, ip: &str, extra_args: Vec<String>) -> Result<Server> {
+    fn launch(role: &'static str, ip: &str, mut extra_args: Vec<String>) -> Result<Server> {
+        if !extra_args.iter().any(|a| a.starts_with("--cluster-cidr")) {
+            // Tests run side by side on one host: their pod networks (the
+            // bridges of nodes running runc pods) must not overlap.
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 150;
+            extra_args.extend(["--cluster-cidr".to_string(), format!("10.{n}.0.0/16")]);
+        }
         let dir = tempfile::tempdir()?;
         let addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
         let mut s = Server {
@@ -263,6 +271,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        if self.role == "up" {
+            remove_node_leftovers(&self.dir.path().join("node"));
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- shoal {} log ({}) ----\n{}",
@@ -378,6 +389,53 @@ impl Node {
     }
 }
 
+/// What a killed node leaves on the host, removed as the node itself would
+/// on its next start: runc containers, their overlay mounts (which would
+/// also keep the temporary directory from going), its bridge and its pods'
+/// network namespaces.
+fn remove_node_leftovers(node_dir: &Path) {
+    let state = node_dir.join("oci/state");
+    if state.is_dir() {
+        let runc = |args: &[&str]| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(args)
+                .output()
+        };
+        if let Ok(out) = runc(&["list", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = runc(&["delete", "--force", id]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(node_dir.join("oci/containers")) {
+        for e in entries.flatten() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(e.path().join("rootfs"))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let Ok(bridge) = std::fs::read_to_string(node_dir.join("pod-network-bridge")) else {
+        return;
+    };
+    let bridge = bridge.trim();
+    let ip = |args: &[&str]| {
+        let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+    };
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{bridge}-")) {
+                ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    ip(&["link", "del", bridge]);
+}
+
 /// Resident memory of a process in bytes (VmRSS), for benchmarks.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -395,6 +453,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        remove_node_leftovers(self.dir.path());
         if std::thread::panicking() {
             eprintln!("---- shoal node {} log ----\n{}", self.name, self.logs());
         }

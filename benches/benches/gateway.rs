@@ -133,6 +133,7 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
                 stop_grace: std::time::Duration::ZERO,
                 http_port: None,
                 pod_ip: "127.0.0.1".into(),
+                netns: None,
                 security: Default::default(),
                 env: vec![("HOSTNAME".into(), "bench".into())],
                 mounts: vec![],

@@ -22,6 +22,13 @@ pub trait Backend: Send + Sync + 'static {
     /// image again costs a map lookup.
     async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError>;
 
+    /// Whether this backend's containers can have a network namespace of
+    /// their own (processes with sockets); Wasm guests have no network
+    /// stack to isolate, their traffic goes through the node's gateway.
+    fn isolates_network(&self) -> bool {
+        false
+    }
+
     /// Starts one container from a prepared image. Returns once the sandbox
     /// exists and the guest has been handed to the executor.
     async fn start(
@@ -75,9 +82,12 @@ pub struct ContainerSpec {
     /// The port a container listening on the network serves HTTP on: where
     /// the node gateway sends it Service traffic.
     pub http_port: Option<u16>,
-    /// The pod's IP, where that port is reached (the node's own address, as
-    /// containers share its network).
+    /// The pod's IP, where that port is reached: its own in a pod network,
+    /// else the node's.
     pub pod_ip: String,
+    /// The pod's network namespace to join (see `oci::network`); `None`
+    /// shares the node's, as `hostNetwork: true` pods do.
+    pub netns: Option<PathBuf>,
     /// The pod's and container's `securityContext`, for runtimes that run
     /// processes (a Wasm sandbox has no users or capabilities to set).
     pub security: Security,

@@ -67,6 +67,10 @@ pub struct NodeTuning {
     /// empty offers Wasm only.
     #[arg(long, env = "SHOAL_RUNC", default_value = "runc")]
     runc: String,
+    /// This node's pod address range (e.g. 10.42.7.0/24), instead of the
+    /// share of the cluster CIDR the server gives it.
+    #[arg(long, env = "SHOAL_POD_CIDR")]
+    pod_cidr: Option<shoal_runtime::oci::network::PodCidr>,
     /// First restart back-off after the immediate one, in milliseconds.
     #[arg(long, env = "SHOAL_BACKOFF_INITIAL_MS", default_value_t = 10)]
     backoff_initial_ms: u64,
@@ -108,6 +112,7 @@ impl NodeTuning {
                 max_memory_bytes: self.max_pod_memory_mib.saturating_mul(1024 * 1024),
             },
             runc: Some(PathBuf::from(&self.runc)).filter(|_| !self.runc.is_empty()),
+            pod_cidr: self.pod_cidr,
             backoff: BackoffPolicy {
                 initial: Duration::from_millis(self.backoff_initial_ms),
                 max: Duration::from_secs(self.backoff_max_seconds),

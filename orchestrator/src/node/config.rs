@@ -124,9 +124,9 @@ pub async fn resolve(
     container: &Container,
     sources: &mut Sources,
     pod_dir: &Path,
-    host_ip: &str,
+    ips: Addresses<'_>,
 ) -> Result<Resolved, ConfigError> {
-    let env = resolve_env(pod, container, sources, host_ip).await?;
+    let env = resolve_env(pod, container, sources, ips).await?;
     let lookup: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
         v.iter().flatten().map(|s| expand(s, &lookup)).collect()
@@ -332,7 +332,7 @@ async fn resolve_env(
     pod: &Pod,
     container: &Container,
     sources: &mut Sources,
-    host_ip: &str,
+    ips: Addresses<'_>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     // What a container runtime sets from the sandbox's hostname, which
     // Kubernetes makes the pod's name.
@@ -384,7 +384,7 @@ async fn resolve_env(
     }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
-            (_, Some(from)) => match value_from(pod, container, from, sources, host_ip).await? {
+            (_, Some(from)) => match value_from(pod, container, from, sources, ips).await? {
                 Some(v) => v,
                 None => continue,
             },
@@ -406,7 +406,7 @@ async fn value_from(
     container: &Container,
     from: &k8s_openapi::api::core::v1::EnvVarSource,
     sources: &mut Sources,
-    host_ip: &str,
+    ips: Addresses<'_>,
 ) -> Result<Option<String>, ConfigError> {
     if let Some(r) = &from.config_map_key_ref {
         let data = sources.config_map_data(&r.name).await?;
@@ -427,7 +427,7 @@ async fn value_from(
         return source.value(data, &r.key, r.optional == Some(true));
     }
     if let Some(f) = &from.field_ref {
-        return field_value(pod, &f.field_path, host_ip).map(Some);
+        return field_value(pod, &f.field_path, ips).map(Some);
     }
     if let Some(r) = &from.resource_field_ref {
         let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
@@ -484,8 +484,15 @@ impl KeySource<'_> {
     }
 }
 
+/// The node's and the pod's IP, for the downward API.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses<'a> {
+    pub host: &'a str,
+    pub pod: &'a str,
+}
+
 /// The downward API's field paths.
-fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Result<String, ConfigError> {
+fn field_value(pod: &Pod, path: &str, ips: Addresses<'_>) -> Result<String, ConfigError> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
@@ -503,7 +510,8 @@ fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Result<String, ConfigErr
         "metadata.uid" => m.uid.clone(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-        "status.hostIP" | "status.podIP" => Some(host_ip.to_string()),
+        "status.hostIP" => Some(ips.host.to_string()),
+        "status.podIP" => Some(ips.pod.to_string()),
         _ => keyed("metadata.labels['", &m.labels)
             .or_else(|| keyed("metadata.annotations['", &m.annotations)),
     };

@@ -7,6 +7,7 @@ pub mod config;
 pub mod gateway;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod registration;
 pub mod status_sync;
 pub mod sync;
@@ -59,6 +60,8 @@ pub struct NodeConfig {
     /// The runc binary for `runtimeClassName: runc` pods; `None` offers
     /// Wasm only.
     pub runc: Option<PathBuf>,
+    /// This node's pod range, instead of the one the server allocates.
+    pub pod_cidr: Option<shoal_runtime::oci::network::PodCidr>,
     pub backoff: BackoffPolicy,
     pub lease_interval: Duration,
     /// A client to use instead of one for `server`: `shoal up` hands its
@@ -86,6 +89,8 @@ pub struct NodeCtx {
     pub gateway: Arc<Gateway>,
     /// CPU and memory of the running containers, for `/stats/summary`.
     pub usage: Arc<usage::Usage>,
+    /// Pod IPs and network namespaces, when a backend can use them.
+    pub network: Option<Arc<network::PodNetworks>>,
 }
 
 impl NodeCtx {
@@ -141,6 +146,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "not offering runtime class runc"),
         }
     }
+    let network = if backends.values().any(|b| b.isolates_network()) {
+        Some(Arc::new(
+            network::PodNetworks::new(client.clone(), &cfg.name, &cfg.data_dir).await,
+        ))
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.address, cfg.port))
         .await
         .with_context(|| format!("node API listening on {}:{}", cfg.address, cfg.port))?;
@@ -171,6 +183,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         token: cfg.token.clone(),
         pods: Mutex::new(HashMap::new()),
         usage: Arc::default(),
+        network,
     });
     tokio::spawn(usage::sampler(ctx.usage.clone()));
     tokio::spawn(api::serve(listener, ctx.clone()));
@@ -182,6 +195,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         gateway_port,
         max_pods: cfg.wasm.max_instances,
         runtimes: ctx.backends.keys().copied().collect(),
+        pod_cidr: cfg.pod_cidr.map(|c| c.to_string()),
         lease_interval: cfg.lease_interval,
     };
     // Register before taking pods, retrying while the server is away.

@@ -27,6 +27,9 @@ pub struct Registration {
     pub gateway_port: u16,
     pub max_pods: u32,
     pub runtimes: Vec<&'static str>,
+    /// The node's own pod range (`--pod-cidr`); else the server's IPAM
+    /// controller sets one.
+    pub pod_cidr: Option<String>,
     pub lease_interval: Duration,
 }
 
@@ -92,16 +95,23 @@ impl Registration {
     /// restarted agent), refreshing labels and status.
     pub async fn register(&self) -> Result<(), kube::Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
+        let spec = match &self.pod_cidr {
+            Some(c) => json!({"podCIDR": c, "podCIDRs": [c]}),
+            None => json!({}),
+        };
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.name, "labels": self.labels(), "annotations": self.annotations()},
-            "spec": {},
+            "spec": spec.clone(),
         });
         let node: Node = serde_json::from_value(node).map_err(kube::Error::SerdeError)?;
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => info!(node = %self.name, "registered node"),
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                let patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations()}});
+                let mut patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations()}});
+                if self.pod_cidr.is_some() {
+                    patch["spec"] = spec;
+                }
                 nodes
                     .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;

@@ -8,6 +8,7 @@
 //! `runc run` process that lives as long as the container.
 
 mod layout;
+pub mod network;
 mod pack;
 mod proxy;
 mod runc;
@@ -40,8 +41,8 @@ pub use pack::pack_dir;
 /// How often a running container's cgroup is read for `kubectl top`.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Host files every container gets read-only, as Docker binds them: name
-/// resolution works as on the node (containers share its network).
+/// Host files every container gets read-only, as Docker binds them, so
+/// name resolution works as on the node.
 const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
 
 #[derive(Debug, Clone)]
@@ -136,6 +137,10 @@ impl Backend for OciBackend {
         "runc"
     }
 
+    fn isolates_network(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
         let blob = self.images.pull(image).await?;
         let cell = self.unpacked.cell(&blob.digest);
@@ -178,10 +183,12 @@ impl Backend for OciBackend {
         let dir = self.containers_dir.join(&id);
         let rootfs = dir.join("rootfs");
         let cgroups_path = format!("/shoal/{id}");
+        // A file the pod mounts itself (its own /etc/hosts) wins.
         let host_files: Vec<&str> = HOST_FILES
             .iter()
             .copied()
             .filter(|f| Path::new(f).is_file())
+            .filter(|f| !spec.mounts.iter().any(|m| m.guest_path == *f))
             .collect();
         let written = {
             let (image, dir, rootfs) = (image.clone(), dir.clone(), rootfs.clone());

@@ -161,6 +161,21 @@ pub(crate) fn capabilities(sec: &crate::backend::Security) -> Result<Vec<String>
     Ok(caps)
 }
 
+/// Without a pod network namespace to join, containers share the node's,
+/// as pods with `hostNetwork: true` do.
+fn namespaces(spec: &ContainerSpec) -> Value {
+    let mut ns = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if let Some(path) = &spec.netns {
+        ns.push(json!({"type": "network", "path": path}));
+    }
+    Value::Array(ns)
+}
+
 /// The whole `config.json`.
 pub(crate) fn runtime_spec(
     image: &ImageConfig,
@@ -257,11 +272,7 @@ pub(crate) fn runtime_spec(
         "linux": {
             "cgroupsPath": at.cgroups_path,
             "resources": resources,
-            // No network namespace: containers share the node's, as pods
-            // with `hostNetwork: true` do (see the README).
-            "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-            ],
+            "namespaces": namespaces(spec),
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",

@@ -155,6 +155,7 @@ fn spec(command: &[&str], args: &[&str]) -> (ContainerSpec, Arc<Capture>) {
         stop_grace: Duration::from_millis(300),
         http_port: None,
         pod_ip: "127.0.0.1".into(),
+        netns: None,
         security: Default::default(),
         env: vec![("FROM_POD".into(), "yes".into())],
         mounts: vec![],

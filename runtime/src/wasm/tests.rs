@@ -78,6 +78,7 @@ fn spec(out: Arc<Capture>) -> ContainerSpec {
         stop_grace: std::time::Duration::ZERO,
         http_port: None,
         pod_ip: "127.0.0.1".into(),
+        netns: None,
         security: Default::default(),
         env: vec![],
         mounts: vec![],

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use shoal_tests::{busybox_image, free_port, http_get, sample, wait_for, Server, UP_NODE};
+use shoal_tests::{busybox_image, http_get, sample, wait_for, Server, UP_NODE};
 
 use super::{first_container, phase, terminated, wait_logs, wait_pod, wait_running, PATIENCE};
 
@@ -157,16 +157,17 @@ pub fn wasm_neighbour() -> anyhow::Result<String> {
 }
 
 #[tokio::test]
-async fn runc_services_take_traffic_once_ready() -> anyhow::Result<()> {
+async fn runc_pods_have_their_own_network_and_serve_services() -> anyhow::Result<()> {
     let s = Server::up_on("127.0.9.2", &[])?;
     let image = busybox_image()?;
-    let port = free_port()?;
+    // Both replicas on the one node listen on the same port: each pod has
+    // a network namespace and an IP of its own.
     let manifest = format!(
         "apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
-  replicas: 1
+  replicas: 2
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata: {{labels: {{app: web}}}}
@@ -176,10 +177,10 @@ spec:
       containers:
       - name: httpd
         image: {image}
-        command: [httpd, -f, -p, '{port}', -h, /www]
-        ports: [{{containerPort: {port}}}]
+        command: [httpd, -f, -p, '8080', -h, /www]
+        ports: [{{containerPort: 8080}}]
         readinessProbe:
-          httpGet: {{path: /index.html, port: {port}}}
+          httpGet: {{path: /index.html, port: 8080}}
           periodSeconds: 1
 ---
 apiVersion: v1
@@ -188,19 +189,28 @@ metadata: {{name: web}}
 spec:
   type: NodePort
   selector: {{app: web}}
-  ports: [{{port: 80, targetPort: {port}, nodePort: 30091}}]
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30091}}]
 "
     );
     s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
     s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
-    let endpoints = s.kubectl(&[
+    let cidr = s.kubectl(&["get", "node", UP_NODE, "-o", "jsonpath={.spec.podCIDR}"])?;
+    let (net, _) = cidr
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow::anyhow!("podCIDR {cidr:?}"))?;
+    let ips = s.kubectl(&[
         "get",
         "endpoints",
         "web",
         "-o",
-        "jsonpath={.subsets[0].addresses[0].ip}",
+        "jsonpath={.subsets[0].addresses[*].ip}",
     ])?;
-    assert_eq!(endpoints, "127.0.9.2");
+    let ips: Vec<&str> = ips.split_whitespace().collect();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert_ne!(ips[0], ips[1]);
+    for ip in &ips {
+        assert!(ip.starts_with(&format!("{net}.")), "{ip} is not in {cidr}");
+    }
     let (code, body) = wait_for("the NodePort to answer", PATIENCE, || async {
         http_get("127.0.9.2:30091", "/")
             .await
@@ -209,5 +219,38 @@ spec:
     })
     .await?;
     assert_eq!((code, body.as_str()), (200, "hello from a runc pod\n"));
+
+    // Pods reach each other by pod IP; the downward API and /etc/hosts
+    // know the pod's own address; a hostNetwork pod keeps the node's.
+    let probe = |name: &str, host_network: bool, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: runc\n  restartPolicy: Never\n  hostNetwork: {host_network}\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, '{script}']\n    env:\n    - name: POD_IP\n      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}\n"
+        )
+    };
+    let caller = probe(
+        "caller",
+        false,
+        &format!(
+            "printf \"GET /index.html HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 {} 8080 | tail -n 1; grep \"^$POD_IP\" /etc/hosts | grep -cw caller",
+            ips[0]
+        ),
+    );
+    let on_host = probe("on-host", true, "echo $POD_IP");
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!("{caller}---\n{on_host}")),
+    )?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    for name in ["caller", "on-host"] {
+        wait_pod(&pods, name, "to succeed", |p| phase(p) == "Succeeded").await?;
+    }
+    assert_eq!(
+        s.kubectl(&["logs", "caller"])?,
+        "hello from a runc pod\n1\n"
+    );
+    assert_eq!(s.kubectl(&["logs", "on-host"])?, "127.0.9.2\n");
+    let caller_ip = s.kubectl(&["get", "pod", "caller", "-o", "jsonpath={.status.podIP}"])?;
+    assert!(caller_ip.starts_with(&format!("{net}.")), "{caller_ip}");
     Ok(())
 }

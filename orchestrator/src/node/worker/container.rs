@@ -74,6 +74,9 @@ pub(crate) struct ContainerTask {
     /// The pod's `terminationGracePeriodSeconds`: how long a process that
     /// is stopped for any reason gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The pod's IP (probes and hooks go there) and network namespace.
+    pub pod_ip: String,
+    pub netns: Option<std::path::PathBuf>,
 }
 
 impl ContainerTask {
@@ -190,7 +193,8 @@ impl ContainerTask {
             hostname: self.pod.name.clone(),
             stop_grace: self.grace,
             http_port: http_port(&self.ready.spec),
-            pod_ip: self.ctx.host_ip.clone(),
+            pod_ip: self.pod_ip.clone(),
+            netns: self.netns.clone(),
             security: r.security.clone(),
             env: r.env.clone(),
             mounts: r.mounts.clone(),
@@ -250,7 +254,7 @@ impl ContainerTask {
             return Some(exit);
         }
         let mut prober =
-            Prober::for_container(&self.ready.spec, local.clone(), self.ctx.host_ip.clone());
+            Prober::for_container(&self.ready.spec, local.clone(), self.pod_ip.clone());
         // With a readiness probe the container is Ready only once it passes;
         // with a startup probe it is not even started until that passes.
         self.status.ready = prober.initially_ready();
@@ -291,7 +295,7 @@ impl ContainerTask {
                     e = &mut wait => break e,
                     grace = stopped(self.stop.clone()), if !stopping => {
                         stopping = true;
-                        let (c, http, host) = (self.ready.spec.clone(), local.clone(), self.ctx.host_ip.clone());
+                        let (c, http, host) = (self.ready.spec.clone(), local.clone(), self.pod_ip.clone());
                         pre_stop = async move { hooks::pre_stop(&c, http.as_ref(), &host, grace).await }
                             .boxed()
                             .fuse();
@@ -392,7 +396,7 @@ impl ContainerTask {
         http: Option<&Arc<dyn shoal_runtime::http::HttpService>>,
     ) -> Option<Result<(), String>> {
         tokio::select! {
-            r = hooks::post_start(&self.ready.spec, http, &self.ctx.host_ip) => r,
+            r = hooks::post_start(&self.ready.spec, http, &self.pod_ip) => r,
             _ = stopped(self.stop.clone()) => None,
         }
     }

@@ -10,6 +10,9 @@ use super::{now, Phase, PodWorker};
 
 #[instrument(skip_all)]
 pub(super) async fn run(w: &mut PodWorker) -> Phase {
+    // Nothing will run in it again: free the address (Jobs leave many
+    // finished pods behind).
+    w.detach_network().await;
     w.until_stopping().await;
     Phase::Terminating
 }

@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use shoal_runtime::oci::network::PodNet;
 use shoal_runtime::{Backend, Prepared};
 use tokio::sync::watch;
 use tracing::{info_span, Instrument};
@@ -90,6 +91,10 @@ pub struct PodWorker {
     initialized: bool,
     terminal: Option<&'static str>,
     last: Option<PodStatus>,
+    /// The pod's own network namespace and address, while it has them.
+    net: Option<PodNet>,
+    /// What the pod reports as its IP: its own, else the node's.
+    pod_ip: String,
 }
 
 impl PodWorker {
@@ -114,6 +119,11 @@ impl PodWorker {
             // Counted from here on, so the gauge moves with every publish.
             ctx.metrics.observe_phase(None, prev);
         }
+        // A finished pod keeps reporting the address it had.
+        let pod_ip = previous
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_else(|| ctx.host_ip.clone());
         let start_time = previous
             .as_ref()
             .and_then(|s| s.start_time.clone())
@@ -152,6 +162,8 @@ impl PodWorker {
             initialized: !has_init,
             terminal: None,
             last: previous,
+            net: None,
+            pod_ip,
             ctx,
             key,
             signal,
@@ -237,6 +249,7 @@ impl PodWorker {
             initialized: self.initialized,
             terminal_phase: self.terminal,
             host_ip: &self.ctx.host_ip,
+            pod_ip: &self.pod_ip,
             start_time: &self.start_time,
             now: now(),
             previous: self.last.as_ref(),
@@ -272,6 +285,58 @@ impl PodWorker {
         let list = if init { "initContainers" } else { "containers" };
         o.field_path = Some(format!("spec.{list}{{{name}}}"));
         o
+    }
+
+    /// Gives the pod its network namespace and IP, and writes the hosts
+    /// file its containers get. Only for backends that isolate networks,
+    /// and not for `hostNetwork: true` pods.
+    async fn attach_network(&mut self, backend: &dyn Backend) -> Result<(), String> {
+        let host_network = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if self.net.is_some() || host_network || !backend.isolates_network() {
+            return Ok(());
+        }
+        let Some(networks) = self.ctx.network.clone() else {
+            return Ok(());
+        };
+        let network = networks.get().await?;
+        let net = network
+            .attach(&self.key.uid)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ip = net.ip.to_string();
+        let hosts = crate::node::network::hosts_file(&self.pod, &ip);
+        let path = self.hosts_path();
+        let written =
+            std::fs::create_dir_all(&self.dir).and_then(|()| std::fs::write(&path, hosts));
+        if let Err(e) = written {
+            network.detach(&self.key.uid).await;
+            return Err(format!("writing {}: {e}", path.display()));
+        }
+        self.pod_ip = ip;
+        self.net = Some(net);
+        Ok(())
+    }
+
+    fn hosts_path(&self) -> PathBuf {
+        self.dir.join("etc-hosts")
+    }
+
+    /// The pod leaves the network; its containers have stopped. It keeps
+    /// reporting its last IP, as a finished pod in Kubernetes does.
+    async fn detach_network(&mut self) {
+        if self.net.take().is_none() {
+            return;
+        }
+        if let Some(networks) = &self.ctx.network {
+            if let Ok(network) = networks.get().await {
+                network.detach(&self.key.uid).await;
+            }
+        }
     }
 
     fn restart_policy(&self) -> &str {

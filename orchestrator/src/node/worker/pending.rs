@@ -96,6 +96,20 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
             ),
             pull: false,
         })?;
+    if let Err(e) = w.attach_network(backend.as_ref()).await {
+        w.ctx.events.warning(
+            &w.object,
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: setting up the pod network: {e}"),
+        );
+        return Err(Blocked {
+            init: !w.initialized,
+            index: 0,
+            reason: "ContainerCreating",
+            message: format!("setting up the pod network: {e}"),
+            pull: false,
+        });
+    }
     let services = w
         .ctx
         .gateway
@@ -152,7 +166,11 @@ async fn ready(
             human(started.elapsed())
         ),
     );
-    let resolved = config::resolve(&w.pod, c, sources, &w.dir, &w.ctx.host_ip)
+    let ips = config::Addresses {
+        host: &w.ctx.host_ip,
+        pod: &w.pod_ip,
+    };
+    let mut resolved = config::resolve(&w.pod, c, sources, &w.dir, ips)
         .await
         .map_err(|e| {
             w.ctx
@@ -166,6 +184,13 @@ async fn ready(
                 pull: false,
             }
         })?;
+    if w.net.is_some() && !resolved.mounts.iter().any(|m| m.guest_path == "/etc/hosts") {
+        resolved.mounts.push(shoal_runtime::Mount {
+            host_path: w.hosts_path(),
+            guest_path: "/etc/hosts".into(),
+            read_only: false,
+        });
+    }
     Ok(ReadyContainer {
         spec: c.clone(),
         prepared,

@@ -65,6 +65,8 @@ impl Supervisor {
             policy,
             status,
             updates: self.tx.clone(),
+            pod_ip: w.pod_ip.clone(),
+            netns: w.net.as_ref().map(|n| n.netns.clone()),
             stop: self.stop.subscribe(),
             grace: Duration::from_secs(
                 w.pod

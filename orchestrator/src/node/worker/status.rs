@@ -15,6 +15,7 @@ pub struct PodFacts<'a> {
     /// under Never/OnFailure, or an init container failed for good).
     pub terminal_phase: Option<&'static str>,
     pub host_ip: &'a str,
+    pub pod_ip: &'a str,
     pub start_time: &'a Time,
     pub now: Time,
     /// Previous conditions, so transition times only move on a change.
@@ -82,10 +83,11 @@ pub fn pod_status(f: &PodFacts<'_>) -> PodStatus {
         host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: f.host_ip.to_string(),
         }]),
-        // Wasm pods share the node's address, like hostNetwork pods.
-        pod_ip: Some(f.host_ip.to_string()),
+        // Wasm pods share the node's address, like hostNetwork pods; runc
+        // pods have their own.
+        pod_ip: Some(f.pod_ip.to_string()),
         pod_ips: Some(vec![k8s_openapi::api::core::v1::PodIP {
-            ip: f.host_ip.to_string(),
+            ip: f.pod_ip.to_string(),
         }]),
         start_time: Some(f.start_time.clone()),
         init_container_statuses: (!f.init.is_empty()).then(|| f.init.to_vec()),
@@ -204,6 +206,7 @@ mod tests {
             initialized: true,
             terminal_phase: None,
             host_ip: "127.0.0.1",
+            pod_ip: "127.0.0.1",
             start_time: t,
             now: t.clone(),
             previous: None,

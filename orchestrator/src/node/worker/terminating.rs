@@ -13,6 +13,7 @@ use super::{Phase, PodWorker};
 
 #[instrument(skip_all)]
 pub(super) async fn run(w: &mut PodWorker) -> Phase {
+    w.detach_network().await;
     w.ctx.status.forget(&w.key);
     if !w.gone() {
         let api: Api<Pod> = Api::namespaced(w.ctx.client.clone(), &w.key.namespace);
