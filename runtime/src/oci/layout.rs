@@ -71,59 +71,71 @@ const INDEX_TYPES: [&str; 2] = [
 
 /// Reads the layout unpacked in `dir`.
 pub(crate) fn read(dir: &Path) -> Result<Layout, String> {
-    if dir.join("index.json").exists() {
-        let index = read_json(&dir.join("index.json"))?;
-        let manifest = pick_manifest(dir, &index, 0)?;
-        let config_digest = manifest
-            .pointer("/config/digest")
-            .and_then(Value::as_str)
-            .ok_or("the image manifest has no config.digest")?;
-        let config = read_json(&blob(dir, config_digest)?)?;
-        let layers = manifest
-            .get("layers")
-            .and_then(Value::as_array)
-            .ok_or("the image manifest has no layers")?
-            .iter()
-            .map(|l| {
-                l.get("digest")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| "an image layer has no digest".to_string())
-                    .and_then(|d| blob(dir, d))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Layout {
-            config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
-            layers,
-        });
-    }
-    if dir.join("manifest.json").exists() {
-        let manifest = read_json(&dir.join("manifest.json"))?;
-        let first = manifest
-            .as_array()
-            .and_then(|a| a.first())
-            .ok_or("manifest.json lists no image")?;
-        let config_path = first
-            .get("Config")
-            .and_then(Value::as_str)
-            .ok_or("manifest.json names no Config")?;
-        let config = read_json(&inside(dir, config_path)?)?;
-        let layers = first
-            .get("Layers")
-            .and_then(Value::as_array)
-            .ok_or("manifest.json names no Layers")?
-            .iter()
-            .map(|l| {
-                l.as_str()
-                    .ok_or_else(|| "a layer in manifest.json is not a path".to_string())
-                    .and_then(|p| inside(dir, p))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Layout {
-            config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
-            layers,
-        });
-    }
-    Err("not an image archive: it has neither index.json (OCI image layout) nor manifest.json (docker save)".into())
+    let (config, layers) = if dir.join("index.json").exists() {
+        oci_files(dir)?
+    } else if dir.join("manifest.json").exists() {
+        docker_files(dir)?
+    } else {
+        return Err("not an image archive: it has neither index.json (OCI image layout) nor manifest.json (docker save)".into());
+    };
+    let config = read_json(&config)?;
+    Ok(Layout {
+        config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
+        layers,
+    })
+}
+
+/// The config file and layer files (base first) of an OCI image layout.
+fn oci_files(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    let index = read_json(&dir.join("index.json"))?;
+    let manifest = pick_manifest(dir, &index, 0)?;
+    let config = manifest
+        .pointer("/config/digest")
+        .and_then(Value::as_str)
+        .ok_or("the image manifest has no config.digest")?;
+    let layers = each(
+        manifest.get("layers"),
+        "the image manifest has no layers",
+        |l| {
+            l.get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| "an image layer has no digest".to_string())
+                .and_then(|d| blob(dir, d))
+        },
+    )?;
+    Ok((blob(dir, config)?, layers))
+}
+
+/// The same for the older `docker save` format's `manifest.json`.
+fn docker_files(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    let manifest = read_json(&dir.join("manifest.json"))?;
+    let first = manifest
+        .as_array()
+        .and_then(|a| a.first())
+        .ok_or("manifest.json lists no image")?;
+    let config = first
+        .get("Config")
+        .and_then(Value::as_str)
+        .ok_or("manifest.json names no Config")?;
+    let layers = each(first.get("Layers"), "manifest.json names no Layers", |l| {
+        l.as_str()
+            .ok_or_else(|| "a layer in manifest.json is not a path".to_string())
+            .and_then(|p| inside(dir, p))
+    })?;
+    Ok((inside(dir, config)?, layers))
+}
+
+/// `f` over every item of a JSON array that must be there.
+fn each<T>(
+    list: Option<&Value>,
+    missing: &str,
+    f: impl Fn(&Value) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    list.and_then(Value::as_array)
+        .ok_or_else(|| missing.to_string())?
+        .iter()
+        .map(f)
+        .collect()
 }
 
 /// The manifest for this machine's platform, following one level of
@@ -197,4 +209,94 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
 fn read_json(path: &Path) -> Result<Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+
+    fn write(dir: &Path, rel: &str, v: &Value) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, serde_json::to_vec(v).expect("json")).expect("write");
+    }
+
+    fn config() -> Value {
+        json!({"config": {"Entrypoint": ["/bin/sh"], "Env": ["A=1"]}})
+    }
+
+    #[test]
+    fn a_multi_platform_oci_layout_resolves_to_this_machines_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let arch = super::super::pack::go_arch();
+        write(dir.path(), &format!("blobs/sha256/{C}"), &config());
+        write(dir.path(), &format!("blobs/sha256/{A}"), &json!({}));
+        write(
+            dir.path(),
+            &format!("blobs/sha256/{B}"),
+            &json!({"config": {"digest": format!("sha256:{C}")},
+                "layers": [{"digest": format!("sha256:{A}")}]}),
+        );
+        write(
+            dir.path(),
+            &format!("blobs/sha256/{D}"),
+            &json!({"mediaType": INDEX_TYPES[0], "manifests": [
+                {"digest": format!("sha256:{A}"), "platform": {"os": "linux", "architecture": "no-such-arch"}},
+                {"digest": format!("sha256:{B}"), "platform": {"os": "linux", "architecture": arch}},
+            ]}),
+        );
+        write(
+            dir.path(),
+            "index.json",
+            &json!({"manifests": [{"digest": format!("sha256:{D}")}]}),
+        );
+        let l = read(dir.path()).expect("layout");
+        assert_eq!(l.config.entrypoint, vec!["/bin/sh".to_string()]);
+        assert_eq!(l.layers, vec![dir.path().join("blobs/sha256").join(A)]);
+    }
+
+    #[test]
+    fn docker_save_archives_read_and_paths_stay_inside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "cfg.json", &config());
+        write(dir.path(), "l1/layer.tar", &json!({}));
+        write(
+            dir.path(),
+            "manifest.json",
+            &json!([{"Config": "cfg.json", "Layers": ["l1/layer.tar"]}]),
+        );
+        let l = read(dir.path()).expect("layout");
+        assert_eq!(l.config.env, vec!["A=1".to_string()]);
+        assert_eq!(l.layers, vec![dir.path().join("l1/layer.tar")]);
+
+        write(
+            dir.path(),
+            "manifest.json",
+            &json!([{"Config": "cfg.json", "Layers": ["../../etc/passwd"]}]),
+        );
+        let e = read(dir.path()).expect_err("escaping layer path");
+        assert!(e.contains("outside the archive"), "{e}");
+    }
+
+    #[test]
+    fn digests_must_be_plain_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "index.json",
+            &json!({"manifests": [{"digest": "sha256:../../../etc/passwd"}]}),
+        );
+        let e = read(dir.path()).expect_err("crafted digest");
+        assert!(e.contains("unsupported blob digest"), "{e}");
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(read(empty.path())
+            .expect_err("no layout")
+            .contains("not an image archive"));
+    }
 }

@@ -38,6 +38,10 @@ use unpack::Unpacked;
 pub use layout::ImageConfig;
 pub use pack::pack_dir;
 
+/// How long runc may take to start a container: kubelet's default
+/// `--runtime-request-timeout`.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How often a running container's cgroup is read for `kubectl top`.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -234,7 +238,24 @@ impl Backend for OciBackend {
                 .take()
                 .map(|r| tokio::spawn(pump(r, StdStream::Stderr, spec.output.clone()))),
         ];
-        started(&mut child, &dir).await;
+        if tokio::time::timeout(START_TIMEOUT, started(&mut child, &dir))
+            .await
+            .is_err()
+        {
+            // A runc stuck building the container (a hung mount, say): give
+            // up on it as kubelet gives up on a CRI call, and leave nothing.
+            tracing::warn!(container = %id, "runc did not start the container in time");
+            self.runc.delete(&id).await;
+            let _ = child.kill().await;
+            for p in pumps.into_iter().flatten() {
+                p.abort();
+            }
+            remove_container_dir(&dir);
+            return Err(create(format!(
+                "runc did not start the container within {} s",
+                START_TIMEOUT.as_secs()
+            )));
+        }
         let cgroups = Cgroups::of(&cgroups_path);
         let memory = Arc::new(AtomicU64::new(0));
         let cpu = CpuMeter::default();

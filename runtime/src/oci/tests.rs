@@ -316,3 +316,43 @@ async fn wait_for(f: impl Fn() -> bool) {
     }
     panic!("condition not reached");
 }
+
+/// The pod network's plumbing on the real host: namespaces with their
+/// addresses in, gone again on detach, the bridge gone on remove.
+#[tokio::test]
+async fn pod_networks_attach_and_detach_namespaces() {
+    use super::network::{bridge_name, PodNetwork};
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip (iproute2) is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bridge = bridge_name(&dir.path().display().to_string());
+    let net = PodNetwork::create(&bridge, "10.251.7.0/24".parse().expect("cidr"))
+        .await
+        .expect("bridge (tests run as root)");
+    assert!(ip(&["-4", "addr", "show", &bridge]).contains("10.251.7.1/24"));
+    let a = net.attach("pod-a").await.expect("attach a");
+    let b = net.attach("pod-b").await.expect("attach b");
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(
+        net.attach("pod-a").await.expect("again"),
+        a,
+        "attach is idempotent"
+    );
+    let ns = a.netns.file_name().and_then(|n| n.to_str()).expect("name");
+    let inside = ip(&["-n", ns, "-4", "addr", "show", "eth0"]);
+    assert!(inside.contains(&format!("{}/24", a.ip)), "{inside}");
+    assert!(ip(&["-n", ns, "route"]).contains("default via 10.251.7.1"));
+    net.detach("pod-a").await;
+    assert!(!a.netns.exists());
+    assert!(b.netns.exists());
+    net.remove().await;
+    assert!(!b.netns.exists());
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(&bridge)
+        .exists());
+}
