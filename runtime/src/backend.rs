@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::exec::Exec;
 use crate::http::{HttpLimits, HttpService, Outbound};
 use crate::meter::CpuMeter;
 use crate::output::OutputSink;
@@ -166,6 +167,7 @@ pub struct Container {
     /// The guest listens on real sockets in the node's network, so probes
     /// and hooks reach it over TCP rather than through [`Container::http`].
     pub(crate) on_network: bool,
+    pub(crate) exec: Option<Arc<dyn Exec>>,
 }
 
 impl Container {
@@ -182,6 +184,11 @@ impl Container {
     /// (a `wasi:http/incoming-handler` component).
     pub fn http(&self) -> Option<Arc<dyn HttpService>> {
         self.http.clone()
+    }
+
+    /// Where commands can be run beside the guest, if the runtime can.
+    pub fn exec(&self) -> Option<Arc<dyn Exec>> {
+        self.exec.clone()
     }
 
     /// See the `on_network` field.

@@ -5,6 +5,7 @@
 //! from it. wasmtime's types stay inside this crate.
 
 pub mod backend;
+pub mod exec;
 pub mod http;
 pub mod image;
 pub mod meter;

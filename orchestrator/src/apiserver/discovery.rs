@@ -119,6 +119,10 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/log", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": ["get"]})
             }
+            "exec" => {
+                json!({"name": format!("{}/exec", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": "PodExecOptions", "verbs": ["create", "get"]})
+            }
             "proxy" => {
                 json!({"name": format!("{}/proxy", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "NodeProxyOptions", "verbs": ["create", "delete", "get", "patch", "update"]})

@@ -57,7 +57,7 @@ pub fn registry() -> Registry {
         entry::<core::Pod>()
             .short(&["po"])
             .categories(all)
-            .subresources(&["status", "binding", "eviction", "log"])
+            .subresources(&["status", "binding", "eviction", "log", "exec"])
             .fields(POD_FIELDS)
             .printer(Printer::Pod)
             .admission(Admission {

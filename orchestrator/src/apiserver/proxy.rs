@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
@@ -159,14 +159,9 @@ pub fn endpoint_of(node: &str, n: &Value) -> ApiResult<String> {
     }
 }
 
-/// `GET /api/v1/namespaces/{ns}/pods/{name}/log`
-pub async fn pod_log(
-    st: &ApiState,
-    ns: &str,
-    name: &str,
-    query: Option<&str>,
-) -> ApiResult<Response> {
-    let pod = stored(st, "pods", Some(ns), name).await?;
+/// The container a `log` or `exec` request names (`container=`), or the
+/// pod's only one; and the node the pod runs on.
+fn target(pod: &Value, name: &str, pairs: &[(String, String)]) -> ApiResult<(String, String)> {
     let names = |field: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{field}"))
             .and_then(Value::as_array)
@@ -177,8 +172,6 @@ pub async fn pod_log(
     };
     let app = names("containers");
     let init = names("initContainers");
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let container = match pairs
         .iter()
         .find(|(k, _)| k == "container")
@@ -208,16 +201,129 @@ pub async fn pod_log(
             ))
         })?
         .to_string();
-    let base = node_endpoint(st, &node).await?;
+    Ok((container, node))
+}
+
+/// The query without `container=`, for the node's path that names it.
+fn rest_of(pairs: Vec<(String, String)>) -> String {
     let rest: Vec<(String, String)> = pairs
         .into_iter()
         .filter(|(k, _)| k != "container")
         .collect();
-    let qs = serde_urlencoded::to_string(&rest).unwrap_or_default();
-    let path = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
+    serde_urlencoded::to_string(&rest).unwrap_or_default()
+}
+
+fn query_pairs(query: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/log`
+pub async fn pod_log(
+    st: &ApiState,
+    ns: &str,
+    name: &str,
+    query: Option<&str>,
+) -> ApiResult<Response> {
+    let pod = stored(st, "pods", Some(ns), name).await?;
+    let pairs = query_pairs(query)?;
+    let (container, node) = target(&pod, name, &pairs)?;
+    let base = node_endpoint(st, &node).await?;
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{}", rest_of(pairs));
     st.nodes
         .forward(&node, &base, Method::GET, &path, Body::empty())
         .await
+}
+
+/// Headers of a protocol switch, passed both ways unchanged: the node
+/// answers the client's WebSocket handshake.
+const UPGRADE_HEADERS: [&str; 6] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+];
+
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec`: the WebSocket is
+/// handed to the node's `/exec/...`, and once both sides have switched
+/// protocols the bytes are relayed as they are, as kube-apiserver's
+/// upgrade-aware proxy does for kubelet.
+pub async fn pod_exec(
+    st: &ApiState,
+    ns: &str,
+    name: &str,
+    query: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> ApiResult<Response> {
+    let pod = stored(st, "pods", Some(ns), name).await?;
+    let pairs = query_pairs(query)?;
+    let (container, node) = target(&pod, name, &pairs)?;
+    let Some(client_side) = upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
+        return Err(ApiError::bad_request(
+            "exec needs a connection upgrade to a WebSocket (v5.channel.k8s.io); kubectl exec does this".to_string(),
+        ));
+    };
+    let base = node_endpoint(st, &node).await?;
+    let path = format!("/exec/{ns}/{name}/{container}?{}", rest_of(pairs));
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(format!("http://{base}{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", st.nodes.token));
+    for h in UPGRADE_HEADERS {
+        for v in headers.get_all(h) {
+            req = req.header(h, v);
+        }
+    }
+    let req = req
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(format!("building the request to node {node}: {e}")))?;
+    let mut resp = st.nodes.client.request(req).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("node {node:?} at {base} is unreachable: {}", chain(&e)),
+        )
+    })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The node's refusal (a Status naming why) goes back as it is.
+        let (parts, incoming) = resp.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            Body::new(incoming.map_err(axum::Error::new)),
+        ));
+    }
+    let node_side = hyper::upgrade::on(&mut resp);
+    let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for h in UPGRADE_HEADERS {
+        for v in resp.headers().get_all(h) {
+            answer = answer.header(h, v);
+        }
+    }
+    let (pod_name, ns_name) = (name.to_string(), ns.to_string());
+    tokio::spawn(async move {
+        match (client_side.await, node_side.await) {
+            (Ok(c), Ok(n)) => {
+                let (mut c, mut n) = (TokioIo::new(c), TokioIo::new(n));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut n).await {
+                    tracing::debug!(pod = %pod_name, namespace = %ns_name, error = %e, "exec relay ended");
+                }
+            }
+            (c, n) => tracing::warn!(
+                pod = %pod_name,
+                namespace = %ns_name,
+                client = ?c.err(),
+                node = ?n.err(),
+                "exec: a side did not switch protocols"
+            ),
+        }
+    });
+    answer
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(format!("answering the exec upgrade: {e}")))
 }
 
 /// `/api/v1/nodes/{name}/proxy/{path}`: any method, passed through.

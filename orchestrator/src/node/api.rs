@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use super::NodeCtx;
 pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .route("/stats/summary", get(stats))
         .route("/metrics", get(metrics))
         .route("/pods", get(pods))
@@ -67,6 +69,60 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         ),
     )
         .into_response()
+}
+
+/// `kubectl exec`: the command from the query's `command` values, run in
+/// the container behind a WebSocket (see `exec.rs`).
+async fn exec(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", &m);
+    let pairs: Vec<(String, String)> =
+        match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+            Ok(p) => p,
+            Err(e) => return bad(format!("invalid query: {e}")),
+        };
+    let argv: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if argv.is_empty() {
+        return bad("you must specify at least one command for the container".into());
+    }
+    let stdin = pairs
+        .iter()
+        .any(|(k, v)| k == "stdin" && (v == "true" || v == "1"));
+    let target = match ctx.execs.get(&ns, &pod, &container) {
+        Ok(e) => e,
+        Err(super::exec::Refusal::NotRunning) => {
+            return bad(format!(
+                "container {container:?} of pod {ns}/{pod} is not running on this node"
+            ))
+        }
+        Err(super::exec::Refusal::NoProcesses) => {
+            return bad(format!(
+                "container {container:?} of pod {ns}/{pod} is a Wasm sandbox: it runs one guest and has no processes to exec into (runtimeClassName: runc containers do)"
+            ))
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return bad(format!(
+                "exec needs a WebSocket upgrade speaking {}: {e}",
+                super::exec::PROTOCOLS.join(" or ")
+            ))
+        }
+    };
+    ws.protocols(super::exec::PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let started = target.exec(&argv, stdin).await;
+            super::exec::session(socket, argv, started).await;
+        })
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod exec;
 pub mod gateway;
 pub mod logs;
 pub mod metrics;
@@ -91,6 +92,8 @@ pub struct NodeCtx {
     pub usage: Arc<usage::Usage>,
     /// Pod IPs and network namespaces, when a backend can use them.
     pub network: Option<Arc<network::PodNetworks>>,
+    /// Running containers, for `kubectl exec`.
+    pub execs: exec::Execs,
 }
 
 impl NodeCtx {
@@ -184,6 +187,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         pods: Mutex::new(HashMap::new()),
         usage: Arc::default(),
         network,
+        execs: exec::Execs::default(),
     });
     tokio::spawn(usage::sampler(ctx.usage.clone()));
     tokio::spawn(api::serve(listener, ctx.clone()));

@@ -270,6 +270,7 @@ impl Backend for OciBackend {
                 draining.clone(),
             )) as Arc<dyn crate::http::HttpService>
         });
+        let exec_id = id.clone();
         let run = Running {
             runc: self.runc.clone(),
             id,
@@ -292,6 +293,10 @@ impl Backend for OciBackend {
             cpu,
             http,
             on_network: true,
+            exec: Some(Arc::new(RuncExec {
+                runc: self.runc.clone(),
+                id: exec_id,
+            })),
         })
     }
 }
@@ -373,6 +378,41 @@ impl Running {
             (137, _) if oom => Exit::OomKilled,
             _ => Exit::Code(code),
         }
+    }
+}
+
+/// `kubectl exec` into a runc container: `runc exec` by its id.
+struct RuncExec {
+    runc: Runc,
+    id: String,
+}
+
+#[async_trait::async_trait]
+impl crate::exec::Exec for RuncExec {
+    async fn exec(&self, argv: &[String], stdin: bool) -> Result<crate::exec::ExecSession, String> {
+        if argv.is_empty() {
+            return Err("no command given".into());
+        }
+        let mut child = self
+            .runc
+            .exec(&self.id, argv, stdin)
+            .map_err(|e| format!("starting runc exec: {e}"))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err("runc exec has no output pipes".into());
+        };
+        let input = child.stdin.take();
+        Ok(crate::exec::ExecSession {
+            stdin: input.map(|i| Box::pin(i) as _),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            exit: Box::pin(async move {
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| format!("waiting for runc exec: {e}"))?;
+                Ok(status.code().unwrap_or(137))
+            }),
+        })
     }
 }
 

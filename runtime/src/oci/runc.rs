@@ -78,6 +78,23 @@ impl Runc {
             .spawn()
     }
 
+    /// Starts `argv` in the running container with the process settings of
+    /// its spec (env, user, cwd); stdout and stderr piped, stdin if asked.
+    pub(crate) fn exec(&self, id: &str, argv: &[String], stdin: bool) -> std::io::Result<Child> {
+        let mut c = self.command();
+        if stdin {
+            c.stdin(Stdio::piped());
+        }
+        c.arg("exec")
+            .arg(id)
+            .args(argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A session whose client went away ends its runc exec.
+            .kill_on_drop(true)
+            .spawn()
+    }
+
     /// Sends `signal` (`TERM`, `KILL`) to the container's init process.
     pub(crate) async fn kill(&self, id: &str, signal: &str) {
         let out = self.command().args(["kill", id, signal]).output().await;

@@ -124,6 +124,7 @@ pub(crate) async fn start(
                 cpu: meter,
                 http: Some(svc),
                 on_network: false,
+                exec: None,
             });
         }
     }
@@ -134,6 +135,7 @@ pub(crate) async fn start(
         cpu: meter,
         http: None,
         on_network: false,
+        exec: None,
     })
 }
 

@@ -54,6 +54,34 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
     let wide = s.kubectl(&["get", "pods", "-o", "wide"])?;
     assert!(wide.contains("bb") && wide.contains("ticker"), "{wide}");
 
+    // kubectl exec: a command beside the container's process, with its
+    // environment and mounts; its streams apart and its exit code kept.
+    let out = s.kubectl_raw(
+        &[
+            "exec",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING; cat /cfg/greeting; echo oops >&2; exit 3",
+        ],
+        None,
+    )?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from runc\nhello from runc"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("oops\n"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let piped = s.kubectl_in(&["exec", "-i", "bb", "--", "cat"], Some("piped in\n"))?;
+    assert_eq!(piped, "piped in\n");
+    // A Wasm sandbox has no processes to exec into, and says so.
+    let err = s.kubectl_err(&["exec", "ticker", "--", "sh"], None)?;
+    assert!(err.contains("no processes to exec into"), "{err}");
+
     // Exit codes and reasons as kubelet reports them.
     let endings = [
         runc_pod(

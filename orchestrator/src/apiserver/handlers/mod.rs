@@ -32,6 +32,24 @@ pub struct RequestLabels {
     pub resource: String,
 }
 
+/// The connection's protocol switch, for requests that upgrade
+/// (`pods/exec`): taken out of the request so it can be completed later.
+pub struct Upgrade(pub Option<hyper::upgrade::OnUpgrade>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Upgrade, Self::Rejection> {
+        Ok(Upgrade(
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn core_resource(
     State(st): State<Arc<ApiState>>,
     Extension(user): Extension<Arc<UserInfo>>,
@@ -39,8 +57,29 @@ pub async fn core_resource(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    upgrade: Upgrade,
     body: Body,
 ) -> Response {
+    if let Some(sub) = NodeSub::of(&rest) {
+        let mut labels = RequestLabels {
+            verb: "unknown",
+            resource: String::new(),
+        };
+        let mut resp = node_subresource(
+            &st,
+            sub,
+            &method,
+            &uri,
+            &headers,
+            upgrade,
+            body,
+            &mut labels,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+        resp.extensions_mut().insert(labels);
+        return resp;
+    }
     serve(st, user, "", "v1", &rest, method, uri, headers, body).await
 }
 
@@ -109,11 +148,6 @@ async fn dispatch(
     body: Body,
     labels: &mut RequestLabels,
 ) -> ApiResult<Response> {
-    if group.is_empty() {
-        if let Some(sub) = NodeSub::of(rest) {
-            return node_subresource(st, sub, method, uri, body, labels).await;
-        }
-    }
     let t = request::resolve(&st.registry, group, version, rest, uri.path())?;
     let mut q = Query::parse(uri.query())?;
     q.agent = request::agent_manager(headers);
@@ -171,6 +205,7 @@ async fn dispatch(
 /// Requests the node running a pod answers, not the store.
 enum NodeSub<'a> {
     PodLog { namespace: &'a str, name: &'a str },
+    PodExec { namespace: &'a str, name: &'a str },
     NodeProxy { node: &'a str, path: String },
 }
 
@@ -181,6 +216,9 @@ impl<'a> NodeSub<'a> {
             ["namespaces", namespace, "pods", name, "log"] => {
                 Some(NodeSub::PodLog { namespace, name })
             }
+            ["namespaces", namespace, "pods", name, "exec"] => {
+                Some(NodeSub::PodExec { namespace, name })
+            }
             ["nodes", node, "proxy", tail @ ..] => Some(NodeSub::NodeProxy {
                 node,
                 path: tail.join("/"),
@@ -190,15 +228,34 @@ impl<'a> NodeSub<'a> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn node_subresource(
     st: &ApiState,
     sub: NodeSub<'_>,
     method: &Method,
     uri: &Uri,
+    headers: &HeaderMap,
+    upgrade: Upgrade,
     body: Body,
     labels: &mut RequestLabels,
 ) -> ApiResult<Response> {
     match sub {
+        NodeSub::PodExec { namespace, name } => {
+            labels.resource = "pods/exec".into();
+            labels.verb = if method == Method::POST {
+                "POST"
+            } else {
+                "GET"
+            };
+            if method != Method::GET && method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {})",
+                    uri.path()
+                )));
+            }
+            super::proxy::pod_exec(st, namespace, name, uri.query(), method, headers, upgrade.0)
+                .await
+        }
         NodeSub::PodLog { namespace, name } => {
             labels.resource = "pods/log".into();
             labels.verb = "GET";

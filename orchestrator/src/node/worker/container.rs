@@ -223,6 +223,9 @@ impl ContainerTask {
             self.backend.runtime_class(),
             self.pod.uid
         ));
+        self.ctx
+            .execs
+            .started(&self.pod.namespace, &self.pod.name, &name, running.exec());
         self.ctx.usage.started(
             &self.pod,
             &name,
@@ -248,6 +251,9 @@ impl ContainerTask {
             running.kill_handle().kill();
             let exit = running.wait().await;
             self.ctx.usage.stopped(&self.pod, &name);
+            self.ctx
+                .execs
+                .stopped(&self.pod.namespace, &self.pod.name, &name);
             log.finish();
             let message = Some(format!("PostStartHook failed: {why}"));
             self.terminated(&exit, "Error", message, started_at);
@@ -359,6 +365,9 @@ impl ContainerTask {
                 .unregister(&self.pod.namespace, &self.pod.name, h);
         }
         self.ctx.usage.stopped(&self.pod, &name);
+        self.ctx
+            .execs
+            .stopped(&self.pod.namespace, &self.pod.name, &name);
         log.finish();
         let (reason, message) = match &exit {
             Exit::OomKilled => ("OOMKilled", None),
