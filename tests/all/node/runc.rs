@@ -78,6 +78,16 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let piped = s.kubectl_in(&["exec", "-i", "bb", "--", "cat"], Some("piped in\n"))?;
     assert_eq!(piped, "piped in\n");
+    // kubectl cp is tar through exec, both ways.
+    let (there, back) = (s.data_dir().join("cp-in"), s.data_dir().join("cp-out"));
+    std::fs::write(&there, "copied\n")?;
+    s.kubectl(&["cp", &there.display().to_string(), "bb:/tmp/copied"])?;
+    assert_eq!(
+        s.kubectl(&["exec", "bb", "--", "cat", "/tmp/copied"])?,
+        "copied\n"
+    );
+    s.kubectl(&["cp", "bb:/tmp/copied", &back.display().to_string()])?;
+    assert_eq!(std::fs::read_to_string(&back)?, "copied\n");
     // A Wasm sandbox has no processes to exec into, and says so.
     let err = s.kubectl_err(&["exec", "ticker", "--", "sh"], None)?;
     assert!(err.contains("no processes to exec into"), "{err}");
