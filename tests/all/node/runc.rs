@@ -292,3 +292,48 @@ spec:
     assert!(caller_ip.starts_with(&format!("{net}.")), "{caller_ip}");
     Ok(())
 }
+
+#[tokio::test]
+async fn exec_probes_and_hooks_run_in_runc_containers() -> anyhow::Result<()> {
+    let s = Server::up_on("127.0.9.3", &[])?;
+    let image = busybox_image()?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    // postStart writes a file; readiness waits for another one; liveness
+    // fails once /tmp/dead exists, and the container restarts.
+    let pod = runc_pod(
+        "probed",
+        &image,
+        "",
+        "    command: [sh, -c, 'exec sleep 3600']\n    lifecycle:\n      postStart:\n        exec: {command: [sh, -c, 'echo started > /tmp/hooked']}\n    readinessProbe:\n      exec: {command: [cat, /tmp/ready]}\n      periodSeconds: 1\n    livenessProbe:\n      exec: {command: [sh, -c, 'test ! -e /tmp/dead']}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&pod))?;
+    // Running, and not Ready: its readiness probe fails for now.
+    wait_pod(&pods, "probed", "to run", |p| {
+        first_container(p).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+    })
+    .await?;
+    assert_eq!(
+        s.kubectl(&["exec", "probed", "--", "cat", "/tmp/hooked"])?,
+        "started\n"
+    );
+    let ready = |p: &Pod| first_container(p).is_some_and(|c| c.ready);
+    let p = pods.get("probed").await?;
+    assert!(!ready(&p), "ready before its probe passed: {p:?}");
+    s.kubectl(&["exec", "probed", "--", "touch", "/tmp/ready"])?;
+    wait_pod(&pods, "probed", "to be ready", ready).await?;
+    s.kubectl(&["exec", "probed", "--", "touch", "/tmp/dead"])?;
+    let p = wait_pod(
+        &pods,
+        "probed",
+        "to be restarted by its liveness probe",
+        |p| first_container(p).is_some_and(|c| c.restart_count >= 1),
+    )
+    .await?;
+    let described = s.kubectl(&["describe", "pod", "probed"])?;
+    assert!(
+        described.contains("Liveness probe failed"),
+        "{described}\n{p:?}"
+    );
+    Ok(())
+}

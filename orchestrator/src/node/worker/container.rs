@@ -18,7 +18,7 @@ use tracing::{debug, instrument};
 
 use super::backoff::Backoff;
 use super::hooks;
-use super::probe::{Outcome, Prober};
+use super::probe::{Outcome, Prober, Reach};
 use super::{now, ReadyContainer};
 use crate::events::ObjectRef;
 use crate::node::gateway::outbound::PodOutbound;
@@ -240,7 +240,12 @@ impl ContainerTask {
         } else {
             http.clone()
         };
-        if let Some(Err(why)) = self.post_start(local.as_ref()).await {
+        let reach = Reach {
+            http: local,
+            host: self.pod_ip.clone(),
+            exec: running.exec(),
+        };
+        if let Some(Err(why)) = self.post_start(&reach).await {
             // As kubelet: the container is killed and its restart policy
             // decides what follows.
             self.ctx.events.warning(
@@ -259,8 +264,7 @@ impl ContainerTask {
             self.terminated(&exit, "Error", message, started_at);
             return Some(exit);
         }
-        let mut prober =
-            Prober::for_container(&self.ready.spec, local.clone(), self.pod_ip.clone());
+        let mut prober = Prober::for_container(&self.ready.spec, reach.clone());
         // With a readiness probe the container is Ready only once it passes;
         // with a startup probe it is not even started until that passes.
         self.status.ready = prober.initially_ready();
@@ -301,8 +305,8 @@ impl ContainerTask {
                     e = &mut wait => break e,
                     grace = stopped(self.stop.clone()), if !stopping => {
                         stopping = true;
-                        let (c, http, host) = (self.ready.spec.clone(), local.clone(), self.pod_ip.clone());
-                        pre_stop = async move { hooks::pre_stop(&c, http.as_ref(), &host, grace).await }
+                        let (c, reach) = (self.ready.spec.clone(), reach.clone());
+                        pre_stop = async move { hooks::pre_stop(&c, &reach, grace).await }
                             .boxed()
                             .fuse();
                     }
@@ -400,12 +404,9 @@ impl ContainerTask {
 
     /// Runs the postStart hook, if any, unless the pod is deleted first
     /// (then the preStop path takes over).
-    async fn post_start(
-        &self,
-        http: Option<&Arc<dyn shoal_runtime::http::HttpService>>,
-    ) -> Option<Result<(), String>> {
+    async fn post_start(&self, reach: &Reach) -> Option<Result<(), String>> {
         tokio::select! {
-            r = hooks::post_start(&self.ready.spec, http, &self.pod_ip) => r,
+            r = hooks::post_start(&self.ready.spec, reach) => r,
             _ = stopped(self.stop.clone()) => None,
         }
     }

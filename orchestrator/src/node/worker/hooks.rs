@@ -7,24 +7,21 @@
 //! to let endpoint removal reach every gateway before the pod stops taking
 //! requests.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
-use shoal_runtime::http::HttpService;
 
-use super::probe::{attempt, resolve_ports};
+use super::probe::{attempt, resolve_ports, Reach};
 
 /// Runs `container`'s preStop hook, if it has one, within `grace`;
 /// `Ok(None)` when there is none.
 pub(super) async fn pre_stop(
     container: &Container,
-    http: Option<&Arc<dyn HttpService>>,
-    host: &str,
+    reach: &Reach,
     grace: Duration,
 ) -> Option<Result<(), String>> {
     let hook = container.lifecycle.as_ref()?.pre_stop.as_ref()?;
-    let run = run(container, hook, http, host);
+    let run = run(container, hook, reach);
     Some(match tokio::time::timeout(grace, run).await {
         Ok(r) => r,
         Err(_) => Err(format!(
@@ -37,22 +34,13 @@ pub(super) async fn pre_stop(
 /// Runs `container`'s postStart hook, if it has one; `None` when there is
 /// none. Like kubelet, no deadline: a hook that hangs keeps the container
 /// from Running until the pod is deleted.
-pub(super) async fn post_start(
-    container: &Container,
-    http: Option<&Arc<dyn HttpService>>,
-    host: &str,
-) -> Option<Result<(), String>> {
+pub(super) async fn post_start(container: &Container, reach: &Reach) -> Option<Result<(), String>> {
     let hook = container.lifecycle.as_ref()?.post_start.as_ref()?;
-    Some(run(container, hook, http, host).await)
+    Some(run(container, hook, reach).await)
 }
 
 /// One hook: a sleep, or a handler as a probe would run it.
-async fn run(
-    container: &Container,
-    hook: &LifecycleHandler,
-    http: Option<&Arc<dyn HttpService>>,
-    host: &str,
-) -> Result<(), String> {
+async fn run(container: &Container, hook: &LifecycleHandler, reach: &Reach) -> Result<(), String> {
     if let Some(s) = &hook.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
         return Ok(());
@@ -64,14 +52,16 @@ async fn run(
         ..Default::default()
     };
     resolve_ports(container, &mut as_probe);
-    attempt(&as_probe, http, host).await
+    attempt(&as_probe, reach).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_runtime::http::HttpService;
     use shoal_runtime::http::{text_response, Body};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     /// Counts requests to `/quit`, answering 200, and 500 elsewhere.
     #[derive(Default)]
@@ -108,10 +98,13 @@ mod tests {
         let svc = Arc::new(Counting::default());
         let http: Arc<dyn HttpService> = svc.clone();
         let c = container(serde_json::json!({"httpGet": {"path": "/quit", "port": "http"}}));
-        assert_eq!(post_start(&c, Some(&http), "h").await, Some(Ok(())));
+        assert_eq!(
+            post_start(&c, &Reach::handler(http.clone())).await,
+            Some(Ok(()))
+        );
         assert_eq!(svc.0.load(Ordering::SeqCst), 1);
         let c = container(serde_json::json!({"exec": {"command": ["true"]}}));
-        let failed = post_start(&c, Some(&http), "h").await;
+        let failed = post_start(&c, &Reach::handler(http.clone())).await;
         assert!(
             matches!(&failed, Some(Err(why)) if why.contains("Wasm sandbox")),
             "{failed:?}"
@@ -124,11 +117,14 @@ mod tests {
         let http: Arc<dyn HttpService> = svc.clone();
         let grace = Duration::from_secs(5);
         let c = container(serde_json::json!({"httpGet": {"path": "/quit", "port": "http"}}));
-        assert_eq!(pre_stop(&c, Some(&http), "h", grace).await, Some(Ok(())));
+        assert_eq!(
+            pre_stop(&c, &Reach::handler(http.clone()), grace).await,
+            Some(Ok(()))
+        );
         assert_eq!(svc.0.load(Ordering::SeqCst), 1);
 
         let c = container(serde_json::json!({"httpGet": {"path": "/other", "port": 8080}}));
-        let failed = pre_stop(&c, Some(&http), "h", grace).await;
+        let failed = pre_stop(&c, &Reach::handler(http.clone()), grace).await;
         assert!(
             matches!(&failed, Some(Err(why)) if why.contains("500")),
             "{failed:?}"
@@ -136,15 +132,26 @@ mod tests {
 
         let c = container(serde_json::json!({"sleep": {"seconds": 1}}));
         let started = tokio::time::Instant::now();
-        assert_eq!(pre_stop(&c, Some(&http), "h", grace).await, Some(Ok(())));
+        assert_eq!(
+            pre_stop(&c, &Reach::handler(http.clone()), grace).await,
+            Some(Ok(()))
+        );
         assert!(started.elapsed() >= Duration::from_secs(1));
-        let cut = pre_stop(&c, Some(&http), "h", Duration::from_millis(100)).await;
+        let cut = pre_stop(
+            &c,
+            &Reach::handler(http.clone()),
+            Duration::from_millis(100),
+        )
+        .await;
         assert!(
             matches!(&cut, Some(Err(why)) if why.contains("grace period")),
             "{cut:?}"
         );
 
         let none: Container = serde_json::from_value(serde_json::json!({"name": "x"})).expect("c");
-        assert_eq!(pre_stop(&none, Some(&http), "h", grace).await, None);
+        assert_eq!(
+            pre_stop(&none, &Reach::handler(http.clone()), grace).await,
+            None
+        );
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use shoal_runtime::exec::Exec;
 use shoal_runtime::http::{full, HttpService};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 /// What a probe round changed.
@@ -69,12 +71,8 @@ impl Schedule {
     }
 
     /// One attempt now; the next falls a period later.
-    async fn attempt(
-        &mut self,
-        http: Option<&Arc<dyn HttpService>>,
-        host: &str,
-    ) -> Result<(), String> {
-        let result = check(&self.probe, http, host).await;
+    async fn attempt(&mut self, reach: &Reach) -> Result<(), String> {
+        let result = check(&self.probe, reach).await;
         self.next = Instant::now() + self.period();
         result
     }
@@ -97,18 +95,34 @@ pub(crate) struct Prober {
     readiness: Option<Schedule>,
     liveness: Option<Schedule>,
     ready: bool,
-    http: Option<Arc<dyn HttpService>>,
-    host: String,
+    reach: Reach,
+}
+
+/// How probes and hooks reach a container: a `wasi:http` guest through its
+/// handler in-process; a process over TCP at `host` (the pod IP), and by
+/// commands its runtime runs beside it (`exec`).
+#[derive(Clone, Default)]
+pub(crate) struct Reach {
+    pub http: Option<Arc<dyn HttpService>>,
+    pub host: String,
+    pub exec: Option<Arc<dyn Exec>>,
+}
+
+impl Reach {
+    #[cfg(test)]
+    pub(crate) fn handler(svc: Arc<dyn HttpService>) -> Reach {
+        Reach {
+            http: Some(svc),
+            host: "h".into(),
+            exec: None,
+        }
+    }
 }
 
 impl Prober {
     /// The probes of container `c`, with named ports resolved against its
     /// ports.
-    pub(crate) fn for_container(
-        c: &Container,
-        http: Option<Arc<dyn HttpService>>,
-        host: String,
-    ) -> Prober {
+    pub(crate) fn for_container(c: &Container, reach: Reach) -> Prober {
         let resolve = |p: &Option<Probe>| {
             p.clone().map(|mut p| {
                 resolve_ports(c, &mut p);
@@ -119,8 +133,7 @@ impl Prober {
             resolve(&c.startup_probe),
             resolve(&c.readiness_probe),
             resolve(&c.liveness_probe),
-            http,
-            host,
+            reach,
         )
     }
 
@@ -128,8 +141,7 @@ impl Prober {
         startup: Option<Probe>,
         readiness: Option<Probe>,
         liveness: Option<Probe>,
-        http: Option<Arc<dyn HttpService>>,
-        host: String,
+        reach: Reach,
     ) -> Prober {
         let now = Instant::now();
         Prober {
@@ -137,8 +149,7 @@ impl Prober {
             startup: startup.map(|p| Schedule::new(p, now)),
             readiness: readiness.map(|p| Schedule::new(p, now)),
             liveness: liveness.map(|p| Schedule::new(p, now)),
-            http,
-            host,
+            reach,
         }
     }
 
@@ -174,7 +185,7 @@ impl Prober {
             tokio::time::sleep_until(due).await;
             let now = Instant::now();
             if let Some(s) = self.startup.as_mut() {
-                match s.attempt(self.http.as_ref(), &self.host).await {
+                match s.attempt(&self.reach).await {
                     Ok(()) => {
                         self.startup = None;
                         self.ready = self.readiness.is_none();
@@ -191,7 +202,7 @@ impl Prober {
                 continue;
             }
             if let Some(s) = self.liveness.as_mut().filter(|s| s.next <= now) {
-                match s.attempt(self.http.as_ref(), &self.host).await {
+                match s.attempt(&self.reach).await {
                     Ok(()) => s.failures = 0,
                     Err(why) if s.gives_up() => {
                         return Outcome::Dead {
@@ -203,7 +214,7 @@ impl Prober {
                 }
             }
             if let Some(s) = self.readiness.as_mut().filter(|s| s.next <= now) {
-                let verdict = match s.attempt(self.http.as_ref(), &self.host).await {
+                let verdict = match s.attempt(&self.reach).await {
                     Ok(()) => {
                         s.failures = 0;
                         s.successes += 1;
@@ -257,23 +268,16 @@ fn port_number(p: &IntOrString) -> Option<u16> {
 }
 
 /// One probe attempt within its timeout.
-async fn check(
-    probe: &Probe,
-    http: Option<&Arc<dyn HttpService>>,
-    host: &str,
-) -> Result<(), String> {
+async fn check(probe: &Probe, reach: &Reach) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    match tokio::time::timeout(timeout, attempt(probe, http, host)).await {
+    match tokio::time::timeout(timeout, attempt(probe, reach)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timeout after {}s", timeout.as_secs())),
     }
 }
 
-pub(super) async fn attempt(
-    probe: &Probe,
-    http: Option<&Arc<dyn HttpService>>,
-    host: &str,
-) -> Result<(), String> {
+pub(super) async fn attempt(probe: &Probe, reach: &Reach) -> Result<(), String> {
+    let (http, host) = (reach.http.as_ref(), reach.host.as_str());
     if let Some(g) = &probe.http_get {
         let path = g.path.clone().unwrap_or_else(|| "/".into());
         let port = port_number(&g.port).ok_or("httpGet port names no container port")?;
@@ -321,15 +325,39 @@ pub(super) async fn attempt(
             .map(|_| ())
             .map_err(|e| format!("dial tcp {target}:{port}: {e}"));
     }
-    if probe.exec.is_some() {
-        return Err(
-            "exec probes cannot run inside a Wasm sandbox; use httpGet or tcpSocket".into(),
-        );
+    if let Some(e) = &probe.exec {
+        let Some(exec) = &reach.exec else {
+            return Err(
+                "exec probes cannot run inside a Wasm sandbox; use httpGet or tcpSocket".into(),
+            );
+        };
+        return run_command(exec.as_ref(), e.command.as_deref().unwrap_or_default()).await;
     }
     if probe.grpc.is_some() {
         return Err("grpc probes are not supported yet".into());
     }
     Err("probe has no handler (httpGet, tcpSocket)".into())
+}
+
+/// An exec probe or hook: the command's exit code decides; its output
+/// (the first 10 KiB, as kubelet keeps) says why it failed. Dropped at the
+/// probe's timeout, which ends the command.
+async fn run_command(exec: &dyn Exec, argv: &[String]) -> Result<(), String> {
+    const KEEP: usize = 10 * 1024;
+    let s = exec.exec(argv, false).await?;
+    let (mut out, mut err) = (s.stdout, s.stderr);
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
+    let code = s.exit.await?;
+    if code == 0 {
+        return Ok(());
+    }
+    o.extend_from_slice(&e);
+    o.truncate(KEEP);
+    Err(format!(
+        "command {argv:?} exited with {code}: {}",
+        String::from_utf8_lossy(&o).trim()
+    ))
 }
 
 async fn network_get(
@@ -398,14 +426,13 @@ mod tests {
             None,
             Some(probe("/204", 3)),
             None,
-            Some(svc.clone()),
-            "h".into(),
+            Reach::handler(svc.clone()),
         );
         assert!(!ok.initially_ready());
         assert!(ok.initially_started());
         assert_eq!(ok.next().await, Outcome::Ready(true));
 
-        let mut dead = Prober::new(None, None, Some(probe("/500", 2)), Some(svc), "h".into());
+        let mut dead = Prober::new(None, None, Some(probe("/500", 2)), Reach::handler(svc));
         assert!(dead.initially_ready());
         let started = Instant::now();
         match dead.next().await {
@@ -427,8 +454,7 @@ mod tests {
             Some(probe("/200", 3)),
             Some(probe("/200", 3)),
             None,
-            Some(svc.clone()),
-            "h".into(),
+            Reach::handler(svc.clone()),
         );
         assert!(!p.initially_started() && !p.initially_ready());
         assert_eq!(p.next().await, Outcome::Started { ready: false });
@@ -438,8 +464,7 @@ mod tests {
             Some(probe("/200", 3)),
             None,
             None,
-            Some(svc.clone()),
-            "h".into(),
+            Reach::handler(svc.clone()),
         );
         assert!(!p.initially_ready());
         assert_eq!(p.next().await, Outcome::Started { ready: true });
@@ -449,8 +474,7 @@ mod tests {
             Some(probe("/503", 2)),
             None,
             Some(probe("/500", 1)),
-            Some(svc),
-            "h".into(),
+            Reach::handler(svc),
         );
         match p.next().await {
             Outcome::Dead {
