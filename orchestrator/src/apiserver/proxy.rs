@@ -79,23 +79,41 @@ impl NodeClient {
         path_and_query: &str,
         body: Body,
     ) -> ApiResult<Response> {
-        let uri = format!("http://{base}{path_and_query}");
-        let req = http::Request::builder()
+        let resp = self
+            .send(node, base, method, path_and_query, &HeaderMap::new(), body)
+            .await?;
+        let (parts, incoming) = resp.into_parts();
+        let body = Body::new(incoming.map_err(axum::Error::new));
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// One request to a node's API with the node token, and `headers`.
+    async fn send(
+        &self,
+        node: &str,
+        base: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> ApiResult<http::Response<hyper::body::Incoming>> {
+        let mut req = http::Request::builder()
             .method(method)
-            .uri(&uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .uri(format!("http://{base}{path_and_query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
             .body(body)
             .map_err(|e| ApiError::internal(format!("building the request to node {node}: {e}")))?;
-        let resp = self.client.request(req).await.map_err(|e| {
+        self.client.request(req).await.map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 format!("node {node:?} at {base} is unreachable: {}", chain(&e)),
             )
-        })?;
-        let (parts, incoming) = resp.into_parts();
-        let body = Body::new(incoming.map_err(axum::Error::new));
-        Ok(Response::from_parts(parts, body))
+        })
     }
 }
 
@@ -269,25 +287,23 @@ pub async fn pod_exec(
     };
     let base = node_endpoint(st, &node).await?;
     let path = format!("/exec/{ns}/{name}/{container}?{}", rest_of(pairs));
-    let mut req = http::Request::builder()
-        .method(method.clone())
-        .uri(format!("http://{base}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", st.nodes.token));
+    let mut upgrade_headers = HeaderMap::new();
     for h in UPGRADE_HEADERS {
         for v in headers.get_all(h) {
-            req = req.header(h, v);
+            upgrade_headers.append(h, v.clone());
         }
     }
-    let req = req
-        .body(Body::empty())
-        .map_err(|e| ApiError::internal(format!("building the request to node {node}: {e}")))?;
-    let mut resp = st.nodes.client.request(req).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            format!("node {node:?} at {base} is unreachable: {}", chain(&e)),
+    let mut resp = st
+        .nodes
+        .send(
+            &node,
+            &base,
+            method.clone(),
+            &path,
+            &upgrade_headers,
+            Body::empty(),
         )
-    })?;
+        .await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The node's refusal (a Status naming why) goes back as it is.
         let (parts, incoming) = resp.into_parts();
