@@ -13,6 +13,7 @@
 mod backoff;
 mod container;
 mod finished;
+mod grpc;
 mod hooks;
 mod init;
 mod pending;

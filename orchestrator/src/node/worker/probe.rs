@@ -333,10 +333,12 @@ pub(super) async fn attempt(probe: &Probe, reach: &Reach) -> Result<(), String> 
         };
         return run_command(exec.as_ref(), e.command.as_deref().unwrap_or_default()).await;
     }
-    if probe.grpc.is_some() {
-        return Err("grpc probes are not supported yet".into());
+    if let Some(g) = &probe.grpc {
+        let port =
+            u16::try_from(g.port).map_err(|_| format!("grpc port {} is not a port", g.port))?;
+        return super::grpc::check(http, host, port, g.service.as_deref().unwrap_or("")).await;
     }
-    Err("probe has no handler (httpGet, tcpSocket)".into())
+    Err("probe has no handler (httpGet, tcpSocket, grpc, exec)".into())
 }
 
 /// An exec probe or hook: the command's exit code decides; its output
