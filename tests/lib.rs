@@ -434,6 +434,11 @@ fn remove_node_leftovers(node_dir: &Path) {
         }
     }
     ip(&["link", "del", bridge]);
+    // The node's masquerade table (see runtime/src/oci/network.rs).
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", bridge])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Resident memory of a process in bytes (VmRSS), for benchmarks.

@@ -198,7 +198,8 @@ impl PodNetwork {
             ],
         )
         .await?;
-        info!(bridge, %cidr, "pod network ready");
+        let egress = egress(bridge, cidr).await;
+        info!(bridge, %cidr, egress, "pod network ready");
         Ok(PodNetwork {
             bridge: bridge.to_string(),
             cidr,
@@ -297,6 +298,29 @@ impl PodNetwork {
     }
 }
 
+/// Lets pods reach beyond the node, as the CNI bridge plugin's `ipMasq`
+/// does: the kernel forwards their packets, and those leaving through
+/// anything but a pod bridge take the node's address (nftables masquerade,
+/// in a table named after the bridge). Pods on this node's bridges reach
+/// each other unmasqueraded. Without `nft` the pods still reach the node and
+/// each other; the node says why they reach no further.
+async fn egress(bridge: &str, cidr: PodCidr) -> bool {
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        warn!(error = %e, "cannot turn on IP forwarding: pods reach only this node");
+        return false;
+    }
+    let script = format!(
+        "table ip {bridge} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"shoal*\" masquerade\n  }}\n}}\n"
+    );
+    match run_with_input("nft", &["-f", "-"], &script).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "no masquerading for pods (install nftables): they reach only this node's networks");
+            false
+        }
+    }
+}
+
 /// Deletes `bridge` and the namespaces named after it.
 pub async fn remove_leftovers(bridge: &str) {
     let prefix = format!("{bridge}-");
@@ -310,6 +334,8 @@ pub async fn remove_leftovers(bridge: &str) {
             }
         }
     }
+    // The masquerade table, if nft is there and the table is.
+    let _ = run_with_input("nft", &["delete", "table", "ip", bridge], "").await;
     if std::path::Path::new("/sys/class/net").join(bridge).exists() {
         if let Err(e) = ip_batch(None, &[format!("link del {bridge}")]).await {
             warn!(bridge, error = %e, "removing a leftover bridge");
@@ -319,48 +345,49 @@ pub async fn remove_leftovers(bridge: &str) {
 
 /// Runs `ip [-n NETNS] -batch -` over `commands`.
 async fn ip_batch(netns: Option<&str>, commands: &[String]) -> Result<(), NetworkError> {
-    let what = || {
-        let mut w = String::new();
-        if let Some(n) = netns {
-            w.push_str(&format!("-n {n} "));
-        }
-        w.push_str(&commands.join("; "));
-        w
-    };
-    let fail = |message: String| NetworkError::Ip {
-        what: what(),
-        message,
-    };
-    let mut cmd = tokio::process::Command::new("ip");
+    let mut args = Vec::new();
     if let Some(n) = netns {
-        cmd.args(["-n", n]);
+        args.extend(["-n", n]);
     }
-    let mut child = cmd
-        .args(["-batch", "-"])
+    args.extend(["-batch", "-"]);
+    let mut script = commands.join("\n");
+    script.push('\n');
+    run_with_input("ip", &args, &script)
+        .await
+        .map_err(|message| {
+            let what = match netns {
+                Some(n) => format!("-n {n} {}", commands.join("; ")),
+                None => commands.join("; "),
+            };
+            NetworkError::Ip { what, message }
+        })
+}
+
+/// Runs `program args` with `input` on its stdin; `Err` carries its
+/// complaint.
+async fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| fail(format!("running ip: {e}")))?;
-    let mut script = commands.join("\n");
-    script.push('\n');
+        .map_err(|e| format!("running {program}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(script.as_bytes())
+            .write_all(input.as_bytes())
             .await
-            .map_err(|e| fail(format!("writing to ip: {e}")))?;
+            .map_err(|e| format!("writing to {program}: {e}"))?;
     }
     let out = child
         .wait_with_output()
         .await
-        .map_err(|e| fail(format!("waiting for ip: {e}")))?;
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
 

@@ -189,6 +189,81 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
     Ok(())
 }
 
+const OUTSIDE_IP: &str = "192.168.213.2";
+const OUTSIDE_NS: &str = "shoal-test-outside";
+/// Not named `shoal…`: the node masquerades only what leaves through
+/// interfaces other than its pod bridges.
+const OUTSIDE_LINK: &str = "tout213";
+
+/// A network beyond the node, as a host outside the cluster: a namespace on
+/// its own veth and subnet, serving a page with busybox's httpd.
+struct Outside {
+    httpd: std::process::Child,
+}
+
+impl Outside {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Outside> {
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let st = std::process::Command::new("ip").args(args).status()?;
+            anyhow::ensure!(st.success(), "ip {args:?} failed");
+            Ok(())
+        };
+        Outside::remove();
+        ip(&["netns", "add", OUTSIDE_NS])?;
+        ip(&[
+            "link",
+            "add",
+            OUTSIDE_LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            OUTSIDE_NS,
+        ])?;
+        ip(&["addr", "add", "192.168.213.1/24", "dev", OUTSIDE_LINK])?;
+        ip(&["link", "set", OUTSIDE_LINK, "up"])?;
+        ip(&[
+            "-n",
+            OUTSIDE_NS,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", OUTSIDE_NS, "link", "set", "eth0", "up"])?;
+        let www = dir.join("outside-www");
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("outside.html"), "beyond the node\n")?;
+        let httpd = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", OUTSIDE_NS, "busybox", "httpd", "-f", "-p", "8080", "-h",
+            ])
+            .arg(&www)
+            .spawn()?;
+        Ok(Outside { httpd })
+    }
+
+    fn remove() {
+        for args in [["link", "del", OUTSIDE_LINK], ["netns", "del", OUTSIDE_NS]] {
+            let _ = std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
+        Outside::remove();
+    }
+}
+
 /// A Wasm pod beside the runc ones: one node serves both runtimes.
 pub fn wasm_neighbour() -> anyhow::Result<String> {
     Ok(shoal_tests::pod_yaml("ticker", &sample("ticker")?, "", ""))
@@ -274,15 +349,26 @@ spec:
         ),
     );
     let on_host = probe("on-host", true, "echo $POD_IP");
+    // Beyond the node: the reply comes back only if the pod's packets were
+    // forwarded and masqueraded (the outside network has no route to pods).
+    let _outside = Outside::start(s.data_dir())?;
+    let egress = probe(
+        "egress",
+        false,
+        &format!(
+            "printf \"GET /outside.html HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 {OUTSIDE_IP} 8080 | tail -n 1"
+        ),
+    );
     s.kubectl_in(
         &["apply", "-f", "-"],
-        Some(&format!("{caller}---\n{on_host}")),
+        Some(&format!("{caller}---\n{on_host}---\n{egress}")),
     )?;
     let client = s.client().await?;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    for name in ["caller", "on-host"] {
+    for name in ["caller", "on-host", "egress"] {
         wait_pod(&pods, name, "to succeed", |p| phase(p) == "Succeeded").await?;
     }
+    assert_eq!(s.kubectl(&["logs", "egress"])?, "beyond the node\n");
     assert_eq!(
         s.kubectl(&["logs", "caller"])?,
         "hello from a runc pod\n1\n"
