@@ -93,9 +93,12 @@ async fn exec(
     if argv.is_empty() {
         return bad("you must specify at least one command for the container".into());
     }
-    let stdin = pairs
-        .iter()
-        .any(|(k, v)| k == "stdin" && (v == "true" || v == "1"));
+    let stdin = crate::apiserver::request::truthy(
+        &pairs
+            .iter()
+            .find(|(k, _)| k == "stdin")
+            .map(|(_, v)| v.clone()),
+    );
     let target = match ctx.execs.get(&ns, &pod, &container) {
         Ok(e) => e,
         Err(super::exec::Refusal::NotRunning) => {

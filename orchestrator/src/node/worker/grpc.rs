@@ -149,9 +149,7 @@ async fn call(
     port: u16,
     req: http::Request<Body>,
 ) -> Result<http::Response<Body>, String> {
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+    let stream = super::probe::dial(host, port).await?;
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),

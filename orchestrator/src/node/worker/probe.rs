@@ -320,10 +320,7 @@ pub(super) async fn attempt(probe: &Probe, reach: &Reach) -> Result<(), String> 
         }
         let port = port_number(&t.port).ok_or("tcpSocket port must be a number")?;
         let target = t.host.clone().unwrap_or_else(|| host.to_string());
-        return tokio::net::TcpStream::connect((target.as_str(), port))
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("dial tcp {target}:{port}: {e}"));
+        return dial(&target, port).await.map(|_| ());
     }
     if let Some(e) = &probe.exec {
         let Some(exec) = &reach.exec else {
@@ -362,6 +359,13 @@ async fn run_command(exec: &dyn Exec, argv: &[String]) -> Result<(), String> {
     ))
 }
 
+/// A TCP connection to a container for a probe, failing as kubelet words it.
+pub(super) async fn dial(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))
+}
+
 async fn network_get(
     target: &str,
     port: u16,
@@ -372,9 +376,7 @@ async fn network_get(
     if let Some(origin) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = http::Uri::from(origin);
     }
-    let stream = tokio::net::TcpStream::connect((target, port))
-        .await
-        .map_err(|e| format!("dial tcp {target}:{port}: {e}"))?;
+    let stream = dial(target, port).await?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
