@@ -9,6 +9,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::exec::Exec;
 use crate::http::{HttpLimits, HttpService, Outbound};
+use crate::image::PullOptions;
 use crate::meter::CpuMeter;
 use crate::output::OutputSink;
 use crate::RuntimeError;
@@ -19,9 +20,16 @@ pub trait Backend: Send + Sync + 'static {
     /// The RuntimeClass name this backend serves (`wasmtime`, `runc`).
     fn runtime_class(&self) -> &'static str;
 
-    /// Fetches, verifies and compiles an image. Cached: preparing the same
-    /// image again costs a map lookup.
-    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError>;
+    /// Fetches, verifies and compiles an image, pulling by the pod's
+    /// policy and with its pull secrets. Cached: preparing the same image
+    /// again costs a map lookup.
+    async fn prepare_with(&self, image: &str, pull: &PullOptions)
+        -> Result<Prepared, RuntimeError>;
+
+    /// `prepare_with` the default policy (IfNotPresent) and no credentials.
+    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
+        self.prepare_with(image, &PullOptions::default()).await
+    }
 
     /// Whether this backend's containers can have a network namespace of
     /// their own (processes with sockets); Wasm guests have no network

@@ -18,7 +18,7 @@ pub use backend::{
     Backend, Container, ContainerSpec, ContainerStats, Exit, KillHandle, Mount, Prepared, Security,
 };
 pub use http::{Body, HttpLimits, HttpService, Outbound, OutboundError};
-pub use image::{ImageError, ImageRef, ImageStore};
+pub use image::{Credentials, ImageError, ImageRef, ImageStore, PullOptions, PullPolicy};
 pub use meter::CpuMeter;
 pub use oci::{OciBackend, OciConfig};
 pub use output::{OutputSink, StdStream};
@@ -41,6 +41,7 @@ impl RuntimeError {
     pub fn reason(&self) -> &'static str {
         match self {
             RuntimeError::Image(ImageError::InvalidName { .. }) => "InvalidImageName",
+            RuntimeError::Image(ImageError::NeverPull { .. }) => "ErrImageNeverPull",
             RuntimeError::Image(_) => "ErrImagePull",
             RuntimeError::Create { .. } => "CreateContainerError",
         }

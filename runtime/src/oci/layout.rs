@@ -71,18 +71,47 @@ const INDEX_TYPES: [&str; 2] = [
 
 /// Reads the layout unpacked in `dir`.
 pub(crate) fn read(dir: &Path) -> Result<Layout, String> {
-    let (config, layers) = if dir.join("index.json").exists() {
-        oci_files(dir)?
-    } else if dir.join("manifest.json").exists() {
-        docker_files(dir)?
-    } else {
-        return Err("not an image archive: it has neither index.json (OCI image layout) nor manifest.json (docker save)".into());
-    };
+    let (config, layers) = files(dir)?;
     let config = read_json(&config)?;
     Ok(Layout {
         config: ImageConfig::from_json(config.get("config").unwrap_or(&Value::Null)),
         layers,
     })
+}
+
+/// Layer files with their media types.
+pub(crate) type TypedLayers = Vec<(PathBuf, &'static str)>;
+
+/// The config file and the layer files (base first) with their media
+/// types, read off each file's first bytes: what pushing the image to a
+/// registry needs.
+pub(crate) fn parts(dir: &Path) -> Result<(PathBuf, TypedLayers), String> {
+    let (config, layers) = files(dir)?;
+    let mut typed = Vec::new();
+    for layer in layers {
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(&layer)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+            .map_err(|e| format!("reading {}: {e}", layer.display()))?;
+        let media = match &magic[..n] {
+            [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+            [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+            _ => "application/vnd.oci.image.layer.v1.tar",
+        };
+        typed.push((layer, media));
+    }
+    Ok((config, typed))
+}
+
+/// The config file and layer files (base first) of either layout.
+fn files(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    if dir.join("index.json").exists() {
+        oci_files(dir)
+    } else if dir.join("manifest.json").exists() {
+        docker_files(dir)
+    } else {
+        Err("not an image archive: it has neither index.json (OCI image layout) nor manifest.json (docker save)".into())
+    }
 }
 
 /// The config file and layer files (base first) of an OCI image layout.
@@ -146,19 +175,9 @@ fn pick_manifest(dir: &Path, index: &Value, depth: u8) -> Result<Value, String> 
         .and_then(Value::as_array)
         .ok_or("index.json lists no manifests")?;
     let arch = super::pack::go_arch();
-    let fits = |m: &&Value| match m.get("platform") {
-        None => true,
-        Some(p) => {
-            p.get("os").and_then(Value::as_str).unwrap_or("linux") == "linux"
-                && p.get("architecture")
-                    .and_then(Value::as_str)
-                    .unwrap_or(arch)
-                    == arch
-        }
-    };
     let chosen = manifests
         .iter()
-        .find(fits)
+        .find(|m| crate::image::platform_fits(m, false))
         .ok_or_else(|| format!("the image has no manifest for linux/{arch}"))?;
     let digest = chosen
         .get("digest")

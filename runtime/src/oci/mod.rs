@@ -7,9 +7,9 @@
 //! image share its files and write their own), a runtime spec, and a
 //! `runc run` process that lives as long as the container.
 
-mod layout;
+pub(crate) mod layout;
 pub mod network;
-mod pack;
+pub(crate) mod pack;
 mod proxy;
 mod runc;
 mod spec;
@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify};
 
 use crate::backend::{Backend, Container, ContainerSpec, Exit, Prepared};
-use crate::image::ImageStore;
+use crate::image::{ImageStore, PullOptions, Pulled};
 use crate::meter::CpuMeter;
 use crate::once::PerDigest;
 use crate::output::{OutputSink, StdStream};
@@ -145,14 +145,39 @@ impl Backend for OciBackend {
         true
     }
 
-    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
-        let blob = self.images.pull(image).await?;
-        let cell = self.unpacked.cell(&blob.digest);
-        let dest = self.unpacked_dir.join(&blob.digest);
-        let archive = blob.path.clone();
+    async fn prepare_with(
+        &self,
+        image: &str,
+        pull: &PullOptions,
+    ) -> Result<Prepared, RuntimeError> {
+        let pulled = self.images.pull(image, pull).await?;
+        let digest = pulled.image_digest();
+        // Unpacked roots are keyed by what they are built from: the
+        // archive, or the platform's manifest.
+        let (key, source) = match pulled {
+            Pulled::File(blob) => (blob.digest, unpack::Source::Archive(blob.path)),
+            Pulled::Manifest(m) => {
+                if m.wasm_layer().is_some() {
+                    return Err(RuntimeError::Create {
+                        image: image.to_string(),
+                        reason: "a Wasm OCI artifact, not a container image: it runs with runtimeClassName: wasmtime (the default)".into(),
+                    });
+                }
+                let layers = m.layers.into_iter().map(|l| l.blob.path).collect();
+                (
+                    m.digest,
+                    unpack::Source::Layers {
+                        config: m.config.blob.path,
+                        layers,
+                    },
+                )
+            }
+        };
+        let cell = self.unpacked.cell(&key);
+        let dest = self.unpacked_dir.join(&key);
         let unpacked = cell
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || unpack::unpack(&archive, &dest))
+                tokio::task::spawn_blocking(move || unpack::unpack(&source, &dest))
                     .await
                     .map_err(|e| format!("unpacking task failed: {e}"))?
                     .map(Arc::new)
@@ -164,7 +189,7 @@ impl Backend for OciBackend {
             })?;
         Ok(Prepared {
             image: image.to_string(),
-            digest: format!("sha256:{}", blob.digest),
+            digest,
             inner: unpacked.clone(),
         })
     }

@@ -33,9 +33,21 @@ pub(crate) fn existing(dest: &Path) -> Option<Unpacked> {
     })
 }
 
-/// Unpacks the archive at `archive` into `dest` (blocking: run it off the
-/// async executor).
-pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, String> {
+/// What a root filesystem is built from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// An image archive (OCI image layout or `docker save`).
+    Archive(PathBuf),
+    /// A registry image's config blob and layer blobs, base first.
+    Layers {
+        config: PathBuf,
+        layers: Vec<PathBuf>,
+    },
+}
+
+/// Builds the root filesystem of `source` into `dest` (blocking: run it
+/// off the async executor).
+pub(crate) fn unpack(source: &Source, dest: &Path) -> Result<Unpacked, String> {
     if let Some(done) = existing(dest) {
         return Ok(done);
     }
@@ -48,16 +60,31 @@ pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, String> {
     for d in [&files, &rootfs] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    let f = File::open(archive).map_err(|e| format!("opening {}: {e}", archive.display()))?;
-    tar::Archive::new(BufReader::new(f))
-        .unpack(&files)
-        .map_err(|e| format!("not a tar archive of an image: {e}"))?;
-    let layout = layout::read(&files)?;
-    for (i, layer) in layout.layers.iter().enumerate() {
+    let (config, layers) = match source {
+        Source::Archive(archive) => {
+            let f =
+                File::open(archive).map_err(|e| format!("opening {}: {e}", archive.display()))?;
+            tar::Archive::new(BufReader::new(f))
+                .unpack(&files)
+                .map_err(|e| format!("not a tar archive of an image: {e}"))?;
+            let layout = layout::read(&files)?;
+            (layout.config, layout.layers)
+        }
+        Source::Layers { config, layers } => {
+            let bytes =
+                std::fs::read(config).map_err(|e| format!("reading the image config: {e}"))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("the image config is not JSON: {e}"))?;
+            let config =
+                ImageConfig::from_json(v.get("config").unwrap_or(&serde_json::Value::Null));
+            (config, layers.clone())
+        }
+    };
+    for (i, layer) in layers.iter().enumerate() {
         apply_layer(&rootfs, layer).map_err(|e| format!("applying layer {}: {e}", i + 1))?;
     }
     std::fs::remove_dir_all(&files).map_err(|e| format!("clearing {}: {e}", files.display()))?;
-    let json = serde_json::to_vec(&layout.config.to_json()).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&config.to_json()).map_err(|e| e.to_string())?;
     std::fs::write(tmp.join(IMAGE_JSON), json).map_err(|e| format!("writing image.json: {e}"))?;
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| format!("clearing {}: {e}", dest.display()))?;
@@ -65,7 +92,7 @@ pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, String> {
     std::fs::rename(&tmp, dest).map_err(|e| format!("moving the image into place: {e}"))?;
     Ok(Unpacked {
         rootfs: dest.join("rootfs"),
-        config: layout.config,
+        config,
     })
 }
 

@@ -19,7 +19,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::backend::{Backend, Container, ContainerSpec, Prepared};
-use crate::image::ImageStore;
+use crate::image::{ImageStore, PullOptions, Pulled};
 use crate::once::PerDigest;
 use crate::RuntimeError;
 pub use engine::{WasmConfig, EPOCH_TICK};
@@ -204,8 +204,28 @@ impl Backend for WasmBackend {
         "wasmtime"
     }
 
-    async fn prepare(&self, image: &str) -> Result<Prepared, RuntimeError> {
-        let blob = self.images.pull(image).await?;
+    async fn prepare_with(
+        &self,
+        image: &str,
+        pull: &PullOptions,
+    ) -> Result<Prepared, RuntimeError> {
+        let pulled = self.images.pull(image, pull).await?;
+        let digest = pulled.image_digest();
+        let blob = match pulled {
+            Pulled::File(blob) => blob,
+            Pulled::Manifest(m) => match m.wasm_layer() {
+                Some(layer) => layer.blob.clone(),
+                None => {
+                    return Err(RuntimeError::Create {
+                        image: image.to_string(),
+                        reason: format!(
+                            "not a Wasm OCI artifact (no application/wasm layer; its layers are {}): a container image runs with runtimeClassName: runc",
+                            m.layer_types()
+                        ),
+                    })
+                }
+            },
+        };
         let cell = self.loaded.cell(&blob.digest);
         let loaded = cell
             .get_or_try_init(|| self.load(image, &blob.digest, &blob.path))
@@ -213,7 +233,7 @@ impl Backend for WasmBackend {
             .clone();
         Ok(Prepared {
             image: image.to_string(),
-            digest: format!("sha256:{}", blob.digest),
+            digest,
             inner: loaded,
         })
     }

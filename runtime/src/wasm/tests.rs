@@ -193,9 +193,9 @@ async fn bad_images_fail_with_reasons() {
     assert_eq!(err.reason(), "ErrImagePull");
     let err = f
         .backend
-        .prepare("nginx:1.27")
+        .prepare("Nginx:1.27")
         .await
-        .expect_err("not a url");
+        .expect_err("not a reference");
     assert_eq!(err.reason(), "InvalidImageName");
 }
 

@@ -62,9 +62,9 @@ async fn broken_images_and_guests_report_reasons() -> anyhow::Result<()> {
         ),
         (
             "bad-name",
-            "nginx:1.27".to_string(),
+            "Nginx:1.27".to_string(),
             &["InvalidImageName"],
-            "file:///",
+            "lower-case",
         ),
         (
             "imports",
