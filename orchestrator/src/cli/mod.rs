@@ -3,6 +3,7 @@
 
 mod node;
 mod pack;
+mod push;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ enum Command {
     /// Pack a directory into an OCI image archive for runc pods; prints its
     /// `file://` image name.
     PackImage(pack::PackArgs),
+    /// Push a .wasm file or an image archive to an OCI registry; prints
+    /// the pushed image's `name@sha256:` reference.
+    Push(push::PushArgs),
 }
 
 #[derive(Args, Debug)]
@@ -196,5 +200,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(a) => node::run_node(a).await,
         Command::Up(a) => node::run_up(a).await,
         Command::PackImage(a) => pack::run(a),
+        Command::Push(a) => push::run(a).await,
     }
 }

@@ -68,7 +68,7 @@ impl Sources {
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
     }
 
-    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
+    pub(crate) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
         if !self.secrets.contains_key(name) {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
             let s = api

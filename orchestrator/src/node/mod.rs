@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod logs;
 pub mod metrics;
 pub mod network;
+pub mod pull;
 pub mod registration;
 pub mod status_sync;
 pub mod sync;

@@ -139,7 +139,8 @@ async fn ready(
     let image = c.image.clone().unwrap_or_default();
     let object = w.container_object(init, &c.name);
     let started = Instant::now();
-    let prepared = match backend.prepare(&image).await {
+    let pull = crate::node::pull::options(sources, &w.pod, c).await;
+    let prepared = match backend.prepare_with(&image, &pull).await {
         Ok(p) => p,
         Err(e) => {
             let reason = e.reason();
