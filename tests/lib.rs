@@ -644,3 +644,95 @@ fn build_busybox() -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&packed.stdout).trim().to_string())
 }
+
+/// The user `Registry::start(true)` lets pull and push, and the password.
+pub const REGISTRY_USER: &str = "puller";
+pub const REGISTRY_PASSWORD: &str = "pull-s3cret";
+/// bcrypt of `REGISTRY_PASSWORD` at cost 4 (docker-registry's htpasswd
+/// takes only bcrypt).
+const REGISTRY_HTPASSWD: &str =
+    "puller:$2b$04$jmqwkrUX9TwJR9hJ2s.ECeRPxv9n3A4AKgjV31kQxtiID2NnOfKPu";
+
+/// A real OCI registry: Debian's `docker-registry` (the CNCF distribution
+/// server, which `.ci/run` installs) on a free loopback port, storing in
+/// a temporary directory; with `auth`, Basic auth against an htpasswd
+/// file. Stopped when dropped.
+pub struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:<port>`: the registry part of image references.
+    pub host: String,
+}
+
+impl Registry {
+    pub async fn start(auth: bool) -> Result<Registry> {
+        let dir = tempfile::tempdir()?;
+        let host = format!("127.0.0.1:{}", free_port()?);
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  secret: shoal-tests\n",
+            dir.path().join("data").display()
+        );
+        if auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n"))?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: shoal-tests\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting docker-registry (Debian's docker-registry; .ci/run installs it)")?;
+        let r = Registry { child, dir, host };
+        let addr = r.host.clone();
+        wait_for(
+            "the registry to answer",
+            Duration::from_secs(20),
+            || async {
+                let (status, _) = http_get(&addr, "/v2/").await.ok()?;
+                matches!(status, 200 | 401).then_some(())
+            },
+        )
+        .await?;
+        Ok(r)
+    }
+
+    /// `shoal push file reference` (as `REGISTRY_USER` when `login`);
+    /// returns the `name@sha256:` it printed.
+    pub fn push(&self, file: &str, reference: &str, login: bool) -> Result<String> {
+        let file = file.strip_prefix("file://").unwrap_or(file);
+        let mut cmd = Command::new(shoal_bin());
+        cmd.args(["push", file, reference]);
+        if login {
+            cmd.args(["--username", REGISTRY_USER])
+                .env("SHOAL_REGISTRY_PASSWORD", REGISTRY_PASSWORD);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "shoal push {file} {reference} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+            eprintln!("---- docker-registry log ----\n{log}");
+        }
+    }
+}

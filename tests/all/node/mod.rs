@@ -4,6 +4,7 @@
 mod bad_input;
 mod config;
 mod lifecycle;
+mod registry;
 mod restarts;
 mod runc;
 mod rust_samples;

@@ -1,0 +1,172 @@
+//! Images pulled from a real OCI registry (Debian's `docker-registry`):
+//! Wasm OCI artifacts for wasmtime pods and container images for runc
+//! pods, both pushed with `shoal push`; pull policies; pull secrets for a
+//! registry that wants a password; and each way a pull can fail.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use shoal_tests::{busybox_image, sample, Registry, Server, REGISTRY_PASSWORD, REGISTRY_USER};
+
+use super::{first_container, phase, wait_logs, wait_pod, waiting};
+
+fn pod(name: &str, image: &str, spec: &str, container: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n{spec}  containers:\n  - name: main\n    image: {image}\n{container}---\n"
+    )
+}
+
+/// The digest part of `shoal push`'s `name@sha256:<hex>`.
+fn digest_of(pushed: &str) -> String {
+    pushed.rsplit('@').next().unwrap_or_default().to_string()
+}
+
+fn image_id(p: &Pod) -> String {
+    first_container(p)
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default()
+}
+
+async fn wait_waiting(pods: &Api<Pod>, name: &str, reasons: &[&str]) -> anyhow::Result<String> {
+    let p = wait_pod(pods, name, &format!("to wait with {reasons:?}"), |p| {
+        waiting(p).is_some_and(|(r, _)| reasons.contains(&r.as_str()))
+    })
+    .await?;
+    Ok(waiting(&p).map(|(_, m)| m).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyhow::Result<()> {
+    let open = Registry::start(false).await?;
+    let private = Registry::start(true).await?;
+    let s = Server::up_on("127.0.9.4", &[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let reg = &open.host;
+
+    let hello = open.push(&sample("hello")?, &format!("{reg}/demo/hello:v1"), false)?;
+    assert!(
+        hello.starts_with(&format!("{reg}/demo/hello@sha256:")),
+        "{hello}"
+    );
+    let busybox = open.push(&busybox_image()?, &format!("{reg}/demo/busybox:1.0"), false)?;
+
+    // A Wasm artifact on wasmtime, a container image on runc.
+    let manifest = [
+        pod("wasm", &format!("{reg}/demo/hello:v1"), "", ""),
+        pod(
+            "bb",
+            &format!("{reg}/demo/busybox:1.0"),
+            "  runtimeClassName: runc\n",
+            "    command: [sh, -c, 'echo pulled; cat /www/index.html']\n",
+        ),
+    ]
+    .concat();
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    wait_logs(&s, &["wasm"], "Hello from Shoal").await?;
+    let logs = wait_logs(&s, &["bb"], "hello from a runc pod").await?;
+    assert_eq!(logs, "pulled\nhello from a runc pod\n");
+    let p = wait_pod(&pods, "wasm", "to succeed", |p| phase(p) == "Succeeded").await?;
+    assert_eq!(image_id(&p), digest_of(&hello));
+    let p = wait_pod(&pods, "bb", "to succeed", |p| phase(p) == "Succeeded").await?;
+    assert_eq!(image_id(&p), digest_of(&busybox));
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=bb",
+    ])?;
+    assert!(events.contains("Pulled"), "{events}");
+
+    // The tag moves. IfNotPresent (the default for a tag that is not
+    // `latest`) keeps what this node pulled; Always asks the registry.
+    let moved = open.push(&sample("ticker")?, &format!("{reg}/demo/hello:v1"), false)?;
+    assert_ne!(digest_of(&moved), digest_of(&hello));
+    let manifest = [
+        pod("kept", &format!("{reg}/demo/hello:v1"), "", ""),
+        pod(
+            "fresh",
+            &format!("{reg}/demo/hello:v1"),
+            "",
+            "    imagePullPolicy: Always\n",
+        ),
+    ]
+    .concat();
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    let p = wait_pod(&pods, "kept", "to succeed", |p| phase(p) == "Succeeded").await?;
+    assert_eq!(image_id(&p), digest_of(&hello));
+    let p = wait_pod(&pods, "fresh", "to run the new image", |p| {
+        phase(p) == "Running"
+    })
+    .await?;
+    assert_eq!(image_id(&p), digest_of(&moved));
+
+    // A registry that wants a password: refused without the pod's pull
+    // secret, pulled with it.
+    let preg = &private.host;
+    let err = private
+        .push(&sample("hello")?, &format!("{preg}/team/hello:v1"), false)
+        .expect_err("anonymous push");
+    assert!(err.to_string().contains("refused"), "{err}");
+    private.push(&sample("hello")?, &format!("{preg}/team/hello:v1"), true)?;
+    s.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={preg}"),
+        &format!("--docker-username={REGISTRY_USER}"),
+        &format!("--docker-password={REGISTRY_PASSWORD}"),
+    ])?;
+    // Anonymous first: once the node holds the image, IfNotPresent lets
+    // any pod use it, as kubelet does.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod("anonymous", &format!("{preg}/team/hello:v1"), "", "")),
+    )?;
+    let m = wait_waiting(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await?;
+    assert!(m.contains("refused access anonymously"), "{m}");
+    let with_secret = pod(
+        "with-secret",
+        &format!("{preg}/team/hello:v1"),
+        "  imagePullSecrets:\n  - name: regcred\n",
+        "",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&with_secret))?;
+    wait_pod(&pods, "with-secret", "to succeed", |p| {
+        phase(p) == "Succeeded"
+    })
+    .await?;
+
+    // Each way a pull fails, with kubelet's reason and a message that
+    // says why.
+    let manifest = [
+        pod("missing", &format!("{reg}/demo/missing:v1"), "", ""),
+        pod(
+            "never",
+            &format!("{reg}/demo/elsewhere:v1"),
+            "",
+            "    imagePullPolicy: Never\n",
+        ),
+        pod("upper", &format!("{reg}/Demo/Hello:v1"), "", ""),
+        pod("not-wasm", &format!("{reg}/demo/busybox:1.0"), "", ""),
+        pod(
+            "not-container",
+            &format!("{reg}/demo/hello:v1"),
+            "  runtimeClassName: runc\n",
+            "",
+        ),
+    ]
+    .concat();
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    let m = wait_waiting(&pods, "missing", &["ErrImagePull", "ImagePullBackOff"]).await?;
+    assert!(m.contains("not found"), "{m}");
+    let m = wait_waiting(&pods, "never", &["ErrImageNeverPull"]).await?;
+    assert!(m.contains("imagePullPolicy is Never"), "{m}");
+    let m = wait_waiting(&pods, "upper", &["InvalidImageName"]).await?;
+    assert!(m.contains("repository"), "{m}");
+    let m = wait_waiting(&pods, "not-wasm", &["CreateContainerError"]).await?;
+    assert!(m.contains("runtimeClassName: runc"), "{m}");
+    let m = wait_waiting(&pods, "not-container", &["CreateContainerError"]).await?;
+    assert!(m.contains("runtimeClassName: wasmtime"), "{m}");
+    s.kubectl(&["delete", "pods", "--all", "--wait=false"])?;
+    Ok(())
+}
