@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
 
 /// The `shoal` binary: `SHOAL_BIN`, or the one cargo built next to this test.
 pub fn shoal_bin() -> PathBuf {
@@ -653,32 +654,64 @@ pub const REGISTRY_PASSWORD: &str = "pull-s3cret";
 const REGISTRY_HTPASSWD: &str =
     "puller:$2b$04$jmqwkrUX9TwJR9hJ2s.ECeRPxv9n3A4AKgjV31kQxtiID2NnOfKPu";
 
+/// How a test registry lets clients in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryAuth {
+    /// Anyone may pull and push.
+    Open,
+    /// Basic auth against an htpasswd file (`REGISTRY_USER`).
+    Basic,
+    /// Bearer tokens from a token service, as Docker Hub and GHCR work:
+    /// the service grants `REGISTRY_USER` what it asks, anyone else
+    /// nothing.
+    Token,
+}
+
 /// A real OCI registry: Debian's `docker-registry` (the CNCF distribution
 /// server, which `.ci/run` installs) on a free loopback port, storing in
-/// a temporary directory; with `auth`, Basic auth against an htpasswd
-/// file. Stopped when dropped.
+/// a temporary directory. Stopped when dropped.
 pub struct Registry {
     child: Child,
     dir: tempfile::TempDir,
     /// `127.0.0.1:<port>`: the registry part of image references.
     pub host: String,
+    tokens: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The token service's name for the registry and its own, as the tokens
+/// it signs carry them.
+const TOKEN_SERVICE: &str = "shoal-registry";
+const TOKEN_ISSUER: &str = "shoal-tests";
+
 impl Registry {
-    pub async fn start(auth: bool) -> Result<Registry> {
+    pub async fn start(auth: RegistryAuth) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let host = format!("127.0.0.1:{}", free_port()?);
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  secret: shoal-tests\n",
             dir.path().join("data").display()
         );
-        if auth {
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n"))?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: shoal-tests\n    path: {}\n",
-                htpasswd.display()
-            ));
+        let mut tokens = None;
+        match auth {
+            RegistryAuth::Open => {}
+            RegistryAuth::Basic => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n"))?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: shoal-tests\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            RegistryAuth::Token => {
+                let (realm, cert, task) = token_service().await?;
+                let bundle = dir.path().join("token.pem");
+                std::fs::write(&bundle, cert)?;
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    bundle.display()
+                ));
+                tokens = Some(task);
+            }
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -690,7 +723,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("starting docker-registry (Debian's docker-registry; .ci/run installs it)")?;
-        let r = Registry { child, dir, host };
+        let r = Registry {
+            child,
+            dir,
+            host,
+            tokens,
+        };
         let addr = r.host.clone();
         wait_for(
             "the registry to answer",
@@ -705,16 +743,17 @@ impl Registry {
     }
 
     /// `shoal push file reference` (as `REGISTRY_USER` when `login`);
-    /// returns the `name@sha256:` it printed.
-    pub fn push(&self, file: &str, reference: &str, login: bool) -> Result<String> {
+    /// returns the `name@sha256:` it printed. Async, so a token service on
+    /// this test's runtime can answer meanwhile.
+    pub async fn push(&self, file: &str, reference: &str, login: bool) -> Result<String> {
         let file = file.strip_prefix("file://").unwrap_or(file);
-        let mut cmd = Command::new(shoal_bin());
+        let mut cmd = tokio::process::Command::new(shoal_bin());
         cmd.args(["push", file, reference]);
         if login {
             cmd.args(["--username", REGISTRY_USER])
                 .env("SHOAL_REGISTRY_PASSWORD", REGISTRY_PASSWORD);
         }
-        let out = cmd.output()?;
+        let out = cmd.output().await?;
         if !out.status.success() {
             bail!(
                 "shoal push {file} {reference} failed: {}",
@@ -725,8 +764,148 @@ impl Registry {
     }
 }
 
+/// A token service as the distribution spec describes one: `GET
+/// /token?service=…&scope=repository:<name>:<actions>`, Basic credentials
+/// optional, answering `{"token": <JWT>}` signed with ES256 by a
+/// self-signed key whose certificate the registry trusts (`x5c`). Returns
+/// its realm URL, that certificate (PEM) and the serving task.
+async fn token_service() -> Result<(String, String, tokio::task::JoinHandle<()>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = rcgen::CertificateParams::new(vec!["shoal-token-service".to_string()])?
+        .self_signed(&key)?;
+    let rng = ring::rand::SystemRandom::new();
+    let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .map_err(|e| anyhow!("loading the token key: {e}"))?;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let realm = format!("http://{}/token", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let signer = std::sync::Arc::new((signer, rng, x5c));
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let signer = signer.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let (signer, rng, x5c) = &*signer;
+                let body = grant(
+                    &head,
+                    |msg| {
+                        signer
+                            .sign(rng, msg)
+                            .map(|s| s.as_ref().to_vec())
+                            .unwrap_or_default()
+                    },
+                    x5c,
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok((realm, cert.pem(), task))
+}
+
+/// The token service's answer to one request head: every scope asked for
+/// is granted to `REGISTRY_USER` with the right password, none to anyone
+/// else (the registry then refuses them, as a private repository does).
+fn grant(head: &str, sign: impl Fn(&[u8]) -> Vec<u8>, x5c: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let target = head.split_whitespace().nth(1).unwrap_or_default();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    let authorized = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("authorization:")
+            && l.trim_end().ends_with(&format!("Basic {expected}"))
+    });
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        let Some(("scope", value)) = pair.split_once('=') else {
+            continue;
+        };
+        let scope = percent_decode(value);
+        let mut parts = scope.splitn(3, ':');
+        if let (Some(kind), Some(name), Some(actions), true) =
+            (parts.next(), parts.next(), parts.next(), authorized)
+        {
+            let actions: Vec<&str> = actions.split(',').collect();
+            access.push(serde_json::json!({"type": kind, "name": name, "actions": actions}));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": if authorized { REGISTRY_USER } else { "" },
+        "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", access.len()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let token = format!(
+        "{signing_input}.{}",
+        b64.encode(sign(signing_input.as_bytes()))
+    );
+    serde_json::json!({"token": token, "expires_in": 300}).to_string()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
+        if let Some(t) = &self.tokens {
+            t.abort();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {

@@ -5,7 +5,9 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use shoal_tests::{busybox_image, sample, Registry, Server, REGISTRY_PASSWORD, REGISTRY_USER};
+use shoal_tests::{
+    busybox_image, sample, Registry, RegistryAuth, Server, REGISTRY_PASSWORD, REGISTRY_USER,
+};
 
 use super::{first_container, phase, wait_logs, wait_pod, waiting};
 
@@ -34,20 +36,67 @@ async fn wait_waiting(pods: &Api<Pod>, name: &str, reasons: &[&str]) -> anyhow::
     Ok(waiting(&p).map(|(_, m)| m).unwrap_or_default())
 }
 
+/// A private registry's image: pushed only with credentials; a pod
+/// without a pull secret is refused, one with it runs.
+async fn private_pulls(s: &Server, pods: &Api<Pod>, r: &Registry, n: usize) -> anyhow::Result<()> {
+    let image = format!("{}/team/hello:v1", r.host);
+    let err = r
+        .push(&sample("hello")?, &image, false)
+        .await
+        .expect_err("anonymous push");
+    assert!(err.to_string().contains("refused"), "{err}");
+    r.push(&sample("hello")?, &image, true).await?;
+    let secret = format!("regcred-{n}");
+    s.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        &secret,
+        &format!("--docker-server={}", r.host),
+        &format!("--docker-username={REGISTRY_USER}"),
+        &format!("--docker-password={REGISTRY_PASSWORD}"),
+    ])?;
+    // Anonymous first: once the node holds the image, IfNotPresent lets
+    // any pod use it, as kubelet does.
+    let anonymous = format!("anonymous-{n}");
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod(&anonymous, &image, "", "")),
+    )?;
+    let m = wait_waiting(pods, &anonymous, &["ErrImagePull", "ImagePullBackOff"]).await?;
+    assert!(m.contains("refused access anonymously"), "{m}");
+    let with_secret = format!("with-secret-{n}");
+    let spec = format!("  imagePullSecrets:\n  - name: {secret}\n");
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod(&with_secret, &image, &spec, "")),
+    )?;
+    wait_pod(pods, &with_secret, "to succeed", |p| {
+        phase(p) == "Succeeded"
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyhow::Result<()> {
-    let open = Registry::start(false).await?;
-    let private = Registry::start(true).await?;
+    let open = Registry::start(RegistryAuth::Open).await?;
+    let basic = Registry::start(RegistryAuth::Basic).await?;
+    let tokens = Registry::start(RegistryAuth::Token).await?;
     let s = Server::up_on("127.0.9.4", &[])?;
     let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
     let reg = &open.host;
 
-    let hello = open.push(&sample("hello")?, &format!("{reg}/demo/hello:v1"), false)?;
+    let hello = open
+        .push(&sample("hello")?, &format!("{reg}/demo/hello:v1"), false)
+        .await?;
     assert!(
         hello.starts_with(&format!("{reg}/demo/hello@sha256:")),
         "{hello}"
     );
-    let busybox = open.push(&busybox_image()?, &format!("{reg}/demo/busybox:1.0"), false)?;
+    let busybox = open
+        .push(&busybox_image()?, &format!("{reg}/demo/busybox:1.0"), false)
+        .await?;
 
     // A Wasm artifact on wasmtime, a container image on runc.
     let manifest = [
@@ -78,7 +127,9 @@ async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyh
 
     // The tag moves. IfNotPresent (the default for a tag that is not
     // `latest`) keeps what this node pulled; Always asks the registry.
-    let moved = open.push(&sample("ticker")?, &format!("{reg}/demo/hello:v1"), false)?;
+    let moved = open
+        .push(&sample("ticker")?, &format!("{reg}/demo/hello:v1"), false)
+        .await?;
     assert_ne!(digest_of(&moved), digest_of(&hello));
     let manifest = [
         pod("kept", &format!("{reg}/demo/hello:v1"), "", ""),
@@ -99,42 +150,12 @@ async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyh
     .await?;
     assert_eq!(image_id(&p), digest_of(&moved));
 
-    // A registry that wants a password: refused without the pod's pull
-    // secret, pulled with it.
-    let preg = &private.host;
-    let err = private
-        .push(&sample("hello")?, &format!("{preg}/team/hello:v1"), false)
-        .expect_err("anonymous push");
-    assert!(err.to_string().contains("refused"), "{err}");
-    private.push(&sample("hello")?, &format!("{preg}/team/hello:v1"), true)?;
-    s.kubectl(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        &format!("--docker-server={preg}"),
-        &format!("--docker-username={REGISTRY_USER}"),
-        &format!("--docker-password={REGISTRY_PASSWORD}"),
-    ])?;
-    // Anonymous first: once the node holds the image, IfNotPresent lets
-    // any pod use it, as kubelet does.
-    s.kubectl_in(
-        &["apply", "-f", "-"],
-        Some(&pod("anonymous", &format!("{preg}/team/hello:v1"), "", "")),
-    )?;
-    let m = wait_waiting(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await?;
-    assert!(m.contains("refused access anonymously"), "{m}");
-    let with_secret = pod(
-        "with-secret",
-        &format!("{preg}/team/hello:v1"),
-        "  imagePullSecrets:\n  - name: regcred\n",
-        "",
-    );
-    s.kubectl_in(&["apply", "-f", "-"], Some(&with_secret))?;
-    wait_pod(&pods, "with-secret", "to succeed", |p| {
-        phase(p) == "Succeeded"
-    })
-    .await?;
+    // Registries that want a password, by Basic auth and by tokens from
+    // a token service: refused without the pod's pull secret, pulled with
+    // it.
+    for (i, r) in [&basic, &tokens].into_iter().enumerate() {
+        private_pulls(&s, &pods, r, i).await?;
+    }
 
     // Each way a pull fails, with kubelet's reason and a message that
     // says why.
