@@ -93,12 +93,18 @@ async fn exec(
     if argv.is_empty() {
         return bad("you must specify at least one command for the container".into());
     }
-    let stdin = crate::apiserver::request::truthy(
-        &pairs
-            .iter()
-            .find(|(k, _)| k == "stdin")
-            .map(|(_, v)| v.clone()),
-    );
+    let flag = |name: &str| {
+        crate::apiserver::request::truthy(
+            &pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+        )
+    };
+    let opts = shoal_runtime::exec::ExecOptions {
+        stdin: flag("stdin"),
+        tty: flag("tty"),
+    };
     let target = match ctx.execs.get(&ns, &pod, &container) {
         Ok(e) => e,
         Err(super::exec::Refusal::NotRunning) => {
@@ -123,7 +129,7 @@ async fn exec(
     };
     ws.protocols(super::exec::PROTOCOLS)
         .on_upgrade(move |socket| async move {
-            let started = target.exec(&argv, stdin).await;
+            let started = target.exec(&argv, opts).await;
             super::exec::session(socket, argv, started).await;
         })
 }

@@ -2,8 +2,9 @@
 //! a WebSocket speaking Kubernetes' channel protocol (`v5.channel.k8s.io`,
 //! `v4.channel.k8s.io`) in front of a command the container's runtime
 //! starts. Each binary message starts with its stream: 0 stdin, 1 stdout,
-//! 2 stderr, 3 the final `Status`, 4 terminal resizes; v5 adds 255, "this
-//! stream is closed" (how a client ends the command's stdin).
+//! 2 stderr, 3 the final `Status`, 4 terminal resizes (`tty=true`: the
+//! command gets a terminal); v5 adds 255, "this stream is closed" (how a
+//! client ends the command's stdin).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// (namespace, pod, container)
@@ -117,7 +119,11 @@ pub async fn session(socket: WebSocket, argv: Vec<String>, started: Result<ExecS
         stdout,
         stderr,
         exit,
+        resize,
     } = s;
+    // With a terminal the client reads one stream: what the runtime itself
+    // says goes there too.
+    let stderr_to = if resize.is_some() { STDOUT } else { STDERR };
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
@@ -144,7 +150,13 @@ pub async fn session(socket: WebSocket, argv: Vec<String>, started: Result<ExecS
                     }
                 }
                 Some(&CLOSE) if data.get(1) == Some(&STDIN) => stdin = None,
-                // Resizes: the command has no terminal to resize.
+                Some(&RESIZE) => {
+                    if let (Some(resize), Some((columns, rows))) =
+                        (&resize, terminal_size(&data[1..]))
+                    {
+                        resize(columns, rows);
+                    }
+                }
                 _ => {}
             }
         }
@@ -152,7 +164,7 @@ pub async fn session(socket: WebSocket, argv: Vec<String>, started: Result<ExecS
     let run = async {
         tokio::join!(
             pump(stdout, STDOUT, out_tx.clone()),
-            pump(stderr, STDERR, out_tx.clone())
+            pump(stderr, stderr_to, out_tx.clone())
         );
         let result = exit.await;
         debug!(?argv, ?result, "exec ended");
@@ -170,6 +182,13 @@ pub async fn session(socket: WebSocket, argv: Vec<String>, started: Result<ExecS
     }
     drop(out_tx);
     let _ = writer.await;
+}
+
+/// A resize message: `{"Width": columns, "Height": rows}`.
+fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    let get = |k: &str| v.get(k)?.as_u64().and_then(|n| u16::try_from(n).ok());
+    Some((get("Width")?, get("Height")?))
 }
 
 fn close() -> Message {
@@ -200,6 +219,16 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resizes_read_as_kubectl_sends_them() {
+        assert_eq!(
+            terminal_size(br#"{"Width":91,"Height":13}"#),
+            Some((91, 13))
+        );
+        assert_eq!(terminal_size(br#"{"Width":-1,"Height":13}"#), None);
+        assert_eq!(terminal_size(b"junk"), None);
+    }
 
     #[test]
     fn exit_codes_travel_as_kubelet_reports_them() {

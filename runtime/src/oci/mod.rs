@@ -11,6 +11,7 @@ pub(crate) mod layout;
 pub mod network;
 pub(crate) mod pack;
 mod proxy;
+mod pty;
 mod runc;
 mod spec;
 mod unpack;
@@ -414,13 +415,20 @@ struct RuncExec {
 
 #[async_trait::async_trait]
 impl crate::exec::Exec for RuncExec {
-    async fn exec(&self, argv: &[String], stdin: bool) -> Result<crate::exec::ExecSession, String> {
+    async fn exec(
+        &self,
+        argv: &[String],
+        opts: crate::exec::ExecOptions,
+    ) -> Result<crate::exec::ExecSession, String> {
         if argv.is_empty() {
             return Err("no command given".into());
         }
+        if opts.tty {
+            return self.exec_tty(argv, opts.stdin);
+        }
         let mut child = self
             .runc
-            .exec(&self.id, argv, stdin)
+            .exec(&self.id, argv, opts.stdin)
             .map_err(|e| format!("starting runc exec: {e}"))?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err("runc exec has no output pipes".into());
@@ -430,15 +438,43 @@ impl crate::exec::Exec for RuncExec {
             stdin: input.map(|i| Box::pin(i) as _),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            exit: Box::pin(async move {
-                let status = child
-                    .wait()
-                    .await
-                    .map_err(|e| format!("waiting for runc exec: {e}"))?;
-                Ok(status.code().unwrap_or(137))
-            }),
+            exit: exit_code(child),
+            resize: None,
         })
     }
+}
+
+impl RuncExec {
+    /// The command on a terminal: runc's stdio is a pty's slave end (what
+    /// runc itself says lands on it too), the session holds the master.
+    fn exec_tty(&self, argv: &[String], stdin: bool) -> Result<crate::exec::ExecSession, String> {
+        let (master, slave) = pty::open().map_err(|e| format!("opening a terminal: {e}"))?;
+        let child = self
+            .runc
+            .exec_on_terminal(&self.id, argv, slave)
+            .map_err(|e| format!("starting runc exec: {e}"))?;
+        let resizer = master.clone();
+        Ok(crate::exec::ExecSession {
+            stdin: stdin.then(|| Box::pin(master.clone()) as _),
+            stdout: Box::pin(master),
+            stderr: Box::pin(tokio::io::empty()),
+            exit: exit_code(child),
+            resize: Some(Box::new(move |columns, rows| resizer.resize(columns, rows))),
+        })
+    }
+}
+
+/// runc's exit code is the command's.
+fn exit_code(
+    mut child: tokio::process::Child,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32, String>> + Send>> {
+    Box::pin(async move {
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for runc exec: {e}"))?;
+        Ok(status.code().unwrap_or(137))
+    })
 }
 
 /// Waits until runc has started the process (its pid file appears) or has

@@ -95,6 +95,32 @@ impl Runc {
             .spawn()
     }
 
+    /// `exec` on a terminal: `terminal` (a pty's slave end) becomes runc's
+    /// stdio and, through util-linux's `setsid --ctty`, its controlling
+    /// terminal, which `runc exec --tty` needs; `--wait` passes runc's
+    /// exit code through.
+    pub(crate) fn exec_on_terminal(
+        &self,
+        id: &str,
+        argv: &[String],
+        terminal: std::os::fd::OwnedFd,
+    ) -> std::io::Result<Child> {
+        let (out, err) = (terminal.try_clone()?, terminal.try_clone()?);
+        Command::new("setsid")
+            .args(["--wait", "--ctty"])
+            .arg(&self.bin)
+            .arg("--root")
+            .arg(&self.state)
+            .args(["exec", "--tty"])
+            .arg(id)
+            .args(argv)
+            .stdin(Stdio::from(terminal))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+    }
+
     /// Sends `signal` (`TERM`, `KILL`) to the container's init process.
     pub(crate) async fn kill(&self, id: &str, signal: &str) {
         let out = self.command().args(["kill", id, signal]).output().await;

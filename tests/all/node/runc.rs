@@ -88,6 +88,41 @@ async fn runc_pods_run_log_restart_and_stop() -> anyhow::Result<()> {
     );
     s.kubectl(&["cp", "bb:/tmp/copied", &back.display().to_string()])?;
     assert_eq!(std::fs::read_to_string(&back)?, "copied\n");
+    // kubectl exec -it: the command gets a terminal, sized as kubectl's
+    // own (`script` gives kubectl one to read its size from).
+    let inner = format!(
+        "stty cols 91 rows 13; kubectl --kubeconfig {} exec -it bb -- sh -c 'tty; for i in 1 2 3 4 5 6 7 8 9 10; do [ \"$(stty size)\" = \"13 91\" ] && break; sleep 0.2; done; stty size; exit 4'",
+        s.kubeconfig().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("/dev/pts/"), "{out:?}");
+    assert!(shown.contains("13 91"), "{out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // Typed input reaches an interactive shell through the terminal.
+    let mut shell = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "kubectl --kubeconfig {} exec -it bb -- sh",
+                s.kubeconfig().display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut typed) = shell.stdin.take() {
+        use std::io::Write;
+        typed.write_all(b"echo $((6 * 7))\nexit 9\n")?;
+    }
+    let out = shell.wait_with_output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("42"), "{out:?}");
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
     // A Wasm sandbox has no processes to exec into, and says so.
     let err = s.kubectl_err(&["exec", "ticker", "--", "sh"], None)?;
     assert!(err.contains("no processes to exec into"), "{err}");

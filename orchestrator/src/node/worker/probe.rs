@@ -343,7 +343,9 @@ pub(super) async fn attempt(probe: &Probe, reach: &Reach) -> Result<(), String> 
 /// probe's timeout, which ends the command.
 async fn run_command(exec: &dyn Exec, argv: &[String]) -> Result<(), String> {
     const KEEP: usize = 10 * 1024;
-    let s = exec.exec(argv, false).await?;
+    let s = exec
+        .exec(argv, shoal_runtime::exec::ExecOptions::default())
+        .await?;
     let (mut out, mut err) = (s.stdout, s.stderr);
     let (mut o, mut e) = (Vec::new(), Vec::new());
     let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
