@@ -742,6 +742,11 @@ impl Registry {
         Ok(r)
     }
 
+    /// The registry's log, access lines included: what clients fetched.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// `shoal push file reference` (as `REGISTRY_USER` when `login`);
     /// returns the `name@sha256:` it printed. Async, so a token service on
     /// this test's runtime can answer meanwhile.

@@ -28,3 +28,29 @@ impl<T> PerDigest<T> {
         map.entry(digest.to_string()).or_default().clone()
     }
 }
+
+/// One at a time per key: pulls of one image, or downloads of one blob,
+/// that many pods start at once. The first does the work; the rest find it
+/// done when their turn comes.
+pub(crate) struct Flights {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Flights {
+    pub(crate) fn new() -> Self {
+        Flights {
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = match self.locks.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            map.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}

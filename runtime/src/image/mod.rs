@@ -244,8 +244,10 @@ pub struct ImageStore {
     known_files: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
     /// Plain URLs and registries share one connection pool.
     registry: Registry,
-    /// Makes temporary names unique when pulls of one blob race.
+    /// Makes temporary names unique.
     temp: AtomicU64,
+    /// A Deployment's replicas starting together pull its image once.
+    flights: crate::once::Flights,
 }
 
 /// An image's bytes, in the store.
@@ -271,6 +273,7 @@ impl ImageStore {
             known_files: Mutex::new(HashMap::new()),
             registry: Registry::new(http_client()?),
             temp: AtomicU64::new(0),
+            flights: crate::once::Flights::new(),
         })
     }
 
@@ -335,6 +338,9 @@ impl ImageStore {
             url: image.to_string(),
             reason,
         };
+        // Whoever waited here finds the tag resolved and the blobs stored
+        // (with Always, only the manifest is asked again).
+        let _turn = self.flights.lock(&format!("image:{image}")).await;
         let remembered = match (&r.digest, opts.policy) {
             (Some(hex), _) => Some(hex.clone()),
             (None, PullPolicy::Always) => None,
@@ -436,6 +442,8 @@ impl ImageStore {
             .unwrap_or_default()
             .to_string();
         let path = self.blob_path(&hex);
+        // Images that share a layer, pulled at once, fetch it once.
+        let _turn = self.flights.lock(&format!("blob:{hex}")).await;
         if !path.exists() {
             if opts.policy == PullPolicy::Never {
                 return Err(ImageError::NeverPull {

@@ -150,6 +150,37 @@ async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyh
     .await?;
     assert_eq!(image_id(&p), digest_of(&moved));
 
+    // Replicas starting together pull their image once: one manifest
+    // and two blobs (the artifact's config and its layer) leave the
+    // registry, not five of each.
+    // (ticker with a custom section: blobs no earlier step stored here)
+    let fresh = s.data_dir().join("ticker-fresh.wasm");
+    let ticker = sample("ticker")?;
+    let mut bytes = std::fs::read(ticker.trim_start_matches("file://"))?;
+    bytes.extend_from_slice(b"\x00\x06\x05shoal");
+    std::fs::write(&fresh, bytes)?;
+    open.push(
+        &fresh.display().to_string(),
+        &format!("{reg}/demo/many:v1"),
+        false,
+    )
+    .await?;
+    s.kubectl(&[
+        "create",
+        "deployment",
+        "many",
+        &format!("--image={reg}/demo/many:v1"),
+        "--replicas=5",
+    ])?;
+    s.kubectl(&["rollout", "status", "deployment/many", "--timeout=60s"])?;
+    let log = open.log();
+    let gets = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"GET /v2/demo/many/{what}")))
+            .count()
+    };
+    assert_eq!((gets("manifests/"), gets("blobs/")), (1, 2), "{log}");
+
     // Registries that want a password, by Basic auth and by tokens from
     // a token service: refused without the pod's pull secret, pulled with
     // it.
