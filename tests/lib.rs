@@ -646,7 +646,25 @@ fn build_busybox() -> Result<String> {
     Ok(String::from_utf8_lossy(&packed.stdout).trim().to_string())
 }
 
-/// The user `Registry::start(true)` lets pull and push, and the password.
+/// A copy of a sample's module, in `dir`, that no store has seen: the same
+/// program with a custom section naming `tag` (so its digest is new, and a
+/// pull of it really downloads and compiles).
+pub fn fresh_wasm(sample_url: &str, dir: &Path, tag: &str) -> Result<PathBuf> {
+    let mut bytes = std::fs::read(sample_url.trim_start_matches("file://"))?;
+    let name = b"shoal";
+    let body_len = 1 + name.len() + tag.len();
+    let len = u8::try_from(body_len).context("tag too long for a one-byte section size")?;
+    bytes.push(0);
+    bytes.push(len);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(tag.as_bytes());
+    let path = dir.join(format!("fresh-{tag}.wasm"));
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+/// The user a private `Registry` lets pull and push, and the password.
 pub const REGISTRY_USER: &str = "puller";
 pub const REGISTRY_PASSWORD: &str = "pull-s3cret";
 /// bcrypt of `REGISTRY_PASSWORD` at cost 4 (docker-registry's htpasswd

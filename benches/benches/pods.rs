@@ -1,7 +1,8 @@
 //! Pod benchmarks on real node agents, printed as one JSON object:
 //! - cold start: `POST` of a pod → its Ready condition seen on a watch,
 //!   one pod at a time, through the whole API (scheduler, node, status),
-//!   for Wasm pods and, on the same path, for runc containers;
+//!   for Wasm pods and, on the same path, for runc containers; then both
+//!   again from a local OCI registry (first pod includes the pull);
 //! - restart latency: a guest's exit → its next guest running (node metric);
 //! - memory per idle running ticker pod, node and control plane separately;
 //! - how many ticker pods one node holds.
@@ -18,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Value};
-use shoal_tests::{rss_bytes, sample, Node, Server, UP_NODE};
+use shoal_tests::{fresh_wasm, rss_bytes, sample, Node, Registry, RegistryAuth, Server, UP_NODE};
 
 mod common;
 use common::{metrics_histogram, ms, percentile};
@@ -342,6 +343,27 @@ async fn main() -> anyhow::Result<()> {
     let (runc_first_ms, runc_cold) = cold_start(&pods, Runtime::Runc(&busybox), sizes.cold_pods)
         .await
         .map_err(saved_log)?;
+    // Both again from a registry on loopback (Debian's docker-registry):
+    // the first pod pulls (manifest, config, layers), then compiles or
+    // unpacks; the rest find it all on the node. The Wasm module is one
+    // no store here has seen.
+    let registry = Registry::start(RegistryAuth::Open).await?;
+    let nonce = std::process::id().to_string();
+    let fresh = fresh_wasm(&ticker, up.data_dir(), &nonce)?;
+    let wasm_ref = format!("{}/bench/ticker:{nonce}", registry.host);
+    registry
+        .push(&fresh.display().to_string(), &wasm_ref, false)
+        .await?;
+    let runc_ref = format!("{}/bench/busybox:{nonce}", registry.host);
+    registry.push(&busybox, &runc_ref, false).await?;
+    let from_registry = sizes.cold_pods.min(20);
+    let (reg_first_ms, reg_cold) = cold_start(&pods, Runtime::Wasm(&wasm_ref), from_registry)
+        .await
+        .map_err(saved_log)?;
+    let (reg_runc_first_ms, reg_runc_cold) =
+        cold_start(&pods, Runtime::Runc(&runc_ref), from_registry)
+            .await
+            .map_err(saved_log)?;
     let (restart_p50, restart_p99, restart_n) = restarts(&client, &crasher, &sizes).await?;
     drop(up);
     let dense = density(&ticker, sizes.density_pods).await?;
@@ -351,6 +373,8 @@ async fn main() -> anyhow::Result<()> {
         "shoal": shoal_tests::shoal_bin().display().to_string(),
         "cold_start": starts(&cold, "first_pod_ms_incl_compile", first_ms),
         "cold_start_runc": starts(&runc_cold, "first_pod_ms_incl_unpack", runc_first_ms),
+        "cold_start_registry": starts(&reg_cold, "first_pod_ms_incl_pull_and_compile", reg_first_ms),
+        "cold_start_registry_runc": starts(&reg_runc_cold, "first_pod_ms_incl_pull_and_unpack", reg_runc_first_ms),
         "restart": {
             "restarts": restart_n,
             // Node-side, bucket upper bounds, with back-off set to zero.

@@ -6,7 +6,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use shoal_tests::{
-    busybox_image, sample, Registry, RegistryAuth, Server, REGISTRY_PASSWORD, REGISTRY_USER,
+    busybox_image, fresh_wasm, sample, Registry, RegistryAuth, Server, REGISTRY_PASSWORD,
+    REGISTRY_USER,
 };
 
 use super::{first_container, phase, wait_logs, wait_pod, waiting};
@@ -153,12 +154,8 @@ async fn pods_pull_wasm_artifacts_and_container_images_from_registries() -> anyh
     // Replicas starting together pull their image once: one manifest
     // and two blobs (the artifact's config and its layer) leave the
     // registry, not five of each.
-    // (ticker with a custom section: blobs no earlier step stored here)
-    let fresh = s.data_dir().join("ticker-fresh.wasm");
-    let ticker = sample("ticker")?;
-    let mut bytes = std::fs::read(ticker.trim_start_matches("file://"))?;
-    bytes.extend_from_slice(b"\x00\x06\x05shoal");
-    std::fs::write(&fresh, bytes)?;
+    // (a ticker no earlier step stored here)
+    let fresh = fresh_wasm(&sample("ticker")?, s.data_dir(), "many")?;
     open.push(
         &fresh.display().to_string(),
         &format!("{reg}/demo/many:v1"),
