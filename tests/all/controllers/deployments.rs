@@ -252,9 +252,19 @@ async fn auto_rollback_after_the_progress_deadline() -> anyhow::Result<()> {
     let deploys: Api<Deployment> = Api::namespaced(client, "default");
     let v1 = sample("ticker")?;
     let meta = "  annotations:\n    shoal.dev/auto-rollback: \"true\"\n";
-    let yaml = deployment_yaml("edge", 2, &v1, meta, "  progressDeadlineSeconds: 2\n");
+    let yaml = deployment_yaml("edge", 2, &v1, meta, "");
     s.kubectl_in(&["apply", "-f", "-"], Some(&yaml))?;
     s.kubectl(&["rollout", "status", "deployment/edge", "--timeout=90s"])?;
+    // A short deadline only now: the first rollout compiles the module,
+    // which on a loaded machine may take longer than 2 s.
+    s.kubectl(&[
+        "patch",
+        "deployment",
+        "edge",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"progressDeadlineSeconds":2}}"#,
+    ])?;
 
     s.kubectl(&[
         "set",
@@ -300,12 +310,14 @@ async fn recreate_stops_every_old_pod_before_starting_new_ones() -> anyhow::Resu
         .watch(&kube::api::WatchParams::default().labels("app=batch"), &rv)
         .await?
         .boxed();
-    s.kubectl(&["set", "image", "deployment/batch", &format!("main={v2}")])?;
+    // The v1 pods, listed before the change: listed after it, a fast
+    // controller's first v2 pod could be among them.
     let mut old: std::collections::HashSet<String> = app_pods(&pods, "batch")
         .await?
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
+    s.kubectl(&["set", "image", "deployment/batch", &format!("main={v2}")])?;
     let mut new_ready = std::collections::HashSet::new();
     while new_ready.len() < 3 {
         let ev =
