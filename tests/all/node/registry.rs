@@ -67,15 +67,31 @@ async fn private_pulls(s: &Server, pods: &Api<Pod>, r: &Registry, n: usize) -> a
     let m = wait_waiting(pods, &anonymous, &["ErrImagePull", "ImagePullBackOff"]).await?;
     assert!(m.contains("refused access anonymously"), "{m}");
     let with_secret = format!("with-secret-{n}");
-    let spec = format!("  imagePullSecrets:\n  - name: {secret}\n");
+    let spec = if n == 0 {
+        format!("  imagePullSecrets:\n  - name: {secret}\n")
+    } else {
+        // The second way: the ServiceAccount carries the secret, and
+        // admission gives it to pods that name none of their own.
+        let patch = format!(r#"{{"imagePullSecrets":[{{"name":"{secret}"}}]}}"#);
+        s.kubectl(&["patch", "serviceaccount", "default", "-p", &patch])?;
+        String::new()
+    };
     s.kubectl_in(
         &["apply", "-f", "-"],
         Some(&pod(&with_secret, &image, &spec, "")),
     )?;
-    wait_pod(pods, &with_secret, "to succeed", |p| {
+    let p = wait_pod(pods, &with_secret, "to succeed", |p| {
         phase(p) == "Succeeded"
     })
     .await?;
+    let named: Vec<String> = p
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(named, vec![secret.clone()]);
     Ok(())
 }
 

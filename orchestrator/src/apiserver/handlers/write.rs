@@ -190,31 +190,54 @@ async fn check_namespace_open(st: &ApiState, ns: &str) -> ApiResult<()> {
 }
 
 /// Kubernetes' ServiceAccount admission: a pod may only run as an account
-/// that exists. `default` is let through while missing: the service account
-/// controller makes it moments after its namespace, and a manifest that
-/// creates a namespace and its pods together must not race it.
-async fn check_service_account(st: &ApiState, ns: &str, pod: &str, obj: &Value) -> ApiResult<()> {
+/// that exists, and a pod that names no `imagePullSecrets` gets its
+/// account's (how a namespace's pods all reach a private registry).
+/// `default` is let through while missing: the service account controller
+/// makes it moments after its namespace, and a manifest that creates a
+/// namespace and its pods together must not race it.
+async fn service_account_admission(
+    st: &ApiState,
+    ns: &str,
+    pod: &str,
+    obj: &mut Value,
+) -> ApiResult<()> {
     let account = obj
         .pointer("/spec/serviceAccountName")
         .and_then(Value::as_str)
-        .unwrap_or(crate::controllers::serviceaccount::DEFAULT);
-    if account == crate::controllers::serviceaccount::DEFAULT {
-        return Ok(());
-    }
+        .unwrap_or(crate::controllers::serviceaccount::DEFAULT)
+        .to_string();
     let Some(reg) = st.registry.get("", "v1", "serviceaccounts") else {
         return Ok(());
     };
-    match st.store.get(&reg.key(Some(ns), Some(account))).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => {
-            let mut e = ApiError::forbidden(format!(
-                "pods {pod:?} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found"
-            ));
-            e.details = Some(json!({"name": pod, "kind": "pods"}));
-            Err(e)
+    let found = match st.store.get(&reg.key(Some(ns), Some(&account))).await {
+        Ok(found) => found,
+        Err(e) => return Err(ApiError::from_store(e, "serviceaccounts", &account)),
+    };
+    let Some(sa) = found else {
+        if account == crate::controllers::serviceaccount::DEFAULT {
+            return Ok(());
         }
-        Err(e) => Err(ApiError::from_store(e, "serviceaccounts", account)),
+        let mut e = ApiError::forbidden(format!(
+            "pods {pod:?} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found"
+        ));
+        e.details = Some(json!({"name": pod, "kind": "pods"}));
+        return Err(e);
+    };
+    let has_own = obj
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let inherited = sa
+        .value
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty());
+    if let (false, Some(secrets)) = (has_own, inherited) {
+        let secrets = Value::Array(secrets.clone());
+        crate::apiserver::admission::obj_mut(obj, "spec")
+            .insert("imagePullSecrets".into(), secrets);
     }
+    Ok(())
 }
 
 pub async fn create(
@@ -320,7 +343,7 @@ pub async fn create_object(
     if let Some(ns) = t.namespace.as_deref() {
         check_namespace_open(st, ns).await?;
         if (t.res.group, t.res.plural) == ("", "pods") {
-            check_service_account(st, ns, &name, &obj).await?;
+            service_account_admission(st, ns, &name, &mut obj).await?;
         }
     }
     // Allocation reads every Service, so it is held until this one is stored.
