@@ -850,6 +850,7 @@ fn grant(head: &str, sign: impl Fn(&[u8]) -> Vec<u8>, x5c: &str) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let target = head.split_whitespace().nth(1).unwrap_or_default();
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let expected = base64::engine::general_purpose::STANDARD
         .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
     let authorized = head.lines().any(|l| {
@@ -857,11 +858,7 @@ fn grant(head: &str, sign: impl Fn(&[u8]) -> Vec<u8>, x5c: &str) -> String {
             && l.trim_end().ends_with(&format!("Basic {expected}"))
     });
     let mut access = Vec::new();
-    for pair in query.split('&') {
-        let Some(("scope", value)) = pair.split_once('=') else {
-            continue;
-        };
-        let scope = percent_decode(value);
+    for (_, scope) in pairs.iter().filter(|(k, _)| k == "scope") {
         let mut parts = scope.splitn(3, ':');
         if let (Some(kind), Some(name), Some(actions), true) =
             (parts.next(), parts.next(), parts.next(), authorized)
@@ -890,38 +887,6 @@ fn grant(head: &str, sign: impl Fn(&[u8]) -> Vec<u8>, x5c: &str) -> String {
         b64.encode(sign(signing_input.as_bytes()))
     );
     serde_json::json!({"token": token, "expires_in": 300}).to_string()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
 }
 
 impl Drop for Registry {

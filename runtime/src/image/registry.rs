@@ -286,26 +286,9 @@ impl Registry {
         let mut url = absolute(&base, location);
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest=sha256%3A{hex}"));
-        let octets = "application/octet-stream";
-        let put = self
-            .send(
-                r,
-                Method::PUT,
-                &url,
-                &[(header::CONTENT_TYPE, octets)],
-                bytes,
-                creds,
-                true,
-            )
-            .await?;
-        if put.status() != StatusCode::CREATED {
-            return Err(format!(
-                "uploading blob sha256:{hex}: the registry answered {}{}",
-                put.status(),
-                body_hint(put).await
-            ));
-        }
-        Ok(())
+        let what = format!("uploading blob sha256:{hex}");
+        self.put(r, &url, "application/octet-stream", bytes, creds, &what)
+            .await
     }
 
     /// Puts a manifest under `reference` (a tag, or its own digest).
@@ -318,20 +301,27 @@ impl Registry {
         creds: &[Credentials],
     ) -> Result<(), String> {
         let url = format!("{}/manifests/{reference}", Self::base(r));
+        self.put(r, &url, media_type, bytes, creds, "putting the manifest")
+            .await
+    }
+
+    /// A PUT the registry must answer 201 Created.
+    async fn put(
+        &self,
+        r: &Reference,
+        url: &str,
+        content_type: &str,
+        bytes: Bytes,
+        creds: &[Credentials],
+        what: &str,
+    ) -> Result<(), String> {
+        let headers = [(header::CONTENT_TYPE, content_type)];
         let put = self
-            .send(
-                r,
-                Method::PUT,
-                &url,
-                &[(header::CONTENT_TYPE, media_type)],
-                bytes,
-                creds,
-                true,
-            )
+            .send(r, Method::PUT, url, &headers, bytes, creds, true)
             .await?;
         if put.status() != StatusCode::CREATED {
             return Err(format!(
-                "putting the manifest: the registry answered {}{}",
+                "{what}: the registry answered {}{}",
                 put.status(),
                 body_hint(put).await
             ));
