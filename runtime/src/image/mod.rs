@@ -355,7 +355,7 @@ impl ImageStore {
                 })
             }
             None => {
-                let (bytes, _media) = self
+                let bytes = self
                     .registry
                     .manifest(r, &r.manifest_ref(), &opts.credentials)
                     .await
@@ -386,9 +386,14 @@ impl ImageStore {
             let hex = digest_hex(chosen).map_err(fetch_err)?;
             let bytes = match self.read_blob(&hex) {
                 Some(b) => b,
+                None if opts.policy == PullPolicy::Never => {
+                    return Err(ImageError::NeverPull {
+                        image: image.to_string(),
+                    })
+                }
                 None => {
                     let reference = format!("sha256:{hex}");
-                    let (bytes, _) = self
+                    let bytes = self
                         .registry
                         .manifest(r, &reference, &opts.credentials)
                         .await

@@ -107,13 +107,13 @@ impl Registry {
         format!("{scheme}://{}/v2/{}", r.api_host(), r.repository)
     }
 
-    /// Fetches a manifest by tag or digest: its bytes and media type.
+    /// Fetches a manifest by tag or digest (its type is in the document).
     pub(crate) async fn manifest(
         &self,
         r: &Reference,
         reference: &str,
         creds: &[Credentials],
-    ) -> Result<(Bytes, String), String> {
+    ) -> Result<Bytes, String> {
         let url = format!("{}/manifests/{reference}", Self::base(r));
         let accept = MANIFEST_TYPES.join(", ");
         let resp = self
@@ -137,16 +137,6 @@ impl Registry {
                 body_hint(resp).await
             ));
         }
-        let media = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
         let body = tokio::time::timeout(
             REQUEST_TIMEOUT,
             Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect(),
@@ -155,7 +145,7 @@ impl Registry {
         .map_err(|_| "the manifest did not arrive in time".to_string())?
         .map_err(|e| format!("reading the manifest: {e}"))?
         .to_bytes();
-        Ok((body, media))
+        Ok(body)
     }
 
     /// Streams blob `sha256:<hex>` into `dest`, checking its digest and
@@ -449,7 +439,8 @@ impl Registry {
                     .params
                     .get("realm")
                     .ok_or_else(|| "the registry's Bearer challenge names no realm".to_string())?;
-                let mut url = format!("{realm}?scope={}", encode(scope));
+                let join = if realm.contains('?') { '&' } else { '?' };
+                let mut url = format!("{realm}{join}scope={}", encode(scope));
                 if let Some(service) = challenge.params.get("service") {
                     url.push_str(&format!("&service={}", encode(service)));
                 }
