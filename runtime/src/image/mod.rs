@@ -334,10 +334,7 @@ impl ImageStore {
         r: &Reference,
         opts: &PullOptions,
     ) -> Result<Manifest, ImageError> {
-        let fetch_err = |reason: String| ImageError::Fetch {
-            url: image.to_string(),
-            reason,
-        };
+        let fetch_err = fetch_error(image);
         // Whoever waited here finds the tag resolved and the blobs stored
         // (with Always, only the manifest is asked again).
         let _turn = self.flights.lock(&format!("image:{image}")).await;
@@ -436,10 +433,7 @@ impl ImageStore {
         d: &Value,
         opts: &PullOptions,
     ) -> Result<Descriptor, ImageError> {
-        let fetch_err = |reason: String| ImageError::Fetch {
-            url: image.to_string(),
-            reason,
-        };
+        let fetch_err = fetch_error(image);
         let hex = digest_hex(d).map_err(fetch_err)?;
         let media_type = d
             .get("mediaType")
@@ -593,6 +587,14 @@ impl ImageStore {
             digest: actual,
             path,
         })
+    }
+}
+
+/// Turns a registry client's reason into the pull's error.
+fn fetch_error(image: &str) -> impl Fn(String) -> ImageError + Copy + '_ {
+    move |reason| ImageError::Fetch {
+        url: image.to_string(),
+        reason,
     }
 }
 

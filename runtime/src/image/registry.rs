@@ -132,10 +132,7 @@ impl Registry {
             return Err(format!("manifest {reference} not found in the registry"));
         }
         if !status.is_success() {
-            return Err(format!(
-                "the registry answered {status} for manifest {reference}{}",
-                body_hint(resp).await
-            ));
+            return Err(refused(&format!("manifest {reference}"), resp).await);
         }
         let body = tokio::time::timeout(
             REQUEST_TIMEOUT,
@@ -164,11 +161,7 @@ impl Registry {
             .send(r, Method::GET, &url, &[], Bytes::new(), creds, false)
             .await?;
         if !resp.status().is_success() {
-            return Err(format!(
-                "the registry answered {} for blob sha256:{hex}{}",
-                resp.status(),
-                body_hint(resp).await
-            ));
+            return Err(refused(&format!("blob sha256:{hex}"), resp).await);
         }
         let fetch = async {
             let mut file = tokio::fs::File::create(dest)
@@ -262,11 +255,7 @@ impl Registry {
             )
             .await?;
         if started.status() != StatusCode::ACCEPTED {
-            return Err(format!(
-                "starting an upload: the registry answered {}{}",
-                started.status(),
-                body_hint(started).await
-            ));
+            return Err(refused("starting an upload", started).await);
         }
         let location = started
             .headers()
@@ -310,11 +299,7 @@ impl Registry {
             .send(r, Method::PUT, url, &headers, bytes, creds, true)
             .await?;
         if put.status() != StatusCode::CREATED {
-            return Err(format!(
-                "{what}: the registry answered {}{}",
-                put.status(),
-                body_hint(put).await
-            ));
+            return Err(refused(what, put).await);
         }
         Ok(())
     }
@@ -478,22 +463,25 @@ impl Registry {
     }
 }
 
-/// A few words of an error answer's body: registries explain themselves
-/// in JSON there (`{"errors":[{"code":"MANIFEST_UNKNOWN",…}]}`).
-async fn body_hint(resp: Response<Incoming>) -> String {
-    let Ok(Ok(body)) = tokio::time::timeout(
+/// Why a request failed, in the registry's words: its status, and a few
+/// words of the body, where registries explain themselves in JSON
+/// (`{"errors":[{"code":"MANIFEST_UNKNOWN",…}]}`).
+async fn refused(what: &str, resp: Response<Incoming>) -> String {
+    let status = resp.status();
+    let body = tokio::time::timeout(
         Duration::from_secs(5),
         Limited::new(resp.into_body(), 4096).collect(),
     )
-    .await
-    else {
-        return String::new();
+    .await;
+    let text = match body {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+        _ => String::new(),
     };
-    let text = String::from_utf8_lossy(&body.to_bytes()).trim().to_string();
     if text.is_empty() {
-        String::new()
+        format!("{what}: the registry answered {status}")
     } else {
-        format!(": {}", text.chars().take(300).collect::<String>())
+        let hint: String = text.chars().take(300).collect();
+        format!("{what}: the registry answered {status}: {hint}")
     }
 }
 
