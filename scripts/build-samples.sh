@@ -22,7 +22,7 @@ cd samples/rust
 /usr/bin/cargo build -q -Zbuild-std=std,panic_abort --target wasm32-wasip2 --release --workspace
 for kind in p1 p2; do
   mkdir -p "$root/target/wasm-samples/$kind"
-  for bin in hello ticker crasher hog config-reader; do
+  for bin in hello ticker crasher hog config-reader counter; do
     cp "target/wasm32-wasi$kind/release/$bin.wasm" "$root/target/wasm-samples/$kind/$bin.wasm"
   done
 done

@@ -38,6 +38,28 @@ pub mod http_annotations {
     pub const ALLOWED_OUTBOUND_HOSTS: &str = "shoal.dev/allowed-outbound-hosts";
 }
 
+/// Names shared by the volume controller, the scheduler and the node for
+/// node-local persistent volumes (k3s' local-path model).
+pub mod volumes {
+    /// The provisioner of the seeded StorageClass `local-path`, and the CSI
+    /// driver name its PersistentVolumes carry: the node holding a volume
+    /// keeps it as a directory of its own.
+    pub const LOCAL_PATH_PROVISIONER: &str = "shoal.dev/local-path";
+    /// The seeded default StorageClass.
+    pub const LOCAL_PATH_CLASS: &str = "local-path";
+    /// Set on a claim by the scheduler once its first pod has a node
+    /// (`WaitForFirstConsumer`), as Kubernetes' scheduler does.
+    pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+    /// Kept on a provisioned PersistentVolume until its node has removed
+    /// the directory, so deleting the object never leaks the data.
+    pub const CLEANUP_FINALIZER: &str = "shoal.dev/local-path-cleanup";
+    /// Label naming the node a provisioned volume lives on, so each node
+    /// watches only its own.
+    pub const NODE_LABEL: &str = "volumes.shoal.dev/node";
+    /// StorageClass annotation marking the class claims get when they name none.
+    pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("reading kubeconfig {path}: {source}")]

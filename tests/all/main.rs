@@ -8,3 +8,4 @@ mod node;
 mod node_failure;
 mod scheduler;
 mod services;
+mod volumes;

@@ -25,6 +25,15 @@ impl Cause {
         }
     }
 
+    /// Required, with the reason Kubernetes adds (`Required value: why`).
+    pub fn required_msg(field: impl Into<String>, why: &str) -> Self {
+        Cause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {why}"),
+        }
+    }
+
     pub fn invalid(
         field: impl Into<String>,
         value: impl std::fmt::Display,

@@ -4,11 +4,12 @@ use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
     core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, node::v1 as node,
-    policy::v1 as policy, rbac::v1 as rbac,
+    policy::v1 as policy, rbac::v1 as rbac, storage::v1 as storage,
 };
 
 use super::admission::{
-    self, core as core_rules, meta, pod, rbac as rbac_rules, workloads, Admission,
+    self, core as core_rules, meta, pod, rbac as rbac_rules, storage as storage_rules, workloads,
+    Admission,
 };
 use super::registry::{entry, Registry};
 use super::table::Printer;
@@ -123,6 +124,30 @@ pub fn registry() -> Registry {
             .short(&["sa"])
             .subresources(&["token"])
             .build(),
+        entry::<core::PersistentVolumeClaim>()
+            .short(&["pvc"])
+            .subresources(&["status"])
+            .printer(Printer::PersistentVolumeClaim)
+            .admission(Admission {
+                default: storage_rules::default_claim,
+                validate: storage_rules::validate_claim,
+                validate_update: storage_rules::validate_claim_update,
+                initial_status: storage_rules::claim_status,
+                ..Admission::default()
+            })
+            .build(),
+        entry::<core::PersistentVolume>()
+            .short(&["pv"])
+            .subresources(&["status"])
+            .printer(Printer::PersistentVolume)
+            .admission(Admission {
+                default: storage_rules::default_volume,
+                validate: storage_rules::validate_volume,
+                validate_update: storage_rules::validate_volume_update,
+                initial_status: storage_rules::volume_status,
+                ..Admission::default()
+            })
+            .build(),
         entry::<core::ResourceQuota>()
             .short(&["quota"])
             .subresources(&["status"])
@@ -173,7 +198,7 @@ pub fn registry() -> Registry {
             .admission(Admission {
                 default: workloads::default_statefulset,
                 validate: workloads::validate_statefulset,
-                validate_update: workloads::validate_workload_update,
+                validate_update: workloads::validate_statefulset_update,
                 ..Admission::default()
             })
             .build(),
@@ -231,6 +256,17 @@ pub fn registry() -> Registry {
             .short(&["pdb"])
             .subresources(&["status"])
             .printer(Printer::PodDisruptionBudget)
+            .build(),
+        // storage.k8s.io/v1
+        entry::<storage::StorageClass>()
+            .short(&["sc"])
+            .printer(Printer::StorageClass)
+            .admission(Admission {
+                default: storage_rules::default_class,
+                validate: storage_rules::validate_class,
+                validate_update: storage_rules::validate_class_update,
+                ..Admission::default()
+            })
             .build(),
         // rbac.authorization.k8s.io/v1
         entry::<rbac::Role>()

@@ -1,6 +1,7 @@
 //! Objects every cluster starts with: the system namespaces, the two
 //! RuntimeClasses (`wasmtime`, the default, and `runc`), the default
-//! IngressClass `shoal`, and the bootstrap RBAC roles and bindings.
+//! IngressClass `shoal`, the default StorageClass `local-path`, and the
+//! bootstrap RBAC roles and bindings.
 
 use serde_json::{json, Value};
 use tracing::info;
@@ -8,6 +9,31 @@ use tracing::info;
 use super::handlers::write::now;
 use super::ApiState;
 use crate::store::StoreError;
+
+/// A bootstrap role or binding still marked `autoupdate` gets this
+/// version's rules and subjects, as Kubernetes reconciles its own on start:
+/// a data directory from an older Shoal must not keep its older grants.
+fn refreshed_policy(stored: &Option<crate::store::StoredObject>, wanted: &Value) -> Option<Value> {
+    let stored = &stored.as_ref()?.value;
+    let auto = stored
+        .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+        .and_then(Value::as_str)
+        == Some("true");
+    if !auto {
+        return None;
+    }
+    let mut out = Value::clone(stored);
+    let mut changed = false;
+    for field in ["rules", "subjects", "roleRef"] {
+        if let Some(v) = wanted.get(field) {
+            if stored.get(field) != Some(v) {
+                out[field] = v.clone();
+                changed = true;
+            }
+        }
+    }
+    changed.then_some(out)
+}
 
 fn object(api_version: &str, kind: &str, name: &str, extra: Value) -> Value {
     let mut v = json!({
@@ -65,6 +91,20 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
             json!({"ingressclass.kubernetes.io/is-default-class": "true"});
         o
     }));
+    // Node-local volumes, made where a claim's first pod lands (k3s'
+    // local-path): the class claims get when they name none.
+    wanted.push(("storage.k8s.io", "storageclasses", {
+        use shoal_sdk::volumes as v;
+        let mut o = object(
+            "storage.k8s.io/v1",
+            "StorageClass",
+            v::LOCAL_PATH_CLASS,
+            json!({"provisioner": v::LOCAL_PATH_PROVISIONER, "reclaimPolicy": "Delete",
+                   "volumeBindingMode": "WaitForFirstConsumer"}),
+        );
+        o["metadata"]["annotations"] = json!({v::DEFAULT_CLASS_ANNOTATION: "true"});
+        o
+    }));
     // The bootstrap RBAC policy, marked as Kubernetes marks its own.
     for (plural, kind, name, extra) in super::auth::defaults::objects() {
         let mut o = object("rbac.authorization.k8s.io/v1", kind, name, extra);
@@ -82,9 +122,14 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
             .unwrap_or_default()
             .to_string();
         let key = res.key(None, Some(&name));
-        match st.store.create(&key, obj).await {
+        match st.store.create(&key, obj.clone()).await {
             Ok(_) => info!(resource = plural, %name, "created"),
-            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                if let Some(updated) = refreshed_policy(&st.store.get(&key).await?, &obj) {
+                    st.store.update(&key, None, updated).await?;
+                    info!(resource = plural, %name, "bootstrap policy brought up to date");
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -27,6 +27,8 @@ pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod statefulset_volumes;
+pub mod volume;
 pub mod wiring;
 
 use std::sync::Arc;
@@ -39,11 +41,15 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -122,6 +128,9 @@ pub struct Informers {
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
     pub service_accounts: Arc<Informer<ServiceAccount>>,
     pub cluster_roles: Arc<Informer<ClusterRole>>,
+    pub claims: Arc<Informer<PersistentVolumeClaim>>,
+    pub volumes: Arc<Informer<PersistentVolume>>,
+    pub storage_classes: Arc<Informer<StorageClass>>,
 }
 
 impl Informers {
@@ -146,6 +155,9 @@ impl Informers {
             pdbs: Informer::new("poddisruptionbudgets"),
             service_accounts: Informer::new("serviceaccounts"),
             cluster_roles: Informer::new("clusterroles"),
+            claims: Informer::new("persistentvolumeclaims"),
+            volumes: Informer::new("persistentvolumes"),
+            storage_classes: Informer::new("storageclasses"),
         }
     }
 
@@ -172,6 +184,9 @@ impl Informers {
         self.pdbs.start(Api::all(client.clone()));
         self.service_accounts.start(Api::all(client.clone()));
         self.cluster_roles.start(Api::all(client.clone()));
+        self.claims.start(Api::all(client.clone()));
+        self.volumes.start(Api::all(client.clone()));
+        self.storage_classes.start(Api::all(client.clone()));
     }
 
     async fn wait_synced(&self) {
@@ -194,6 +209,9 @@ impl Informers {
         self.pdbs.wait_synced().await;
         self.service_accounts.wait_synced().await;
         self.cluster_roles.wait_synced().await;
+        self.claims.wait_synced().await;
+        self.volumes.wait_synced().await;
+        self.storage_classes.wait_synced().await;
     }
 }
 
@@ -278,6 +296,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let pdb = disruption::DisruptionController::register(&ctx);
     let sa = serviceaccount::ServiceAccountController::register(&ctx);
     let aggregation = aggregation::AggregationController::register(&ctx);
+    let volumes = volume::VolumeController::register(&ctx);
     let ipam = settings
         .cluster_cidr
         .map(|c| nodeipam::NodeIpamController::register(&ctx, c));
@@ -303,6 +322,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(pdb.0, pdb.1, 2, ctx.clone()));
     set.spawn(run_loop(sa.0, sa.1, 1, ctx.clone()));
     set.spawn(run_loop(aggregation.0, aggregation.1, 1, ctx.clone()));
+    set.spawn(run_loop(volumes.0, volumes.1, 2, ctx.clone()));
     if let Some((ipam, queue)) = ipam {
         // One worker: allocations must see each other.
         set.spawn(run_loop(ipam, queue, 1, ctx.clone()));

@@ -2,14 +2,16 @@
 //! created in order (each after the one before is Ready) under
 //! `OrderedReady` or all at once under `Parallel`, removed from the highest
 //! ordinal down, and updated from the highest ordinal down to `partition`,
-//! one pod at a time.
+//! one pod at a time. Each pod's claims from `volumeClaimTemplates` are
+//! made before it (see `statefulset_volumes`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodTemplateSpec};
+use kube::api::{Api, DeleteParams, PostParams};
 use tracing::debug;
 
 use super::deployment::revision::template_hash;
@@ -18,6 +20,7 @@ use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
+use super::statefulset_volumes as claims;
 use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 
@@ -178,6 +181,7 @@ impl StatefulSetController {
         labels.insert(POD_NAME_LABEL.into(), name.clone());
         labels.insert(POD_INDEX_LABEL.into(), i.to_string());
         if let Some(s) = p.spec.as_mut() {
+            claims::mount_claims(s, sts, i);
             s.hostname = Some(name);
             if !spec.service_name.clone().unwrap_or_default().is_empty() {
                 s.subdomain = spec.service_name.clone();
@@ -270,6 +274,9 @@ impl StatefulSetController {
                 _ => self.pod(&sts, *i, &spec.template, &hash),
             })
             .collect();
+        for i in &p.create {
+            self.make_claims(&sts, *i).await?;
+        }
         let (_, err) = self.pods.create_all(&owner, fresh).await;
         // A name still held by a pod on its way out: the next pass retries.
         let err = err.filter(
@@ -278,6 +285,23 @@ impl StatefulSetController {
         for i in &p.delete {
             if let Some(pod) = pods.get(i) {
                 self.pods.delete(&owner, pod).await?;
+            }
+        }
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), ns);
+        let existing = self.ctx.informers.claims.list_namespace(ns);
+        let away = claims::scaled_away(&sts, replicas, existing.iter().map(|c| c.as_ref()), |i| {
+            pods.contains_key(&i)
+        });
+        for name in away {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => debug!(statefulset = %key, claim = %name, "scaled down; claim deleted"),
+                Err(e) if api_code(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(ControllerError::Api {
+                        action: format!("deleting claim {ns}/{name}"),
+                        source: e,
+                    })
+                }
             }
         }
         self.write_status(&sts, &sel, &hash).await?;
@@ -298,6 +322,56 @@ impl StatefulSetController {
             Some(e) => Err(e),
             None => Ok(Action::AwaitChange),
         }
+    }
+
+    /// Makes pod `i`'s claims that do not exist yet. One still being
+    /// deleted (a scale-down's) must go first: the pod would lose it.
+    async fn make_claims(&self, sts: &StatefulSet, i: i32) -> Result<(), ControllerError> {
+        let ns = sts.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), ns);
+        for claim in claims::claims_for(sts, i, &owners::controller_ref(sts)) {
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            match self.ctx.informers.claims.get(&format!("{ns}/{name}")) {
+                Some(c) if c.metadata.deletion_timestamp.is_some() => {
+                    return Err(ControllerError::Invalid {
+                        object: format!("persistentvolumeclaim {ns}/{name}"),
+                        message: "is being deleted; pod waits for it to go".into(),
+                    })
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            match api.create(&PostParams::default(), &claim).await {
+                Ok(made) => {
+                    self.ctx.informers.claims.assume(made);
+                    self.ctx.events.normal(
+                        &object_ref(sts),
+                        "SuccessfulCreate",
+                        format!(
+                            "create Claim {name} Pod {}-{i} in StatefulSet {} success",
+                            sts.metadata.name.as_deref().unwrap_or_default(),
+                            sts.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    );
+                }
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) => {
+                    self.ctx.events.warning(
+                        &object_ref(sts),
+                        "FailedCreate",
+                        format!(
+                            "create Claim {name} for Pod {}-{i} failed: {e}",
+                            sts.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    );
+                    return Err(ControllerError::Api {
+                        action: format!("creating claim {ns}/{name}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn write_status(

@@ -43,6 +43,9 @@ pub struct Sources {
     services: Vec<Arc<Service>>,
     config_maps: HashMap<String, Option<ConfigMap>>,
     secrets: HashMap<String, Option<Secret>>,
+    /// The directories behind the pod's PersistentVolumeClaims, by volume
+    /// name, found before any container is resolved.
+    pub claims: HashMap<String, crate::node::volumes::ClaimDir>,
 }
 
 impl Sources {
@@ -53,6 +56,7 @@ impl Sources {
             services,
             config_maps: HashMap::new(),
             secrets: HashMap::new(),
+            claims: HashMap::new(),
         }
     }
 
@@ -573,6 +577,15 @@ async fn materialise(
         mkdir(&dir)?;
         return Ok((dir, false));
     }
+    if volume.persistent_volume_claim.is_some() {
+        return match sources.claims.get(&volume.name) {
+            Some(c) => Ok((c.path.clone(), c.read_only)),
+            None => Err(ConfigError(format!(
+                "volume {:?}: its claim was not mounted",
+                volume.name
+            ))),
+        };
+    }
     if let Some(hp) = &volume.host_path {
         let path = PathBuf::from(&hp.path);
         match hp.type_.as_deref().unwrap_or("") {
@@ -606,7 +619,7 @@ async fn materialise(
         )
     } else {
         return Err(ConfigError(format!(
-            "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
+            "volume {:?}: only emptyDir, hostPath, configMap, secret and persistentVolumeClaim volumes are supported",
             volume.name
         )));
     };

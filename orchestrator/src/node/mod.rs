@@ -14,6 +14,7 @@ pub mod registration;
 pub mod status_sync;
 pub mod sync;
 pub mod usage;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -80,6 +81,8 @@ pub struct NodeCtx {
     pub logs: LogStore,
     /// Where each pod's volumes are materialised, one directory per pod.
     pub pods_dir: PathBuf,
+    /// Where local-path PersistentVolumes live, one directory each.
+    pub volumes_dir: PathBuf,
     pub status: StatusSync,
     pub events: EventRecorder,
     pub backoff: BackoffPolicy,
@@ -182,6 +185,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         backends,
         logs,
         pods_dir: cfg.data_dir.join("pods"),
+        volumes_dir: cfg.data_dir.join("volumes"),
         backoff: cfg.backoff,
         metrics,
         token: cfg.token.clone(),
@@ -191,6 +195,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         execs: exec::Execs::default(),
     });
     tokio::spawn(usage::sampler(ctx.usage.clone()));
+    tokio::spawn(volumes::clean_up(
+        ctx.client.clone(),
+        ctx.name.clone(),
+        ctx.volumes_dir.clone(),
+    ));
     tokio::spawn(api::serve(listener, ctx.clone()));
     let reg = registration::Registration {
         client,

@@ -3,7 +3,8 @@
 //! `pods/binding` and telling the story in Events (`Scheduled`,
 //! `FailedScheduling`).
 //!
-//! It works from informer caches of pods, nodes and RuntimeClasses: a pass
+//! It works from informer caches of pods, nodes, RuntimeClasses and the
+//! volume objects (claims, volumes, StorageClasses): a pass
 //! costs no API call, and any change that could matter (a pod to place, a
 //! node joining, capacity freed) wakes the next one. Placement is decided
 //! in memory, one pod after another against the capacity left; the binds
@@ -12,14 +13,16 @@
 //! cannot oversubscribe a node.
 
 pub mod plugins;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
@@ -41,6 +44,9 @@ struct Caches {
     pods: Arc<Informer<Pod>>,
     nodes: Arc<Informer<Node>>,
     classes: Arc<Informer<RuntimeClass>>,
+    claims: Arc<Informer<PersistentVolumeClaim>>,
+    volumes: Arc<Informer<PersistentVolume>>,
+    storage_classes: Arc<Informer<StorageClass>>,
 }
 
 /// Runs until the process ends.
@@ -51,6 +57,9 @@ pub async fn run(client: Client, scoring: Scoring) {
         pods: Informer::new("pods"),
         nodes: Informer::new("nodes"),
         classes: Informer::new("runtimeclasses"),
+        claims: Informer::new("persistentvolumeclaims"),
+        volumes: Informer::new("persistentvolumes"),
+        storage_classes: Informer::new("storageclasses"),
     };
     let w = wake.clone();
     caches.pods.on_change(move |old, new| {
@@ -65,12 +74,25 @@ pub async fn run(client: Client, scoring: Scoring) {
     caches.nodes.on_change(move |_, _| w.notify_one());
     let w = wake.clone();
     caches.classes.on_change(move |_, _| w.notify_one());
+    // A claim made or bound, a volume made: a pod waiting on them may fit.
+    let w = wake.clone();
+    caches.claims.on_change(move |_, _| w.notify_one());
+    let w = wake.clone();
+    caches.volumes.on_change(move |_, _| w.notify_one());
+    let w = wake.clone();
+    caches.storage_classes.on_change(move |_, _| w.notify_one());
     caches.pods.start(Api::all(client.clone()));
     caches.nodes.start(Api::all(client.clone()));
     caches.classes.start(Api::all(client.clone()));
+    caches.claims.start(Api::all(client.clone()));
+    caches.volumes.start(Api::all(client.clone()));
+    caches.storage_classes.start(Api::all(client.clone()));
     caches.pods.wait_synced().await;
     caches.nodes.wait_synced().await;
     caches.classes.wait_synced().await;
+    caches.claims.wait_synced().await;
+    caches.volumes.wait_synced().await;
+    caches.storage_classes.wait_synced().await;
     let mut s = Scheduler {
         client,
         events,
@@ -187,7 +209,7 @@ impl Scheduler {
         pending.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let live: HashSet<String> = pending.iter().map(|p| uid(p)).collect();
         self.reported.retain(|u, _| live.contains(u));
-        let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
+        let mut binds: Vec<(Arc<Pod>, String, Vec<String>)> = Vec::new();
         for pod in pending {
             let extra = match pod
                 .spec
@@ -207,7 +229,35 @@ impl Scheduler {
                 },
                 None => BTreeMap::new(),
             };
-            match plugins::pick(pod, &nodes, &free, &extra, self.scoring) {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let volume_plan = volumes::plan(
+                pod,
+                |name| c.claims.get(&format!("{ns}/{name}")),
+                |name| c.volumes.get(name),
+                |name| c.storage_classes.get(name),
+            );
+            let volume_plan = match volume_plan {
+                Ok(p) => p,
+                Err(msg) => {
+                    let msg = format!("0/{} nodes are available: {msg}.", nodes.len());
+                    self.report_unschedulable(pod, &msg).await;
+                    continue;
+                }
+            };
+            let reachable: Vec<Node> = nodes
+                .iter()
+                .filter(|n| volume_plan.fits(n))
+                .cloned()
+                .collect();
+            if reachable.is_empty() && !nodes.is_empty() {
+                let msg = format!(
+                    "0/{n} nodes are available: {n} node(s) had volume node affinity conflict.",
+                    n = nodes.len()
+                );
+                self.report_unschedulable(pod, &msg).await;
+                continue;
+            }
+            match plugins::pick(pod, &reachable, &free, &extra, self.scoring) {
                 Ok(node) => {
                     if let Some(left) = free.get_mut(&node) {
                         left.take(&plugins::requests(pod));
@@ -215,7 +265,7 @@ impl Scheduler {
                     if let Ok(mut a) = self.assumed.lock() {
                         a.insert(uid(pod), node.clone());
                     }
-                    binds.push((pod.clone(), node));
+                    binds.push((pod.clone(), node, volume_plan.delayed));
                 }
                 Err(msg) => self.report_unschedulable(pod, &msg).await,
             }
@@ -223,8 +273,8 @@ impl Scheduler {
         let (client, events, assumed, wake) =
             (&self.client, &self.events, &self.assumed, &self.wake);
         futures::stream::iter(binds)
-            .for_each_concurrent(BINDS, |(pod, node)| async move {
-                match bind(client, events, &pod, &node).await {
+            .for_each_concurrent(BINDS, |(pod, node, delayed)| async move {
+                match bind(client, events, &pod, &node, &delayed).await {
                     Ok(true) => {}
                     Ok(false) => forget(assumed, &pod),
                     Err(e) => {
@@ -291,14 +341,25 @@ fn name_ns(pod: &Pod) -> (String, String) {
     )
 }
 
-/// Binds; false when someone else bound or deleted the pod first.
+/// Binds; false when someone else bound or deleted the pod first. Claims
+/// waiting for their first consumer are told the node first, so the
+/// provisioner makes their volumes where the pod will run.
 async fn bind(
     client: &Client,
     events: &EventRecorder,
     pod: &Pod,
     node: &str,
+    delayed: &[String],
 ) -> Result<bool, kube::Error> {
     let (name, ns) = name_ns(pod);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for claim in delayed {
+        let mark = json!({"metadata": {"annotations": {
+            shoal_sdk::volumes::SELECTED_NODE: node}}});
+        claims
+            .patch(claim, &PatchParams::default(), &Patch::Merge(mark))
+            .await?;
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let binding = json!({"apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Toleration};
 use shoal_sdk::quantity;
 
 /// What a node has left for new pods.
@@ -195,24 +195,30 @@ pub fn matches_node(
                 .as_ref()
         })
     {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        // Terms are ORed; the requirements inside one term are ANDed.
-        let any = required.node_selector_terms.iter().any(|term| {
-            term.match_expressions
-                .iter()
-                .flatten()
-                .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-                && term
-                    .match_fields
-                    .iter()
-                    .flatten()
-                    .all(|r| r.key != "metadata.name" || requirement_matches(r, Some(&name)))
-        });
-        if !any {
+        if !selects(required, node) {
             return Err("node(s) didn't match Pod's node affinity/selector".into());
         }
     }
     Ok(())
+}
+
+/// Whether a required node selector (a pod's node affinity, a
+/// PersistentVolume's) admits `node`: terms are ORed, the requirements
+/// inside one term ANDed.
+pub fn selects(required: &NodeSelector, node: &Node) -> bool {
+    let labels = node_labels(node);
+    let name = node.metadata.name.clone().unwrap_or_default();
+    required.node_selector_terms.iter().any(|term| {
+        term.match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+            && term
+                .match_fields
+                .iter()
+                .flatten()
+                .all(|r| r.key != "metadata.name" || requirement_matches(r, Some(&name)))
+    })
 }
 
 fn tolerates(tolerations: &[Toleration], key: &str, value: Option<&str>, effect: &str) -> bool {

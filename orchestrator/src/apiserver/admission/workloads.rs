@@ -229,6 +229,36 @@ pub fn default_statefulset(obj: &mut Value) {
 
 pub fn validate_statefulset(obj: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
+    // The template's containers mount the claim templates by name: the
+    // controller adds them as volumes, so validation sees them as such.
+    let mut with_claims = obj.clone();
+    let templates = obj
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, t) in templates.iter().enumerate() {
+        let field = format!("spec.volumeClaimTemplates[{i}]");
+        let name = str_at(t, "/metadata/name").unwrap_or_default();
+        match crate::apiserver::admission::meta::dns1123_label(name) {
+            _ if name.is_empty() => out.push(Cause::required(format!("{field}.metadata.name"))),
+            Some(why) => out.push(Cause::invalid(format!("{field}.metadata.name"), name, why)),
+            None => {}
+        }
+        for mut c in super::storage::validate_claim(t) {
+            c.field = format!("{field}.{}", c.field);
+            out.push(c);
+        }
+        if let Some(Value::Object(spec)) = with_claims.pointer_mut("/spec/template/spec") {
+            let vols = spec.entry("volumes").or_insert_with(|| json!([]));
+            if let Value::Array(vs) = vols {
+                if !vs.iter().any(|v| str_at(v, "/name") == Some(name)) {
+                    vs.push(json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+                }
+            }
+        }
+    }
+    let obj = &with_claims;
     replicas_and_template(obj, &mut out);
     if let Some(p) = str_at(obj, "/spec/podManagementPolicy") {
         if !["OrderedReady", "Parallel"].contains(&p) {
@@ -250,6 +280,18 @@ pub fn validate_statefulset(obj: &Value) -> Vec<Cause> {
 
 pub fn validate_workload_update(new: &Value, old: &Value) -> Vec<Cause> {
     selector_immutable(new, old)
+}
+
+/// A StatefulSet's claims outlive its pods, so their templates are fixed.
+pub fn validate_statefulset_update(new: &Value, old: &Value) -> Vec<Cause> {
+    let mut out = selector_immutable(new, old);
+    if new.pointer("/spec/volumeClaimTemplates") != old.pointer("/spec/volumeClaimTemplates") {
+        out.push(Cause::forbidden(
+            "spec.volumeClaimTemplates",
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        ));
+    }
+    out
 }
 
 /// Jobs get a generated selector on their own uid, as Kubernetes does

@@ -188,6 +188,14 @@ fn node_rules() -> Vec<Value> {
             &["create", "patch", "update"],
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        // Claims to find a pod's volume; volumes to find its directory and,
+        // for local-path ones, to release them once the data is removed.
+        rule(&[""], &["persistentvolumeclaims"], READ),
+        rule(
+            &[""],
+            &["persistentvolumes"],
+            &["get", "list", "watch", "patch"],
+        ),
         rule(
             &["networking.k8s.io"],
             &["ingresses", "ingressclasses"],

@@ -240,6 +240,43 @@ async fn service_account_admission(
     Ok(())
 }
 
+/// Kubernetes' DefaultStorageClass admission: a claim that names no class
+/// (the field absent, not `""`, which asks for none) gets the one marked
+/// default; the newest wins if several are.
+async fn default_storage_class(st: &ApiState, obj: &mut Value) -> ApiResult<()> {
+    if obj
+        .pointer("/spec/storageClassName")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Ok(());
+    }
+    let Some(reg) = st.registry.get("storage.k8s.io", "v1", "storageclasses") else {
+        return Ok(());
+    };
+    let marked = |v: &Value| {
+        v.pointer("/metadata/annotations")
+            .and_then(|a| a.get(shoal_sdk::volumes::DEFAULT_CLASS_ANNOTATION))
+            .and_then(Value::as_str)
+            == Some("true")
+    };
+    let page = st
+        .store
+        .list(&reg.key(None, None), None, None, &marked)
+        .await
+        .map_err(|e| ApiError::from_store(e, "storageclasses", ""))?;
+    let newest = page.items.iter().max_by_key(|o| {
+        o.value
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    });
+    if let Some(class) = newest.and_then(|o| o.value.pointer("/metadata/name").cloned()) {
+        crate::apiserver::admission::obj_mut(obj, "spec").insert("storageClassName".into(), class);
+    }
+    Ok(())
+}
+
 pub async fn create(
     st: &ApiState,
     t: &Target<'_>,
@@ -344,6 +381,9 @@ pub async fn create_object(
         check_namespace_open(st, ns).await?;
         if (t.res.group, t.res.plural) == ("", "pods") {
             service_account_admission(st, ns, &name, &mut obj).await?;
+        }
+        if (t.res.group, t.res.plural) == ("", "persistentvolumeclaims") {
+            default_storage_class(st, &mut obj).await?;
         }
     }
     // Allocation reads every Service, so it is held until this one is stored.

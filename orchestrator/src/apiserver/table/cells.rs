@@ -76,6 +76,30 @@ fn few(items: &[&str]) -> String {
     }
 }
 
+/// A size as written (`1Gi`), whether stored as a string or a number.
+fn storage_size(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(q)) => q.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Access modes in kubectl's short form (`RWO,ROX`).
+fn access_modes(v: &Value, p: &str) -> String {
+    arr(v, p)
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn or_none(x: &str) -> String {
     if x.is_empty() {
         "<none>".into()
@@ -648,6 +672,65 @@ pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 json!(either("/spec/minAvailable")),
                 json!(either("/spec/maxUnavailable")),
                 json!(n(o, "/status/disruptionsAllowed")),
+                age,
+            ]
+        }
+        Printer::PersistentVolumeClaim => {
+            // Capacity and modes are what the bound volume gives, so empty
+            // while Pending, as kubectl shows them.
+            vec![
+                name,
+                json!(s(o, "/status/phase")),
+                json!(s(o, "/spec/volumeName")),
+                json!(storage_size(o, "/status/capacity/storage")),
+                json!(access_modes(o, "/status/accessModes")),
+                json!(s(o, "/spec/storageClassName")),
+                json!("<unset>"),
+                age,
+                json!(s(o, "/spec/volumeMode")),
+            ]
+        }
+        Printer::PersistentVolume => {
+            let claim = match (
+                s(o, "/spec/claimRef/namespace"),
+                s(o, "/spec/claimRef/name"),
+            ) {
+                (_, "") => String::new(),
+                (ns, n) => format!("{ns}/{n}"),
+            };
+            vec![
+                name,
+                json!(storage_size(o, "/spec/capacity/storage")),
+                json!(access_modes(o, "/spec/accessModes")),
+                json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
+                json!(s(o, "/status/phase")),
+                json!(claim),
+                json!(s(o, "/spec/storageClassName")),
+                json!("<unset>"),
+                json!(s(o, "/status/reason")),
+                age,
+                json!(s(o, "/spec/volumeMode")),
+            ]
+        }
+        Printer::StorageClass => {
+            let default = s(
+                o,
+                "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
+            ) == "true";
+            vec![
+                json!(if default {
+                    format!("{} (default)", s(o, "/metadata/name"))
+                } else {
+                    s(o, "/metadata/name").to_string()
+                }),
+                json!(s(o, "/provisioner")),
+                json!(s(o, "/reclaimPolicy")),
+                json!(s(o, "/volumeBindingMode")),
+                json!(o
+                    .get("allowVolumeExpansion")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()),
                 age,
             ]
         }

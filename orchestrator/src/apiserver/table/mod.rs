@@ -31,6 +31,9 @@ pub enum Printer {
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
     RoleBinding,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -169,6 +172,38 @@ fn columns(p: Printer) -> Vec<Col> {
             ("Min Available", "string", 0),
             ("Max Unavailable", "string", 0),
             ("Allowed Disruptions", "integer", 0),
+            age,
+        ],
+        Printer::PersistentVolumeClaim => vec![
+            name,
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            age,
+            ("VolumeMode", "string", 1),
+        ],
+        Printer::PersistentVolume => vec![
+            name,
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            age,
+            ("VolumeMode", "string", 1),
+        ],
+        Printer::StorageClass => vec![
+            name,
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
             age,
         ],
         Printer::RoleBinding => vec![

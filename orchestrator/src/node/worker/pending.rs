@@ -116,7 +116,24 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
         .table
         .services
         .list_namespace(&w.key.namespace);
+    let claims = crate::node::volumes::claim_dirs(&w.ctx.client, &w.pod, &w.ctx.volumes_dir)
+        .await
+        .map_err(|e| {
+            w.ctx.events.warning(
+                &w.object,
+                "FailedMount",
+                format!("Unable to attach or mount volumes: {e}"),
+            );
+            Blocked {
+                init: !w.initialized,
+                index: 0,
+                reason: "ContainerCreating",
+                message: format!("waiting for volumes: {e}"),
+                pull: false,
+            }
+        })?;
     let mut sources = Sources::new(w.ctx.client.clone(), &w.key.namespace, services);
+    sources.claims = claims;
     let mut init = Vec::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         init.push(ready(w, &backend, &mut sources, c, true, i).await?);

@@ -1,0 +1,184 @@
+//! PersistentVolumeClaims on the node: finding the directory behind each of
+//! a pod's claims, and removing a local-path volume's directory once its
+//! PersistentVolume is deleted.
+//!
+//! A local-path volume (CSI driver `shoal.dev/local-path`) is the directory
+//! `<data dir>/volumes/<volume handle>` on the node its node affinity names;
+//! `hostPath` and `local` volumes are the directories they name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use shoal_sdk::volumes as names;
+use tracing::{info, warn};
+
+use crate::controllers::informer::Informer;
+
+/// A claim's directory and whether the pod mounts it read-only.
+#[derive(Clone, Debug)]
+pub struct ClaimDir {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VolumeError(String);
+
+/// The directory of every claim `pod` mounts, by volume name. A claim not
+/// bound yet is an error the pod worker retries, as kubelet waits.
+pub async fn claim_dirs(
+    client: &kube::Client,
+    pod: &Pod,
+    root: &Path,
+) -> Result<HashMap<String, ClaimDir>, VolumeError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let mut out = HashMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(source) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let name = &source.claim_name;
+        let claim = claims
+            .get_opt(name)
+            .await
+            .map_err(|e| VolumeError(format!("reading persistentvolumeclaim {name:?}: {e}")))?
+            .ok_or_else(|| VolumeError(format!("persistentvolumeclaim {name:?} not found")))?;
+        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let pv_name = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .filter(|n| !n.is_empty() && bound)
+            .ok_or_else(|| {
+                VolumeError(format!("persistentvolumeclaim {name:?} is not bound yet"))
+            })?;
+        let pv = volumes
+            .get_opt(&pv_name)
+            .await
+            .map_err(|e| VolumeError(format!("reading persistentvolume {pv_name:?}: {e}")))?
+            .ok_or_else(|| VolumeError(format!("persistentvolume {pv_name:?} not found")))?;
+        let path = directory(&pv, root)?;
+        out.insert(
+            v.name.clone(),
+            ClaimDir {
+                path,
+                read_only: source.read_only == Some(true),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Where `pv`'s data is on this node, made if it is Shoal's to make.
+fn directory(pv: &PersistentVolume, root: &Path) -> Result<PathBuf, VolumeError> {
+    let name = pv.metadata.name.clone().unwrap_or_default();
+    let spec = pv.spec.clone().unwrap_or_default();
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p)
+            .map_err(|e| VolumeError(format!("creating {} for volume {name}: {e}", p.display())))
+    };
+    if let Some(csi) = &spec.csi {
+        let handle = local_handle(pv).ok_or_else(|| {
+            VolumeError(format!(
+                "volume {name}: csi driver {:?} is not one this node serves",
+                csi.driver
+            ))
+        })?;
+        let dir = root.join(handle);
+        mkdir(&dir)?;
+        return Ok(dir);
+    }
+    if let Some(hp) = &spec.host_path {
+        let dir = PathBuf::from(&hp.path);
+        // Kubernetes' hostPath volumes with no type check nothing; a
+        // directory is what a guest can mount, so make it.
+        mkdir(&dir)?;
+        return Ok(dir);
+    }
+    if let Some(local) = &spec.local {
+        let dir = PathBuf::from(&local.path);
+        if !dir.is_dir() {
+            return Err(VolumeError(format!(
+                "volume {name}: local path {} is not a directory on this node",
+                local.path
+            )));
+        }
+        return Ok(dir);
+    }
+    Err(VolumeError(format!(
+        "volume {name}: only hostPath, local and {} volumes can be mounted",
+        names::LOCAL_PATH_PROVISIONER
+    )))
+}
+
+/// The handle of a local-path volume: a plain directory name.
+fn local_handle(pv: &PersistentVolume) -> Option<&str> {
+    let csi = pv.spec.as_ref()?.csi.as_ref()?;
+    (csi.driver == names::LOCAL_PATH_PROVISIONER).then_some(())?;
+    let h = csi.volume_handle.as_str();
+    let plain = !h.is_empty() && !h.contains('/') && !h.starts_with('.');
+    plain.then_some(h)
+}
+
+/// Removes the directory of each of this node's local-path volumes being
+/// deleted, then lets the object go. Runs until the process ends.
+pub async fn clean_up(client: kube::Client, node: String, root: PathBuf) {
+    let volumes: Arc<Informer<PersistentVolume>> = Informer::new("persistentvolumes");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    volumes.on_change(move |_, _| w.notify_one());
+    volumes.start(Api::all(client.clone()));
+    volumes.wait_synced().await;
+    let api: Api<PersistentVolume> = Api::all(client);
+    loop {
+        for pv in volumes.list() {
+            let mine = pv
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::NODE_LABEL))
+                == Some(&node);
+            let finalizers = pv.metadata.finalizers.clone().unwrap_or_default();
+            if !mine
+                || pv.metadata.deletion_timestamp.is_none()
+                || !finalizers.iter().any(|f| f == names::CLEANUP_FINALIZER)
+            {
+                continue;
+            }
+            let name = pv.metadata.name.clone().unwrap_or_default();
+            if let Some(handle) = local_handle(&pv) {
+                let dir = root.join(handle);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => info!(volume = %name, dir = %dir.display(), "volume data removed"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        // The finalizer stays, so the object shows the
+                        // volume is still there; the next change retries.
+                        warn!(volume = %name, dir = %dir.display(), error = %e, "removing volume data failed");
+                        continue;
+                    }
+                }
+            }
+            let rest: Vec<&String> = finalizers
+                .iter()
+                .filter(|f| *f != names::CLEANUP_FINALIZER)
+                .collect();
+            let patch = json!({"metadata": {
+                "resourceVersion": pv.metadata.resource_version, "finalizers": rest}});
+            if let Err(e) = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                warn!(volume = %name, error = %e, "releasing the volume's finalizer failed");
+            }
+        }
+        wake.notified().await;
+    }
+}

@@ -1,0 +1,336 @@
+//! Persistent volumes: a StatefulSet's claims provisioned as local-path
+//! volumes on the node of each claim's first pod, the data outliving the
+//! pod, the claim pinning its replacement to that node, and the directory
+//! removed once the claim is deleted; static volumes bound by class and
+//! size; the bad inputs.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams};
+use kube::Api;
+use shoal_tests::{pod_yaml, rust_sample, wait_for, Node, Server};
+
+use crate::node::{wait_logs, wait_pod, wait_running, PATIENCE};
+
+fn claim_phase(c: &PersistentVolumeClaim) -> &str {
+    c.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn volume_phase(v: &PersistentVolume) -> &str {
+    v.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn node_of(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+fn sts_yaml(image: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  serviceName: web
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: main
+        image: {image}
+        volumeMounts:
+        - name: data
+          mountPath: /data
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests:
+          storage: 16Mi
+"
+    )
+}
+
+#[tokio::test]
+async fn statefulset_claims_keep_their_data_on_their_node() -> anyhow::Result<()> {
+    let Some(counter) = rust_sample("p1", "counter")? else {
+        return Ok(());
+    };
+    let s = Server::start()?;
+    let client = s.client().await?;
+    let a = Node::start(&s, "vol-a", "127.0.10.1", &[])?;
+    let b = Node::start(&s, "vol-b", "127.0.10.2", &[])?;
+    s.wait_nodes_ready(&["vol-a", "vol-b"]).await?;
+    let data_dir = |node: &str| -> PathBuf {
+        if node == a.name {
+            a.data_dir().join("volumes")
+        } else {
+            b.data_dir().join("volumes")
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+
+    let classes = s.kubectl(&["get", "storageclass"])?;
+    assert!(
+        classes.contains("local-path (default)") && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&sts_yaml(&counter, 2)))?;
+    let first = wait_running(&pods, "web-0").await?;
+    wait_running(&pods, "web-1").await?;
+    wait_logs(&s, &["web-0"], "start 1\n").await?;
+    wait_logs(&s, &["web-1"], "start 1\n").await?;
+
+    // Each pod has its own claim, bound to a volume made on its node.
+    let bound = wait_for("both claims bound", PATIENCE, || async {
+        let list = claims.list(&ListParams::default()).await.ok()?;
+        let mut names: Vec<String> = list
+            .items
+            .iter()
+            .filter(|c| claim_phase(c) == "Bound")
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        names.sort();
+        (names == ["data-web-0", "data-web-1"]).then_some(list.items)
+    })
+    .await?;
+    let table = s.kubectl(&["get", "pvc"])?;
+    assert!(
+        table.contains("data-web-0") && table.contains("Bound") && table.contains("RWO"),
+        "{table}"
+    );
+    assert!(table.contains("local-path"), "{table}");
+    let c0 = bound
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("data-web-0"))
+        .ok_or_else(|| anyhow::anyhow!("data-web-0 missing"))?;
+    let pv_name = c0
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        pv_name,
+        format!("pvc-{}", c0.metadata.uid.clone().unwrap_or_default())
+    );
+    let pv = volumes.get(&pv_name).await?;
+    assert_eq!(volume_phase(&pv), "Bound");
+    let home = node_of(&first);
+    assert_eq!(
+        pv.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("volumes.shoal.dev/node"))
+            .map(String::as_str),
+        Some(home.as_str())
+    );
+    let pvs = s.kubectl(&["get", "pv"])?;
+    assert!(
+        pvs.contains(&pv_name) && pvs.contains("default/data-web-0") && pvs.contains("Delete"),
+        "{pvs}"
+    );
+
+    // The data outlives the pod, and the replacement runs where it is.
+    pods.delete("web-0", &DeleteParams::default()).await?;
+    let again = wait_pod(&pods, "web-0", "to come back with its data", |p| {
+        p.metadata.uid != first.metadata.uid
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await?;
+    assert_eq!(node_of(&again), home);
+    wait_logs(&s, &["web-0"], "start 2\n").await?;
+    let count_file = data_dir(&home).join(&pv_name).join("count");
+    assert_eq!(std::fs::read_to_string(&count_file)?.trim(), "2");
+
+    // Scaling down keeps the claim (retention policy Retain, the default);
+    // scaling up again finds the data.
+    s.kubectl(&["scale", "statefulset", "web", "--replicas=1"])?;
+    wait_for("web-1 to go", PATIENCE, || async {
+        pods.get_opt("web-1").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    assert!(claims.get_opt("data-web-1").await?.is_some());
+    s.kubectl(&["scale", "statefulset", "web", "--replicas=2"])?;
+    wait_running(&pods, "web-1").await?;
+    wait_logs(&s, &["web-1"], "start 2\n").await?;
+
+    // Deleting the set leaves the claims; deleting the claims deletes the
+    // volumes (reclaim policy Delete) and their directories on the nodes.
+    s.kubectl(&["delete", "statefulset", "web", "--wait=true"])?;
+    wait_for("the pods to go", PATIENCE, || async {
+        let left = pods.list(&ListParams::default()).await.ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await?;
+    assert_eq!(claims.list(&ListParams::default()).await?.items.len(), 2);
+    s.kubectl(&["delete", "pvc", "--all"])?;
+    wait_for("the volumes to be deleted", PATIENCE, || async {
+        let left = volumes.list(&ListParams::default()).await.ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await?;
+    assert!(
+        !count_file.exists(),
+        "{} outlived its volume",
+        count_file.display()
+    );
+    Ok(())
+}
+
+const STATIC: &str = "apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: small
+  labels: {size: small}
+spec:
+  storageClassName: manual
+  capacity: {storage: 100Mi}
+  accessModes: [ReadWriteOnce]
+  hostPath: {path: DIR/small}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: big
+spec:
+  storageClassName: manual
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  hostPath: {path: DIR/big}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: claim
+spec:
+  storageClassName: manual
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests: {storage: 50Mi}
+";
+
+#[tokio::test]
+async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
+    let Some(counter) = rust_sample("p1", "counter")? else {
+        return Ok(());
+    };
+    let s = Server::up(&[])?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let dir = tempfile::tempdir()?;
+    let manifest = STATIC.replace("DIR", &dir.path().display().to_string());
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+
+    // The smallest volume that fits is the one bound.
+    let c = wait_for("the claim to bind", PATIENCE, || async {
+        let c = claims.get("claim").await.ok()?;
+        (claim_phase(&c) == "Bound").then_some(c)
+    })
+    .await?;
+    assert_eq!(
+        c.spec.as_ref().and_then(|s| s.volume_name.as_deref()),
+        Some("small")
+    );
+    let pvs = s.kubectl(&["get", "pv"])?;
+    assert!(pvs.contains("default/claim"), "{pvs}");
+    assert_eq!(volume_phase(&volumes.get("big").await?), "Available");
+
+    // A pod writes through the claim into the volume's directory.
+    let pod = pod_yaml(
+        "writer",
+        &counter,
+        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: claim\n",
+        "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&pod))?;
+    wait_running(&pods, "writer").await?;
+    wait_logs(&s, &["writer"], "start 1\n").await?;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("small/count"))?.trim(),
+        "1"
+    );
+
+    // A pod whose claim does not exist waits, and says why.
+    let orphan = pod_yaml(
+        "orphan",
+        &counter,
+        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: nope\n",
+        "",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&orphan))?;
+    wait_for(
+        "FailedScheduling for the missing claim",
+        PATIENCE,
+        || async {
+            let ev = s
+                .kubectl(&[
+                    "get",
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=orphan",
+                ])
+                .ok()?;
+            ev.contains("persistentvolumeclaim \"nope\" not found")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Bad input is refused with the field named, and nothing changes.
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: sizeless\nspec:\n  accessModes: [ReadWriteOnce]\n"),
+    )?;
+    assert!(
+        err.contains("spec.resources.requests.storage: Required value"),
+        "{err}"
+    );
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: remote\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteMany]\n  nfs: {server: nas, path: /}\n"),
+    )?;
+    assert!(err.contains("spec.nfs"), "{err}");
+    let err = s.kubectl_err(
+        &[
+            "patch",
+            "pvc",
+            "claim",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ],
+        None,
+    )?;
+    assert!(err.contains("cannot be resized"), "{err}");
+    assert!(s.kubectl(&["get", "pv", "remote"]).is_err());
+
+    // With its claim gone, a Retain volume is Released, its data kept.
+    s.kubectl(&["delete", "pod", "writer", "orphan", "--wait=true"])?;
+    s.kubectl(&["delete", "pvc", "claim"])?;
+    wait_for("the volume to be released", PATIENCE, || async {
+        let v = volumes.get("small").await.ok()?;
+        (volume_phase(&v) == "Released").then_some(())
+    })
+    .await?;
+    assert!(dir.path().join("small/count").exists());
+    Ok(())
+}
