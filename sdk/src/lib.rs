@@ -53,6 +53,8 @@ pub mod volumes {
     /// Kept on a provisioned PersistentVolume until its node has removed
     /// the directory, so deleting the object never leaks the data.
     pub const CLEANUP_FINALIZER: &str = "shoal.dev/local-path-cleanup";
+    /// Kubernetes' finalizer keeping a claim while a pod uses it.
+    pub const CLAIM_PROTECTION: &str = "kubernetes.io/pvc-protection";
     /// Label naming the node a provisioned volume lives on, so each node
     /// watches only its own.
     pub const NODE_LABEL: &str = "volumes.shoal.dev/node";

@@ -334,3 +334,94 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     assert!(dir.path().join("small/count").exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_claim_is_shared_by_runc_and_wasm_pods_on_its_node() -> anyhow::Result<()> {
+    let Some(counter) = rust_sample("p1", "counter")? else {
+        return Ok(());
+    };
+    let s = Server::up_on("127.0.10.3", &[])?;
+    let image = shoal_tests::busybox_image()?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
+    let manifest = format!(
+        "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: shared
+spec:
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests: {{storage: 8Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: box
+spec:
+  runtimeClassName: runc
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: store
+    persistentVolumeClaim: {{claimName: shared}}
+  containers:
+  - name: main
+    image: {image}
+    command: [sh, -c]
+    args: ['echo from runc > /data/note; cat /data/note; exec sleep 3600']
+    volumeMounts:
+    - {{name: store, mountPath: /data}}
+"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    wait_running(&pods, "box").await?;
+    wait_logs(&s, &["box"], "from runc\n").await?;
+    let c = claims.get("shared").await?;
+    assert_eq!(claim_phase(&c), "Bound");
+    assert_eq!(
+        c.spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref()),
+        Some("local-path"),
+        "the default class is filled in"
+    );
+
+    // A Wasm pod mounting the same claim sees the runc pod's file, and the
+    // runc pod sees what the Wasm guest writes.
+    let reader = pod_yaml(
+        "counter",
+        &counter,
+        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: shared\n",
+        "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&reader))?;
+    wait_running(&pods, "counter").await?;
+    wait_logs(&s, &["counter"], "start 1\n").await?;
+    assert_eq!(
+        s.kubectl(&["exec", "box", "--", "cat", "/data/note", "/data/count"])?,
+        "from runc\n1"
+    );
+
+    // A claim in use is not taken from its pods: deleting it leaves it
+    // Terminating (pvc-protection) with the data in place until they go.
+    s.kubectl(&["delete", "pvc", "shared", "--wait=false"])?;
+    let doomed = claims.get("shared").await?;
+    assert!(doomed.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        doomed.metadata.finalizers.as_deref(),
+        Some(&["kubernetes.io/pvc-protection".to_string()][..])
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(claims.get_opt("shared").await?.is_some());
+    assert_eq!(
+        s.kubectl(&["exec", "box", "--", "cat", "/data/count"])?,
+        "1"
+    );
+    s.kubectl(&["delete", "pod", "box", "counter"])?;
+    wait_for("the claim to go with its pods", PATIENCE, || async {
+        claims.get_opt("shared").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -255,6 +255,22 @@ impl VolumeController {
                 }
             }
         });
+        // A pod going away may free a claim waiting to be deleted.
+        let (q, claims) = (queue.clone(), ctx.informers.claims.clone());
+        ctx.informers.pods.on_change(move |old, new| {
+            for p in [old, new].into_iter().flatten() {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                for name in claims_of(p) {
+                    let key = format!("{ns}/{name}");
+                    if claims
+                        .get(&key)
+                        .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+                    {
+                        q.add(key);
+                    }
+                }
+            }
+        });
         let (q, claims) = (queue.clone(), ctx.informers.claims.clone());
         ctx.informers
             .storage_classes
@@ -269,6 +285,7 @@ impl VolumeController {
             return Ok(Action::AwaitChange);
         };
         if claim.metadata.deletion_timestamp.is_some() {
+            self.unprotect(&claim).await?;
             return Ok(Action::AwaitChange);
         }
         let volumes = self.ctx.informers.volumes.list();
@@ -305,6 +322,52 @@ impl VolumeController {
             }
         }
         Ok(Action::AwaitChange)
+    }
+
+    /// Lets a claim being deleted go once no pod that may still run uses it.
+    async fn unprotect(&self, claim: &PersistentVolumeClaim) -> Result<(), ControllerError> {
+        let finalizers = claim.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == names::CLAIM_PROTECTION) {
+            return Ok(());
+        }
+        let key = key_of(claim);
+        let (ns, name) = split_key(&key);
+        let users: Vec<String> = self
+            .ctx
+            .informers
+            .pods
+            .list_namespace(ns)
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded") | Some("Failed")
+                ) && claims_of(p).any(|c| c == name)
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if !users.is_empty() {
+            debug!(claim = %key, pods = ?users, "claim in use; kept");
+            return Ok(());
+        }
+        let rest: Vec<&String> = finalizers
+            .iter()
+            .filter(|f| *f != names::CLAIM_PROTECTION)
+            .collect();
+        let patch = json!({"metadata": {
+            "resourceVersion": claim.metadata.resource_version, "finalizers": rest}});
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), ns);
+        match claims
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(ControllerError::Api {
+                action: format!("releasing claim {key}"),
+                source: e,
+            }),
+        }
     }
 
     /// Binds `claim` to volume `pv_name`, writing only what is not yet so.
@@ -494,6 +557,15 @@ impl VolumeController {
         }
         Ok(())
     }
+}
+
+/// The claims a pod mounts.
+fn claims_of(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = &str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
 }
 
 /// Queues every claim not yet bound.

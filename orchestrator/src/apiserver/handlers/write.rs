@@ -240,6 +240,22 @@ async fn service_account_admission(
     Ok(())
 }
 
+/// Kubernetes' StorageObjectInUseProtection: a new claim carries the
+/// finalizer that keeps it (and so its volume's data) while a pod uses it;
+/// the volume controller lifts it once none does.
+fn protect_claim(obj: &mut Value) {
+    let meta = crate::apiserver::admission::obj_mut(obj, "metadata");
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Value::Array(fs) = list {
+        if !fs
+            .iter()
+            .any(|f| f.as_str() == Some(shoal_sdk::volumes::CLAIM_PROTECTION))
+        {
+            fs.push(json!(shoal_sdk::volumes::CLAIM_PROTECTION));
+        }
+    }
+}
+
 /// Kubernetes' DefaultStorageClass admission: a claim that names no class
 /// (the field absent, not `""`, which asks for none) gets the one marked
 /// default; the newest wins if several are.
@@ -384,6 +400,7 @@ pub async fn create_object(
         }
         if (t.res.group, t.res.plural) == ("", "persistentvolumeclaims") {
             default_storage_class(st, &mut obj).await?;
+            protect_claim(&mut obj);
         }
     }
     // Allocation reads every Service, so it is held until this one is stored.
