@@ -55,6 +55,8 @@ pub mod volumes {
     pub const CLEANUP_FINALIZER: &str = "shoal.dev/local-path-cleanup";
     /// Kubernetes' finalizer keeping a claim while a pod uses it.
     pub const CLAIM_PROTECTION: &str = "kubernetes.io/pvc-protection";
+    /// Kubernetes' finalizer keeping a volume while it is bound to a claim.
+    pub const VOLUME_PROTECTION: &str = "kubernetes.io/pv-protection";
     /// Label naming the node a provisioned volume lives on, so each node
     /// watches only its own.
     pub const NODE_LABEL: &str = "volumes.shoal.dev/node";

@@ -323,15 +323,39 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     assert!(err.contains("cannot be resized"), "{err}");
     assert!(s.kubectl(&["get", "pv", "remote"]).is_err());
 
-    // With its claim gone, a Retain volume is Released, its data kept.
+    // A volume no claim holds is deleted at once; a bound one is kept
+    // (pv-protection) while its claim lasts.
+    s.kubectl(&["delete", "pv", "big"])?;
+    assert!(volumes.get_opt("big").await?.is_none());
+    s.kubectl(&["delete", "pv", "small", "--wait=false"])?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let held = volumes.get("small").await?;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(volume_phase(&held), "Bound");
+
+    // With its claim gone, the Retain volume is Released, and then let go;
+    // a hostPath volume's files are never Shoal's to remove.
     s.kubectl(&["delete", "pod", "writer", "orphan", "--wait=true"])?;
+    s.kubectl(&["delete", "pvc", "claim"])?;
+    wait_for("the released volume to go", PATIENCE, || async {
+        volumes.get_opt("small").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    assert!(dir.path().join("small/count").exists());
+
+    // Without a deletion, a Retain volume outlives its claim as Released.
+    s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
+    wait_for("the claim to bind again", PATIENCE, || async {
+        let c = claims.get("claim").await.ok()?;
+        (claim_phase(&c) == "Bound").then_some(())
+    })
+    .await?;
     s.kubectl(&["delete", "pvc", "claim"])?;
     wait_for("the volume to be released", PATIENCE, || async {
         let v = volumes.get("small").await.ok()?;
         (volume_phase(&v) == "Released").then_some(())
     })
     .await?;
-    assert!(dir.path().join("small/count").exists());
     Ok(())
 }
 

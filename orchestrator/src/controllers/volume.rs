@@ -33,6 +33,10 @@ const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
+/// Queue keys of volumes (being deleted) start with this; claims' keys are
+/// `namespace/name`, and a namespace cannot hold a ':'.
+const VOLUME_KEY: &str = "pv:";
+
 pub struct VolumeController {
     ctx: Arc<Ctx>,
 }
@@ -244,6 +248,12 @@ impl VolumeController {
         // serve any claim still pending.
         let (q, claims) = (queue.clone(), ctx.informers.claims.clone());
         ctx.informers.volumes.on_change(move |old, new| {
+            if let Some(v) = new.filter(|v| v.metadata.deletion_timestamp.is_some()) {
+                q.add(format!(
+                    "{VOLUME_KEY}{}",
+                    v.metadata.name.clone().unwrap_or_default()
+                ));
+            }
             for v in [old, new].into_iter().flatten() {
                 match v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
                     Some(r) => q.add(format!(
@@ -322,6 +332,39 @@ impl VolumeController {
             }
         }
         Ok(Action::AwaitChange)
+    }
+
+    /// Lets a volume being deleted go once no claim is bound to it
+    /// (pv-protection).
+    async fn sync_volume(&self, name: &str) -> Result<Action, ControllerError> {
+        let Some(pv) = self.ctx.informers.volumes.get(name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let finalizers = pv.metadata.finalizers.clone().unwrap_or_default();
+        if pv.metadata.deletion_timestamp.is_none()
+            || phase_of_volume(&pv) == "Bound"
+            || !finalizers.iter().any(|f| f == names::VOLUME_PROTECTION)
+        {
+            return Ok(Action::AwaitChange);
+        }
+        let rest: Vec<&String> = finalizers
+            .iter()
+            .filter(|f| *f != names::VOLUME_PROTECTION)
+            .collect();
+        let patch = json!({"metadata": {
+            "resourceVersion": pv.metadata.resource_version, "finalizers": rest}});
+        let volumes: Api<PersistentVolume> = Api::all(self.ctx.client.clone());
+        match volumes
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(Action::AwaitChange),
+            Err(e) if api_code(&e) == Some(404) => Ok(Action::AwaitChange),
+            Err(e) => Err(ControllerError::Api {
+                action: format!("releasing volume {name}"),
+                source: e,
+            }),
+        }
     }
 
     /// Lets a claim being deleted go once no pod that may still run uses it.
@@ -524,6 +567,24 @@ impl VolumeController {
                 .as_ref()
                 .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
                 .unwrap_or("Retain");
+            // Released first, under either policy: the volume serves no
+            // claim now, which is what lets pv-protection go.
+            if phase_of_volume(&pv) != "Released" {
+                let status = json!({"status": {"phase": "Released"}});
+                match volumes
+                    .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(status))
+                    .await
+                {
+                    Ok(v) => self.ctx.informers.volumes.assume(v),
+                    Err(e) if api_code(&e) == Some(404) => continue,
+                    Err(e) => {
+                        return Err(ControllerError::Api {
+                            action: format!("releasing volume {pv_name}"),
+                            source: e,
+                        })
+                    }
+                }
+            }
             if policy == "Delete" {
                 if pv.metadata.deletion_timestamp.is_some() {
                     continue;
@@ -534,21 +595,6 @@ impl VolumeController {
                     Err(e) => {
                         return Err(ControllerError::Api {
                             action: format!("deleting volume {pv_name}"),
-                            source: e,
-                        })
-                    }
-                }
-            } else if phase_of_volume(&pv) != "Released" {
-                let status = json!({"status": {"phase": "Released"}});
-                match volumes
-                    .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(status))
-                    .await
-                {
-                    Ok(v) => self.ctx.informers.volumes.assume(v),
-                    Err(e) if api_code(&e) == Some(404) => {}
-                    Err(e) => {
-                        return Err(ControllerError::Api {
-                            action: format!("releasing volume {pv_name}"),
                             source: e,
                         })
                     }
@@ -584,7 +630,10 @@ impl Reconciler for VolumeController {
     }
 
     async fn reconcile(&self, key: &str) -> Result<Action, ControllerError> {
-        self.sync(key).await
+        match key.strip_prefix(VOLUME_KEY) {
+            Some(name) => self.sync_volume(name).await,
+            None => self.sync(key).await,
+        }
     }
 }
 

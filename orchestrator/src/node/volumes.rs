@@ -146,9 +146,12 @@ pub async fn clean_up(client: kube::Client, node: String, root: PathBuf) {
                 .and_then(|l| l.get(names::NODE_LABEL))
                 == Some(&node);
             let finalizers = pv.metadata.finalizers.clone().unwrap_or_default();
+            // While pv-protection holds, a claim still uses the volume:
+            // its data stays until the volume controller lets go.
             if !mine
                 || pv.metadata.deletion_timestamp.is_none()
                 || !finalizers.iter().any(|f| f == names::CLEANUP_FINALIZER)
+                || finalizers.iter().any(|f| f == names::VOLUME_PROTECTION)
             {
                 continue;
             }

@@ -241,17 +241,15 @@ async fn service_account_admission(
 }
 
 /// Kubernetes' StorageObjectInUseProtection: a new claim carries the
-/// finalizer that keeps it (and so its volume's data) while a pod uses it;
-/// the volume controller lifts it once none does.
-fn protect_claim(obj: &mut Value) {
+/// finalizer that keeps it (and so its volume's data) while a pod uses it,
+/// a new volume the one that keeps it while bound; the volume controller
+/// lifts them.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
     let meta = crate::apiserver::admission::obj_mut(obj, "metadata");
     let list = meta.entry("finalizers").or_insert_with(|| json!([]));
     if let Value::Array(fs) = list {
-        if !fs
-            .iter()
-            .any(|f| f.as_str() == Some(shoal_sdk::volumes::CLAIM_PROTECTION))
-        {
-            fs.push(json!(shoal_sdk::volumes::CLAIM_PROTECTION));
+        if !fs.iter().any(|f| f.as_str() == Some(finalizer)) {
+            fs.push(json!(finalizer));
         }
     }
 }
@@ -393,6 +391,9 @@ pub async fn create_object(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    if (t.res.group, t.res.plural) == ("", "persistentvolumes") {
+        add_finalizer(&mut obj, shoal_sdk::volumes::VOLUME_PROTECTION);
+    }
     if let Some(ns) = t.namespace.as_deref() {
         check_namespace_open(st, ns).await?;
         if (t.res.group, t.res.plural) == ("", "pods") {
@@ -400,7 +401,7 @@ pub async fn create_object(
         }
         if (t.res.group, t.res.plural) == ("", "persistentvolumeclaims") {
             default_storage_class(st, &mut obj).await?;
-            protect_claim(&mut obj);
+            add_finalizer(&mut obj, shoal_sdk::volumes::CLAIM_PROTECTION);
         }
     }
     // Allocation reads every Service, so it is held until this one is stored.
