@@ -356,6 +356,45 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
         (volume_phase(&v) == "Released").then_some(())
     })
     .await?;
+
+    // Deleting a namespace takes its claims, their pods and (class
+    // local-path, reclaim Delete) their volumes with it.
+    let scratch = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scratch\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tmp\n  namespace: scratch\n\
+         spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests: {{storage: 1Mi}}\n---\n{}",
+        pod_yaml(
+            "user",
+            &counter,
+            "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: tmp\n",
+            "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
+        )
+        .replace("  name: user\n", "  name: user\n  namespace: scratch\n")
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&scratch))?;
+    let in_scratch: Api<Pod> = Api::namespaced(client.clone(), "scratch");
+    wait_running(&in_scratch, "user").await?;
+    let provisioned = wait_for("the scratch volume", PATIENCE, || async {
+        let list = volumes.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|v| {
+            v.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("pvc-"))
+        })
+    })
+    .await?;
+    let name = provisioned.metadata.name.clone().unwrap_or_default();
+    let data = s.data_dir().join("node/volumes").join(&name);
+    assert!(data.join("count").exists(), "{}", data.display());
+    s.kubectl(&["delete", "namespace", "scratch", "--wait=false"])?;
+    wait_for("the namespace and its volume to go", PATIENCE, || async {
+        let ns_gone = s.kubectl(&["get", "namespace", "scratch"]).is_err();
+        let pv_gone = volumes.get_opt(&name).await.ok()?.is_none();
+        (ns_gone && pv_gone).then_some(())
+    })
+    .await?;
+    assert!(!data.exists(), "{} outlived its namespace", data.display());
     Ok(())
 }
 
