@@ -17,6 +17,7 @@ fn main() {
         "hog",
         "spinner",
         "config-reader",
+        "journal",
     ] {
         let path = src.join(format!("{name}.wat"));
         println!("cargo:rerun-if-changed={}", path.display());

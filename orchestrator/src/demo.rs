@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PostParams};
@@ -38,6 +38,11 @@ pub const MODULES: &[(&str, &[u8])] = &[
     (
         "config-reader.wasm",
         include_bytes!(concat!(env!("OUT_DIR"), "/config-reader.wasm")),
+    ),
+    // Counts its starts in a file on a persistent volume.
+    (
+        "journal.wasm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/journal.wasm")),
     ),
     // A wasi:http component: served per request behind a Service.
     (
@@ -139,6 +144,9 @@ pub async fn apply(client: &Client, manifest: &Path) -> anyhow::Result<()> {
             "Pod" => create::<Pod>(Api::namespaced(client.clone(), &ns), value).await?,
             "Deployment" => {
                 create::<Deployment>(Api::namespaced(client.clone(), &ns), value).await?
+            }
+            "StatefulSet" => {
+                create::<StatefulSet>(Api::namespaced(client.clone(), &ns), value).await?
             }
             "Service" => create::<Service>(Api::namespaced(client.clone(), &ns), value).await?,
             "Ingress" => create::<Ingress>(Api::namespaced(client.clone(), &ns), value).await?,

@@ -45,11 +45,42 @@ async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
                 .count();
             let ready = pods.contains(&("hello", "Succeeded"))
                 && pods.contains(&("ticker", "Running"))
+                && pods.contains(&("journal-0", "Running"))
                 && http_running == 2;
             ready.then_some(())
         })
         .await?;
         assert_eq!(node_port(30080).await?, "hello from Shoal\n");
+        // The journal's claim was provisioned and bound; its pod wrote to it.
+        wait_for(
+            "the journal's first entry",
+            Duration::from_secs(60),
+            || async {
+                let logs = s.kubectl(&["logs", "journal-0", "-n", "demo"]).ok()?;
+                (logs == "start 1\n").then_some(())
+            },
+        )
+        .await?;
+        let claim = s.kubectl(&[
+            "get",
+            "pvc",
+            "data-journal-0",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        assert_eq!(claim, "Bound");
+        s.kubectl(&["delete", "pod", "journal-0", "-n", "demo"])?;
+        wait_for(
+            "the journal's second entry",
+            Duration::from_secs(60),
+            || async {
+                let logs = s.kubectl(&["logs", "journal-0", "-n", "demo"]).ok()?;
+                (logs == "start 2\n").then_some(())
+            },
+        )
+        .await?;
         let addr = format!("{ADDRESS}:{ingress}");
         let via_ingress = wait_for("the Ingress answering", Duration::from_secs(60), || async {
             match http_get_host(&addr, "hello.demo", "/").await {
