@@ -357,6 +357,35 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     })
     .await?;
 
+    // persistentVolumeClaimRetentionPolicy Delete: claims go with the
+    // pods scaled away, and the rest with the set.
+    let counted = format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: brief\nspec:\n  serviceName: brief\n  replicas: 2\n  podManagementPolicy: Parallel\n  persistentVolumeClaimRetentionPolicy: {{whenDeleted: Delete, whenScaled: Delete}}\n  selector:\n    matchLabels: {{app: brief}}\n  template:\n    metadata:\n      labels: {{app: brief}}\n    spec:\n      containers:\n      - name: main\n        image: {counter}\n        volumeMounts:\n        - {{name: data, mountPath: /data}}\n  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources: {{requests: {{storage: 1Mi}}}}\n"
+    );
+    s.kubectl_in(&["apply", "-f", "-"], Some(&counted))?;
+    wait_running(&pods, "brief-1").await?;
+    s.kubectl(&["scale", "statefulset", "brief", "--replicas=1"])?;
+    wait_for("the scaled-away claim to go", PATIENCE, || async {
+        claims
+            .get_opt("data-brief-1")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    assert!(claims.get_opt("data-brief-0").await?.is_some());
+    s.kubectl(&["delete", "statefulset", "brief"])?;
+    wait_for("the set's claims to go with it", PATIENCE, || async {
+        claims
+            .get_opt("data-brief-0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+
     // Deleting a namespace takes its claims, their pods and (class
     // local-path, reclaim Delete) their volumes with it.
     let scratch = format!(

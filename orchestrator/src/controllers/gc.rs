@@ -8,7 +8,8 @@
 //!   removed from every dependent, then the finalizer comes off.
 //!
 //! It tracks the kinds the controllers create (pods, ReplicaSets,
-//! Deployments, Jobs, CronJobs, DaemonSets, StatefulSets) from the shared
+//! Deployments, Jobs, CronJobs, DaemonSets, StatefulSets, and the claims of
+//! StatefulSets and ephemeral volumes) from the shared
 //! caches; owners of other kinds are looked up through the API.
 
 use std::collections::{HashMap, HashSet};
@@ -178,6 +179,7 @@ impl GarbageCollector {
             tracked(&i.cronjobs),
             tracked(&i.daemonsets),
             tracked(&i.statefulsets),
+            tracked(&i.claims),
         ];
         let index: OwnerIndex = Arc::default();
         watch(&i.pods, &queue, index.clone());
@@ -187,6 +189,7 @@ impl GarbageCollector {
         watch(&i.cronjobs, &queue, index.clone());
         watch(&i.daemonsets, &queue, index.clone());
         watch(&i.statefulsets, &queue, index.clone());
+        watch(&i.claims, &queue, index.clone());
         let kinds = list
             .into_iter()
             .map(|t| (t.resource.kind.clone(), t))
