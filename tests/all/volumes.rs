@@ -517,3 +517,87 @@ spec:
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn ephemeral_volumes_live_and_die_with_their_pod() -> anyhow::Result<()> {
+    let Some(counter) = rust_sample("p1", "counter")? else {
+        return Ok(());
+    };
+    let s = Server::up(&[])?;
+    let client = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client);
+    let ephemeral = "  volumes:\n  - name: scratch\n    ephemeral:\n      volumeClaimTemplate:\n        metadata:\n          labels: {purpose: scratch}\n        spec:\n          accessModes: [ReadWriteOnce]\n          resources:\n            requests: {storage: 4Mi}\n";
+    let mount = "    volumeMounts:\n    - name: scratch\n      mountPath: /data\n";
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("worker", &counter, ephemeral, mount)),
+    )?;
+    wait_running(&pods, "worker").await?;
+    wait_logs(&s, &["worker"], "start 1\n").await?;
+    let claim = claims.get("worker-scratch").await?;
+    assert_eq!(claim_phase(&claim), "Bound");
+    let owner = claim
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|r| (r.kind, r.name));
+    assert_eq!(owner, Some(("Pod".to_string(), "worker".to_string())));
+    let pv = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    let data = s.data_dir().join("node/volumes").join(&pv);
+    assert!(data.join("count").exists(), "{}", data.display());
+
+    // A claim of that name made by someone else is not handed to the pod.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: squatter-scratch\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests: {storage: 1Mi}\n"),
+    )?;
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("squatter", &counter, ephemeral, mount)),
+    )?;
+    wait_for("the squatter to be refused", PATIENCE, || async {
+        let ev = s
+            .kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=squatter",
+            ])
+            .ok()?;
+        ev.contains("was not created for").then_some(())
+    })
+    .await?;
+
+    // Invalid templates are refused with the field named.
+    let bad = "  volumes:\n  - name: scratch\n    ephemeral:\n      volumeClaimTemplate:\n        spec:\n          accessModes: [ReadWriteOnce]\n";
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("broken", &counter, bad, mount)),
+    )?;
+    assert!(
+        err.contains(
+            "spec.volumes[0].ephemeral.volumeClaimTemplate.spec.resources.requests.storage"
+        ),
+        "{err}"
+    );
+
+    // The pod's deletion takes its claim, the volume and the data.
+    s.kubectl(&["delete", "pod", "worker"])?;
+    wait_for("the ephemeral volume to go", PATIENCE, || async {
+        let claim_gone = claims.get_opt("worker-scratch").await.ok()?.is_none();
+        let pv_gone = volumes.get_opt(&pv).await.ok()?.is_none();
+        (claim_gone && pv_gone).then_some(())
+    })
+    .await?;
+    assert!(!data.exists(), "{} outlived its pod", data.display());
+    Ok(())
+}

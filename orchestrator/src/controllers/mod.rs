@@ -9,6 +9,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod ephemeral;
 pub mod gc;
 pub mod history;
 pub mod hpa;
@@ -297,6 +298,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     let sa = serviceaccount::ServiceAccountController::register(&ctx);
     let aggregation = aggregation::AggregationController::register(&ctx);
     let volumes = volume::VolumeController::register(&ctx);
+    let ephemeral = ephemeral::EphemeralController::register(&ctx);
     let ipam = settings
         .cluster_cidr
         .map(|c| nodeipam::NodeIpamController::register(&ctx, c));
@@ -323,6 +325,7 @@ fn start_all(client: Client, metrics: ControllerMetrics, settings: Settings) -> 
     set.spawn(run_loop(sa.0, sa.1, 1, ctx.clone()));
     set.spawn(run_loop(aggregation.0, aggregation.1, 1, ctx.clone()));
     set.spawn(run_loop(volumes.0, volumes.1, 2, ctx.clone()));
+    set.spawn(run_loop(ephemeral.0, ephemeral.1, 2, ctx.clone()));
     if let Some((ipam, queue)) = ipam {
         // One worker: allocations must see each other.
         set.spawn(run_loop(ipam, queue, 1, ctx.clone()));

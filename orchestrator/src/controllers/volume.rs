@@ -21,6 +21,7 @@ use shoal_sdk::quantity;
 use shoal_sdk::volumes as names;
 use tracing::{debug, info};
 
+use super::ephemeral::claims_of;
 use super::informer::{key_of, split_key};
 use super::owners::Selector;
 use super::pods::object_ref;
@@ -270,8 +271,8 @@ impl VolumeController {
         ctx.informers.pods.on_change(move |old, new| {
             for p in [old, new].into_iter().flatten() {
                 let ns = p.metadata.namespace.clone().unwrap_or_default();
-                for name in claims_of(p) {
-                    let key = format!("{ns}/{name}");
+                for c in claims_of(p) {
+                    let key = format!("{ns}/{}", c.claim);
                     if claims
                         .get(&key)
                         .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
@@ -385,7 +386,7 @@ impl VolumeController {
                 !matches!(
                     p.status.as_ref().and_then(|s| s.phase.as_deref()),
                     Some("Succeeded") | Some("Failed")
-                ) && claims_of(p).any(|c| c == name)
+                ) && claims_of(p).iter().any(|c| c.claim == name)
             })
             .filter_map(|p| p.metadata.name.clone())
             .collect();
@@ -603,15 +604,6 @@ impl VolumeController {
         }
         Ok(())
     }
-}
-
-/// The claims a pod mounts.
-fn claims_of(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = &str> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.as_str())
 }
 
 /// Queues every claim not yet bound.

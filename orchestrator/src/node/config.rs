@@ -577,7 +577,7 @@ async fn materialise(
         mkdir(&dir)?;
         return Ok((dir, false));
     }
-    if volume.persistent_volume_claim.is_some() {
+    if volume.persistent_volume_claim.is_some() || volume.ephemeral.is_some() {
         return match sources.claims.get(&volume.name) {
             Some(c) => Ok((c.path.clone(), c.read_only)),
             None => Err(ConfigError(format!(
@@ -619,7 +619,7 @@ async fn materialise(
         )
     } else {
         return Err(ConfigError(format!(
-            "volume {:?}: only emptyDir, hostPath, configMap, secret and persistentVolumeClaim volumes are supported",
+            "volume {:?}: only emptyDir, hostPath, configMap, secret, persistentVolumeClaim and ephemeral volumes are supported",
             volume.name
         )));
     };

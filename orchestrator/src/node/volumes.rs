@@ -16,6 +16,7 @@ use serde_json::json;
 use shoal_sdk::volumes as names;
 use tracing::{info, warn};
 
+use crate::controllers::ephemeral::{claims_of, made_for};
 use crate::controllers::informer::Informer;
 
 /// A claim's directory and whether the pod mounts it read-only.
@@ -40,16 +41,20 @@ pub async fn claim_dirs(
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     let mut out = HashMap::new();
-    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let Some(source) = &v.persistent_volume_claim else {
-            continue;
-        };
-        let name = &source.claim_name;
+    for pc in claims_of(pod) {
+        let name = &pc.claim;
         let claim = claims
             .get_opt(name)
             .await
             .map_err(|e| VolumeError(format!("reading persistentvolumeclaim {name:?}: {e}")))?
             .ok_or_else(|| VolumeError(format!("persistentvolumeclaim {name:?} not found")))?;
+        // An ephemeral volume's claim is the pod's own: one of that name
+        // made by someone else must not hand over its data.
+        if pc.ephemeral && !made_for(&claim, pod) {
+            return Err(VolumeError(format!(
+                "persistentvolumeclaim {name:?} was not created for this pod"
+            )));
+        }
         let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         let pv_name = claim
             .spec
@@ -66,10 +71,10 @@ pub async fn claim_dirs(
             .ok_or_else(|| VolumeError(format!("persistentvolume {pv_name:?} not found")))?;
         let path = directory(&pv, root)?;
         out.insert(
-            v.name.clone(),
+            pc.volume.clone(),
             ClaimDir {
                 path,
-                read_only: source.read_only == Some(true),
+                read_only: pc.read_only,
             },
         );
     }

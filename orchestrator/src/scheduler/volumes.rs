@@ -11,6 +11,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use shoal_sdk::volumes::LOCAL_PATH_PROVISIONER;
 
 use super::plugins;
+use crate::controllers::ephemeral::{claims_of, made_for};
 
 /// What the pod's claims need.
 #[derive(Debug, Default)]
@@ -50,16 +51,20 @@ pub fn plan(
     class: impl Fn(&str) -> Option<Arc<StorageClass>>,
 ) -> Result<VolumePlan, String> {
     let mut out = VolumePlan::default();
-    let names = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.as_str());
-    for name in names {
+    for pc in claims_of(pod) {
+        let name = pc.claim.as_str();
         let Some(c) = claim(name) else {
-            return Err(format!("persistentvolumeclaim \"{name}\" not found"));
+            return Err(if pc.ephemeral {
+                format!("waiting for ephemeral volume controller to create the persistentvolumeclaim \"{name}\"")
+            } else {
+                format!("persistentvolumeclaim \"{name}\" not found")
+            });
         };
+        if pc.ephemeral && !made_for(&c, pod) {
+            return Err(format!(
+                "persistentvolumeclaim \"{name}\" was not created for the pod"
+            ));
+        }
         if c.metadata.deletion_timestamp.is_some() {
             return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
         }

@@ -167,6 +167,18 @@ pub fn validate_spec(spec: &Value, path: &str, out: &mut Vec<Cause>) {
             } else if !vol_seen.insert(name) {
                 out.push(Cause::duplicate(field, name));
             }
+            if let Some(e) = v.get("ephemeral") {
+                let tpath = format!("{path}.volumes[{i}].ephemeral.volumeClaimTemplate");
+                match e.get("volumeClaimTemplate") {
+                    Some(t) => {
+                        for mut c in super::storage::validate_claim(t) {
+                            c.field = format!("{tpath}.{}", c.field);
+                            out.push(c);
+                        }
+                    }
+                    None => out.push(Cause::required(tpath)),
+                }
+            }
         }
     }
     let mut names = HashSet::new();
