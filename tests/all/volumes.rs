@@ -34,6 +34,34 @@ fn node_of(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// A pod of `image` mounting claim `claim` at /data.
+fn claim_pod(name: &str, image: &str, claim: &str) -> String {
+    pod_yaml(
+        name,
+        image,
+        &format!(
+            "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: {claim}\n"
+        ),
+        "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
+    )
+}
+
+/// Waits for an Event about pod `name` whose text contains `needle`.
+async fn wait_event(s: &Server, name: &str, needle: &str) -> anyhow::Result<()> {
+    let selector = format!("involvedObject.name={name}");
+    wait_for(
+        &format!("an Event of {name} saying {needle:?}"),
+        PATIENCE,
+        || async {
+            let ev = s
+                .kubectl(&["get", "events", "--field-selector", &selector])
+                .ok()?;
+            ev.contains(needle).then_some(())
+        },
+    )
+    .await
+}
+
 fn sts_yaml(image: &str, replicas: i32) -> String {
     format!(
         "apiVersion: apps/v1
@@ -256,13 +284,10 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     assert_eq!(volume_phase(&volumes.get("big").await?), "Available");
 
     // A pod writes through the claim into the volume's directory.
-    let pod = pod_yaml(
-        "writer",
-        &counter,
-        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: claim\n",
-        "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
-    );
-    s.kubectl_in(&["apply", "-f", "-"], Some(&pod))?;
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&claim_pod("writer", &counter, "claim")),
+    )?;
     wait_running(&pods, "writer").await?;
     wait_logs(&s, &["writer"], "start 1\n").await?;
     assert_eq!(
@@ -271,30 +296,11 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     );
 
     // A pod whose claim does not exist waits, and says why.
-    let orphan = pod_yaml(
-        "orphan",
-        &counter,
-        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: nope\n",
-        "",
-    );
-    s.kubectl_in(&["apply", "-f", "-"], Some(&orphan))?;
-    wait_for(
-        "FailedScheduling for the missing claim",
-        PATIENCE,
-        || async {
-            let ev = s
-                .kubectl(&[
-                    "get",
-                    "events",
-                    "--field-selector",
-                    "involvedObject.name=orphan",
-                ])
-                .ok()?;
-            ev.contains("persistentvolumeclaim \"nope\" not found")
-                .then_some(())
-        },
-    )
-    .await?;
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&claim_pod("orphan", &counter, "nope")),
+    )?;
+    wait_event(&s, "orphan", "persistentvolumeclaim \"nope\" not found").await?;
 
     // Bad input is refused with the field named, and nothing changes.
     let err = s.kubectl_err(
@@ -392,13 +398,7 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scratch\n---\n\
          apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tmp\n  namespace: scratch\n\
          spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests: {{storage: 1Mi}}\n---\n{}",
-        pod_yaml(
-            "user",
-            &counter,
-            "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: tmp\n",
-            "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
-        )
-        .replace("  name: user\n", "  name: user\n  namespace: scratch\n")
+        claim_pod("user", &counter, "tmp").replace("  name: user\n", "  name: user\n  namespace: scratch\n")
     );
     s.kubectl_in(&["apply", "-f", "-"], Some(&scratch))?;
     let in_scratch: Api<Pod> = Api::namespaced(client.clone(), "scratch");
@@ -481,13 +481,10 @@ spec:
 
     // A Wasm pod mounting the same claim sees the runc pod's file, and the
     // runc pod sees what the Wasm guest writes.
-    let reader = pod_yaml(
-        "counter",
-        &counter,
-        "  volumes:\n  - name: store\n    persistentVolumeClaim:\n      claimName: shared\n",
-        "    volumeMounts:\n    - name: store\n      mountPath: /data\n",
-    );
-    s.kubectl_in(&["apply", "-f", "-"], Some(&reader))?;
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&claim_pod("counter", &counter, "shared")),
+    )?;
     wait_running(&pods, "counter").await?;
     wait_logs(&s, &["counter"], "start 1\n").await?;
     assert_eq!(
@@ -564,18 +561,7 @@ async fn ephemeral_volumes_live_and_die_with_their_pod() -> anyhow::Result<()> {
         &["apply", "-f", "-"],
         Some(&pod_yaml("squatter", &counter, ephemeral, mount)),
     )?;
-    wait_for("the squatter to be refused", PATIENCE, || async {
-        let ev = s
-            .kubectl(&[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=squatter",
-            ])
-            .ok()?;
-        ev.contains("was not created for").then_some(())
-    })
-    .await?;
+    wait_event(&s, "squatter", "was not created for").await?;
 
     // Invalid templates are refused with the field named.
     let bad = "  volumes:\n  - name: scratch\n    ephemeral:\n      volumeClaimTemplate:\n        spec:\n          accessModes: [ReadWriteOnce]\n";

@@ -26,6 +26,7 @@ use super::informer::{key_of, split_key};
 use super::owners::Selector;
 use super::pods::object_ref;
 use super::queue::WorkQueue;
+use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
 use crate::scheduler::plugins::selects;
 
@@ -348,24 +349,11 @@ impl VolumeController {
         {
             return Ok(Action::AwaitChange);
         }
-        let rest: Vec<&String> = finalizers
-            .iter()
-            .filter(|f| *f != names::VOLUME_PROTECTION)
-            .collect();
-        let patch = json!({"metadata": {
-            "resourceVersion": pv.metadata.resource_version, "finalizers": rest}});
         let volumes: Api<PersistentVolume> = Api::all(self.ctx.client.clone());
-        match volumes
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        wiring::remove_finalizer(&volumes, pv.as_ref(), names::VOLUME_PROTECTION)
             .await
-        {
-            Ok(_) => Ok(Action::AwaitChange),
-            Err(e) if api_code(&e) == Some(404) => Ok(Action::AwaitChange),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("releasing volume {name}"),
-                source: e,
-            }),
-        }
+            .map_err(ControllerError::api(format!("releasing volume {name}")))?;
+        Ok(Action::AwaitChange)
     }
 
     /// Lets a claim being deleted go once no pod that may still run uses it.
@@ -394,24 +382,10 @@ impl VolumeController {
             debug!(claim = %key, pods = ?users, "claim in use; kept");
             return Ok(());
         }
-        let rest: Vec<&String> = finalizers
-            .iter()
-            .filter(|f| *f != names::CLAIM_PROTECTION)
-            .collect();
-        let patch = json!({"metadata": {
-            "resourceVersion": claim.metadata.resource_version, "finalizers": rest}});
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), ns);
-        match claims
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        wiring::remove_finalizer(&claims, claim, names::CLAIM_PROTECTION)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(ControllerError::Api {
-                action: format!("releasing claim {key}"),
-                source: e,
-            }),
-        }
+            .map_err(ControllerError::api(format!("releasing claim {key}")))
     }
 
     /// Binds `claim` to volume `pv_name`, writing only what is not yet so.
@@ -492,7 +466,7 @@ impl VolumeController {
         claim: &PersistentVolumeClaim,
         status: serde_json::Value,
     ) -> Result<(), ControllerError> {
-        super::wiring::write_status(&self.ctx, &self.ctx.informers.claims, claim, &status).await
+        wiring::write_status(&self.ctx, &self.ctx.informers.claims, claim, &status).await
     }
 
     async fn provision(

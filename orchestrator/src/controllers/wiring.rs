@@ -127,3 +127,28 @@ where
         }),
     }
 }
+
+/// Takes `finalizer` off `obj`, with its revision as a precondition (a
+/// stale view fails with 409 and is looked at again); already gone is fine.
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let m = obj.meta();
+    let rest: Vec<&String> = m
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .collect();
+    let patch = json!({"metadata": {"resourceVersion": m.resource_version, "finalizers": rest}});
+    let name = m.name.clone().unwrap_or_default();
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if api_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use kube::api::Api;
 use shoal_sdk::volumes as names;
 use tracing::{info, warn};
 
 use crate::controllers::ephemeral::{claims_of, made_for};
 use crate::controllers::informer::Informer;
+use crate::controllers::wiring::remove_finalizer;
 
 /// A claim's directory and whether the pod mounts it read-only.
 #[derive(Clone, Debug)]
@@ -174,16 +174,7 @@ pub async fn clean_up(client: kube::Client, node: String, root: PathBuf) {
                     }
                 }
             }
-            let rest: Vec<&String> = finalizers
-                .iter()
-                .filter(|f| *f != names::CLEANUP_FINALIZER)
-                .collect();
-            let patch = json!({"metadata": {
-                "resourceVersion": pv.metadata.resource_version, "finalizers": rest}});
-            if let Err(e) = api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
+            if let Err(e) = remove_finalizer(&api, pv.as_ref(), names::CLEANUP_FINALIZER).await {
                 warn!(volume = %name, error = %e, "releasing the volume's finalizer failed");
             }
         }
