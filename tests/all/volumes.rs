@@ -34,6 +34,22 @@ fn node_of(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// The API handles every test here uses.
+struct Apis {
+    pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
+    volumes: Api<PersistentVolume>,
+}
+
+async fn apis(s: &Server) -> anyhow::Result<Apis> {
+    let client = s.client().await?;
+    Ok(Apis {
+        pods: Api::namespaced(client.clone(), "default"),
+        claims: Api::namespaced(client.clone(), "default"),
+        volumes: Api::all(client),
+    })
+}
+
 /// A pod of `image` mounting claim `claim` at /data.
 fn claim_pod(name: &str, image: &str, claim: &str) -> String {
     pod_yaml(
@@ -101,7 +117,6 @@ async fn statefulset_claims_keep_their_data_on_their_node() -> anyhow::Result<()
         return Ok(());
     };
     let s = Server::start()?;
-    let client = s.client().await?;
     let a = Node::start(&s, "vol-a", "127.0.10.1", &[])?;
     let b = Node::start(&s, "vol-b", "127.0.10.2", &[])?;
     s.wait_nodes_ready(&["vol-a", "vol-b"]).await?;
@@ -112,9 +127,11 @@ async fn statefulset_claims_keep_their_data_on_their_node() -> anyhow::Result<()
             b.data_dir().join("volumes")
         }
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let Apis {
+        pods,
+        claims,
+        volumes,
+    } = apis(&s).await?;
 
     let classes = s.kubectl(&["get", "storageclass"])?;
     assert!(
@@ -261,10 +278,11 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
         return Ok(());
     };
     let s = Server::up(&[])?;
-    let client = s.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let Apis {
+        pods,
+        claims,
+        volumes,
+    } = apis(&s).await?;
     let dir = tempfile::tempdir()?;
     let manifest = STATIC.replace("DIR", &dir.path().display().to_string());
     s.kubectl_in(&["apply", "-f", "-"], Some(&manifest))?;
@@ -401,7 +419,7 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
         claim_pod("user", &counter, "tmp").replace("  name: user\n", "  name: user\n  namespace: scratch\n")
     );
     s.kubectl_in(&["apply", "-f", "-"], Some(&scratch))?;
-    let in_scratch: Api<Pod> = Api::namespaced(client.clone(), "scratch");
+    let in_scratch: Api<Pod> = Api::namespaced(s.client().await?, "scratch");
     wait_running(&in_scratch, "user").await?;
     let provisioned = wait_for("the scratch volume", PATIENCE, || async {
         let list = volumes.list(&ListParams::default()).await.ok()?;
@@ -434,9 +452,7 @@ async fn a_claim_is_shared_by_runc_and_wasm_pods_on_its_node() -> anyhow::Result
     };
     let s = Server::up_on("127.0.10.3", &[])?;
     let image = shoal_tests::busybox_image()?;
-    let client = s.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
+    let Apis { pods, claims, .. } = apis(&s).await?;
     let manifest = format!(
         "apiVersion: v1
 kind: PersistentVolumeClaim
@@ -521,10 +537,11 @@ async fn ephemeral_volumes_live_and_die_with_their_pod() -> anyhow::Result<()> {
         return Ok(());
     };
     let s = Server::up(&[])?;
-    let client = s.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let volumes: Api<PersistentVolume> = Api::all(client);
+    let Apis {
+        pods,
+        claims,
+        volumes,
+    } = apis(&s).await?;
     let ephemeral = "  volumes:\n  - name: scratch\n    ephemeral:\n      volumeClaimTemplate:\n        metadata:\n          labels: {purpose: scratch}\n        spec:\n          accessModes: [ReadWriteOnce]\n          resources:\n            requests: {storage: 4Mi}\n";
     let mount = "    volumeMounts:\n    - name: scratch\n      mountPath: /data\n";
     s.kubectl_in(
