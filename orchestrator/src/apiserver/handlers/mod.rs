@@ -3,6 +3,7 @@
 
 mod delete;
 mod evict;
+mod on_create;
 mod patch;
 pub(super) mod read;
 mod scale;
