@@ -381,6 +381,29 @@ async fn static_volumes_bind_by_class_and_size() -> anyhow::Result<()> {
     })
     .await?;
 
+    // A claim may name its volume before the volume exists: it waits, then
+    // binds to it and to no other.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: early\nspec:\n  storageClassName: manual\n  volumeName: later\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests: {storage: 1Mi}\n"),
+    )?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(claim_phase(&claims.get("early").await?), "Pending");
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: later\nspec:\n  storageClassName: manual\n  capacity: {{storage: 1Mi}}\n  accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}/later}}\n", dir.path().display())),
+    )?;
+    let early = wait_for("the early claim to bind", PATIENCE, || async {
+        let c = claims.get("early").await.ok()?;
+        (claim_phase(&c) == "Bound").then_some(c)
+    })
+    .await?;
+    // "big" (Available, same class, larger) was there all along.
+    assert_eq!(
+        early.spec.as_ref().and_then(|s| s.volume_name.as_deref()),
+        Some("later")
+    );
+
     // persistentVolumeClaimRetentionPolicy Delete: claims go with the
     // pods scaled away, and the rest with the set.
     let counted = format!(

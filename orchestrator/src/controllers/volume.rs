@@ -146,7 +146,18 @@ pub fn decide(
             .iter()
             .find(|v| v.metadata.name.as_deref() == Some(name.as_str()))
         else {
-            return Step::Lost(name);
+            // Named by its creator before the volume exists: wait for it.
+            // Once bound, a missing volume is lost.
+            let was_bound = claim
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(BIND_COMPLETED));
+            return if was_bound {
+                Step::Lost(name)
+            } else {
+                Step::Wait("waiting for the volume the claim names")
+            };
         };
         let claim_bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         return if claim_ref_is(pv, claim) && phase_of_volume(pv) == "Bound" && claim_bound {
@@ -318,6 +329,8 @@ impl VolumeController {
         match step {
             Step::Bound => {}
             Step::Wait(_) => {}
+            Step::Lost(_)
+                if claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost") => {}
             Step::Lost(pv) => {
                 self.claim_status(&claim, json!({"phase": "Lost"})).await?;
                 self.ctx.events.warning(
@@ -683,11 +696,15 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_naming_a_missing_volume_is_lost() {
-        let mut c = claim("1Gi", "manual", json!({}));
-        if let Some(s) = c.spec.as_mut() {
+    fn a_bound_claim_whose_volume_is_gone_is_lost() {
+        let mut named = claim("1Gi", "manual", json!({}));
+        if let Some(s) = named.spec.as_mut() {
             s.volume_name = Some("gone".into());
         }
-        assert_eq!(decide(&c, &[], None, None), Step::Lost("gone".into()));
+        // Pre-bound by its creator: the volume may still come.
+        assert!(matches!(decide(&named, &[], None, None), Step::Wait(_)));
+        let mut bound = named.clone();
+        bound.metadata.annotations = Some([(BIND_COMPLETED.to_string(), "yes".to_string())].into());
+        assert_eq!(decide(&bound, &[], None, None), Step::Lost("gone".into()));
     }
 }
