@@ -1,8 +1,10 @@
 //! Pod benchmarks on real node agents, printed as one JSON object:
 //! - cold start: `POST` of a pod → its Ready condition seen on a watch,
 //!   one pod at a time, through the whole API (scheduler, node, status),
-//!   for Wasm pods and, on the same path, for runc containers; then both
-//!   again from a local OCI registry (first pod includes the pull);
+//!   for Wasm pods, Wasm pods with a volume of their own each (an
+//!   ephemeral local-path claim), and, on the same path, for runc
+//!   containers; then Wasm and runc again from a local OCI registry (first
+//!   pod includes the pull);
 //! - restart latency: a guest's exit → its next guest running (node metric);
 //! - memory per idle running ticker pod, node and control plane separately;
 //! - how many ticker pods one node holds.
@@ -37,6 +39,10 @@ struct Sizes {
 enum Runtime<'a> {
     Wasm(&'a str),
     Runc(&'a str),
+    /// A Wasm pod with its own volume (a generic ephemeral volume of the
+    /// local-path class): claim made, node chosen, volume provisioned and
+    /// bound, directory mounted, all before the guest starts.
+    WasmWithVolume(&'a str),
 }
 
 fn pod(name: &str, image: &str, labels: Value, node: Option<&str>) -> anyhow::Result<Pod> {
@@ -46,6 +52,8 @@ fn pod(name: &str, image: &str, labels: Value, node: Option<&str>) -> anyhow::Re
 fn pod_on(name: &str, rt: Runtime<'_>, labels: Value, node: Option<&str>) -> anyhow::Result<Pod> {
     let container = match rt {
         Runtime::Wasm(image) => json!({"name": "main", "image": image}),
+        Runtime::WasmWithVolume(image) => json!({"name": "main", "image": image,
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
         Runtime::Runc(image) => {
             json!({"name": "main", "image": image, "command": ["sleep", "3600"]})
         }
@@ -56,6 +64,10 @@ fn pod_on(name: &str, rt: Runtime<'_>, labels: Value, node: Option<&str>) -> any
     });
     if let Runtime::Runc(_) = rt {
         spec["runtimeClassName"] = json!("runc");
+    }
+    if let Runtime::WasmWithVolume(_) = rt {
+        spec["volumes"] = json!([{"name": "data", "ephemeral": {"volumeClaimTemplate": {
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}}}}]);
     }
     if let Some(n) = node {
         spec["nodeName"] = json!(n);
@@ -337,6 +349,14 @@ async fn main() -> anyhow::Result<()> {
     let (first_ms, cold) = cold_start(&pods, Runtime::Wasm(&ticker), sizes.cold_pods)
         .await
         .map_err(saved_log)?;
+    // With a volume of its own per pod (provisioned on the node, mounted).
+    let (vol_first_ms, vol_cold) = cold_start(
+        &pods,
+        Runtime::WasmWithVolume(&ticker),
+        sizes.cold_pods.min(50),
+    )
+    .await
+    .map_err(saved_log)?;
     // The same path with a container: what Shoal's Wasm pods are measured
     // against (a static busybox `sleep`, the smallest image there is).
     let busybox = shoal_tests::busybox_image()?;
@@ -372,6 +392,7 @@ async fn main() -> anyhow::Result<()> {
         "mode": if full { "full" } else { "smoke" },
         "shoal": shoal_tests::shoal_bin().display().to_string(),
         "cold_start": starts(&cold, "first_pod_ms_incl_compile", first_ms),
+        "cold_start_with_volume": starts(&vol_cold, "first_pod_ms", vol_first_ms),
         "cold_start_runc": starts(&runc_cold, "first_pod_ms_incl_unpack", runc_first_ms),
         "cold_start_registry": starts(&reg_cold, "first_pod_ms_incl_pull_and_compile", reg_first_ms),
         "cold_start_registry_runc": starts(&reg_runc_cold, "first_pod_ms_incl_pull_and_unpack", reg_runc_first_ms),

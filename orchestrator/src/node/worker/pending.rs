@@ -23,6 +23,16 @@ struct Blocked {
     message: String,
     /// ErrImagePull becomes ImagePullBackOff while waiting to retry.
     pull: bool,
+    /// Waiting on another component (a claim being bound), not on a fault:
+    /// looked at again soon, as kubelet's volume manager polls, rather than
+    /// after the crash back-off.
+    poll: bool,
+}
+
+/// How long a pod waiting on another component waits before looking
+/// again: 10 ms doubling to 1 s.
+fn poll_delay(attempt: u32) -> Duration {
+    Duration::from_millis(10u64 << attempt.saturating_sub(1).min(7)).min(Duration::from_secs(1))
 }
 
 #[instrument(skip_all)]
@@ -44,9 +54,13 @@ pub(super) async fn run(w: &mut PodWorker) -> Phase {
             }
             Err(b) => {
                 attempt += 1;
-                let delay = backoff
-                    .next_delay(&w.ctx.backoff, Duration::ZERO)
-                    .max(w.ctx.backoff.initial);
+                let delay = if b.poll {
+                    poll_delay(attempt)
+                } else {
+                    backoff
+                        .next_delay(&w.ctx.backoff, Duration::ZERO)
+                        .max(w.ctx.backoff.initial)
+                };
                 let reason = if b.pull && attempt > 1 {
                     "ImagePullBackOff"
                 } else {
@@ -58,6 +72,15 @@ pub(super) async fn run(w: &mut PodWorker) -> Phase {
                     b.message.clone()
                 };
                 debug!(reason, %message, "pod blocked");
+                // A claim is normally bound within moments of the pod
+                // landing here: only a wait past a few seconds is news.
+                if b.poll && attempt >= 8 && attempt.is_power_of_two() {
+                    w.ctx.events.warning(
+                        &w.object,
+                        "FailedMount",
+                        format!("Unable to attach or mount volumes: {}", b.message),
+                    );
+                }
                 w.set_waiting(b.init, b.index, reason, Some(message));
                 w.publish();
                 tokio::select! {
@@ -95,6 +118,7 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
                     .join(", ")
             ),
             pull: false,
+            poll: false,
         })?;
     if let Err(e) = w.attach_network(backend.as_ref()).await {
         w.ctx.events.warning(
@@ -108,6 +132,7 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
             reason: "ContainerCreating",
             message: format!("setting up the pod network: {e}"),
             pull: false,
+            poll: false,
         });
     }
     let services = w
@@ -118,19 +143,13 @@ async fn prepare(w: &mut PodWorker) -> Result<PreparedPod, Blocked> {
         .list_namespace(&w.key.namespace);
     let claims = crate::node::volumes::claim_dirs(&w.ctx.client, &w.pod, &w.ctx.volumes_dir)
         .await
-        .map_err(|e| {
-            w.ctx.events.warning(
-                &w.object,
-                "FailedMount",
-                format!("Unable to attach or mount volumes: {e}"),
-            );
-            Blocked {
-                init: !w.initialized,
-                index: 0,
-                reason: "ContainerCreating",
-                message: format!("waiting for volumes: {e}"),
-                pull: false,
-            }
+        .map_err(|e| Blocked {
+            init: !w.initialized,
+            index: 0,
+            reason: "ContainerCreating",
+            message: format!("waiting for volumes: {e}"),
+            pull: false,
+            poll: true,
         })?;
     let mut sources = Sources::new(w.ctx.client.clone(), &w.key.namespace, services);
     sources.claims = claims;
@@ -172,6 +191,7 @@ async fn ready(
                 reason,
                 message: e.to_string(),
                 pull: reason == "ErrImagePull",
+                poll: false,
             });
         }
     };
@@ -200,6 +220,7 @@ async fn ready(
                 reason: "CreateContainerConfigError",
                 message: e.to_string(),
                 pull: false,
+                poll: false,
             }
         })?;
     if w.net.is_some() && !resolved.mounts.iter().any(|m| m.guest_path == "/etc/hosts") {
