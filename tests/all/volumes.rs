@@ -226,10 +226,28 @@ async fn statefulset_claims_keep_their_data_on_their_node() -> anyhow::Result<()
     })
     .await?;
     assert_eq!(claims.list(&ListParams::default()).await?.items.len(), 2);
+    // An operator keeps web-1's data by switching its volume to Retain.
+    let kept = claims
+        .get("data-web-1")
+        .await?
+        .spec
+        .and_then(|s| s.volume_name)
+        .unwrap_or_default();
+    s.kubectl(&[
+        "patch",
+        "pv",
+        &kept,
+        "-p",
+        r#"{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}"#,
+    ])?;
     s.kubectl(&["delete", "pvc", "--all"])?;
-    wait_for("the volumes to be deleted", PATIENCE, || async {
-        let left = volumes.list(&ListParams::default()).await.ok()?;
-        left.items.is_empty().then_some(())
+    wait_for("web-0's volume to be deleted", PATIENCE, || async {
+        volumes
+            .get_opt(&pv_name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await?;
     assert!(
@@ -237,6 +255,21 @@ async fn statefulset_claims_keep_their_data_on_their_node() -> anyhow::Result<()
         "{} outlived its volume",
         count_file.display()
     );
+    wait_for("web-1's volume to be released", PATIENCE, || async {
+        let v = volumes.get(&kept).await.ok()?;
+        (volume_phase(&v) == "Released").then_some(())
+    })
+    .await?;
+    // Deleting a Retain volume's object leaves its data on the node.
+    let kept_home = volumes
+        .get(&kept)
+        .await?
+        .metadata
+        .labels
+        .and_then(|l| l.get("volumes.shoal.dev/node").cloned())
+        .unwrap_or_default();
+    s.kubectl(&["delete", "pv", &kept])?;
+    assert!(data_dir(&kept_home).join(&kept).join("count").exists());
     Ok(())
 }
 

@@ -133,7 +133,8 @@ fn local_handle(pv: &PersistentVolume) -> Option<&str> {
 }
 
 /// Removes the directory of each of this node's local-path volumes being
-/// deleted, then lets the object go. Runs until the process ends.
+/// deleted (unless its reclaim policy is now `Retain`), then lets the
+/// object go. Runs until the process ends.
 pub async fn clean_up(client: kube::Client, node: String, root: PathBuf) {
     let volumes: Arc<Informer<PersistentVolume>> = Informer::new("persistentvolumes");
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -161,7 +162,14 @@ pub async fn clean_up(client: kube::Client, node: String, root: PathBuf) {
                 continue;
             }
             let name = pv.metadata.name.clone().unwrap_or_default();
-            if let Some(handle) = local_handle(&pv) {
+            // Retain means the data outlives the object: an operator set it
+            // (often on a bound volume, to keep it) and reclaims by hand.
+            let retain = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+                == Some("Retain");
+            if let Some(handle) = local_handle(&pv).filter(|_| !retain) {
                 let dir = root.join(handle);
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => info!(volume = %name, dir = %dir.display(), "volume data removed"),
