@@ -71,10 +71,7 @@ async fn the_demo_runs_its_pods_and_serves_http() -> anyhow::Result<()> {
             "jsonpath={.status.phase}",
         ])?;
         assert_eq!(claim, "Bound");
-        // --wait=false: the StatefulSet makes journal-0 again at once, and
-        // kubectl's wait for the old pod can miss its deletion when the new
-        // one is there first (see the closing note); the log says enough.
-        s.kubectl(&["delete", "pod", "journal-0", "-n", "demo", "--wait=false"])?;
+        s.kubectl(&["delete", "pod", "journal-0", "-n", "demo", "--timeout=60s"])?;
         wait_for(
             "the journal's second entry",
             Duration::from_secs(60),

@@ -28,6 +28,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod statefulset_handoff;
 pub mod statefulset_volumes;
 pub mod volume;
 pub mod wiring;

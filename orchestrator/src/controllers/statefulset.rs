@@ -5,8 +5,9 @@
 //! one pod at a time. Each pod's claims from `volumeClaimTemplates` are
 //! made before it (see `statefulset_volumes`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
@@ -20,6 +21,7 @@ use super::informer::key_of;
 use super::owners::{self, Selector};
 use super::pods::{self, object_ref, PodControl};
 use super::queue::WorkQueue;
+use super::statefulset_handoff::Handoffs;
 use super::statefulset_volumes as claims;
 use super::wiring;
 use super::{api_code, new_queue, Action, ControllerError, Ctx, Reconciler};
@@ -31,6 +33,7 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub struct StatefulSetController {
     ctx: Arc<Ctx>,
     pods: PodControl,
+    handoffs: Arc<Handoffs>,
 }
 
 fn ordinal(set: &str, pod: &Pod) -> Option<i32> {
@@ -58,13 +61,15 @@ pub struct Plan {
 
 /// The next steps for `pods` (by ordinal), pure. `ordered` is
 /// `OrderedReady`; `update` is the ordinal floor of a rolling update
-/// (`partition`), None for `OnDelete`.
+/// (`partition`), None for `OnDelete`. The ordinals in `held` are missing
+/// but may not be made yet (see `statefulset_handoff`).
 pub fn plan(
     pods: &BTreeMap<i32, Arc<Pod>>,
     replicas: i32,
     ordered: bool,
     revision: &str,
     update: Option<i32>,
+    held: &BTreeSet<i32>,
 ) -> Plan {
     let mut out = Plan::default();
     // Failed pods are replaced under the same name.
@@ -81,6 +86,11 @@ pub fn plan(
     }
     for i in 0..replicas {
         match pods.get(&i) {
+            None if held.contains(&i) => {
+                if ordered {
+                    return out;
+                }
+            }
             None => {
                 out.create.push(i);
                 if ordered {
@@ -134,12 +144,20 @@ impl StatefulSetController {
     pub fn register(ctx: &Arc<Ctx>) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = new_queue(ctx, NAME);
         wiring::enqueue_self(&ctx.informers.statefulsets, &queue);
+        // Before the queue hears of a pod leaving, so a pass it starts
+        // already knows the name is held.
+        let handoffs = Arc::new(Handoffs::default());
+        let h = handoffs.clone();
+        ctx.informers
+            .pods
+            .on_change(move |old, new| h.observe(old, new, Instant::now()));
         wiring::enqueue_controller(&ctx.informers.pods, &queue, "StatefulSet");
         let pods = PodControl::new(ctx);
         (
             Arc::new(StatefulSetController {
                 ctx: ctx.clone(),
                 pods,
+                handoffs,
             }),
             queue,
         )
@@ -237,7 +255,13 @@ impl StatefulSetController {
                     .unwrap_or(0),
             ),
         };
-        let p = plan(&pods, replicas, ordered, &hash, update);
+        let now = Instant::now();
+        let waits: Vec<(i32, std::time::Duration)> = (0..replicas)
+            .filter(|i| !pods.contains_key(i))
+            .filter_map(|i| Some((i, self.handoffs.held(&format!("{ns}/{set}-{i}"), now)?)))
+            .collect();
+        let held: BTreeSet<i32> = waits.iter().map(|(i, _)| *i).collect();
+        let p = plan(&pods, replicas, ordered, &hash, update, &held);
         debug!(statefulset = %key, ?p, "plan");
         let owner = object_ref(sts.as_ref());
         // As in Kubernetes, a pod (re)created below the partition (or,
@@ -284,6 +308,7 @@ impl StatefulSetController {
         );
         for i in &p.delete {
             if let Some(pod) = pods.get(i) {
+                self.handoffs.deleting(pod);
                 self.pods.delete(&owner, pod).await?;
             }
         }
@@ -318,9 +343,10 @@ impl StatefulSetController {
             spec.revision_history_limit,
         )
         .await?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(Action::AwaitChange),
+        match (err, waits.iter().map(|(_, d)| *d).min()) {
+            (Some(e), _) => Err(e),
+            (None, Some(wait)) => Ok(Action::Requeue(wait)),
+            (None, None) => Ok(Action::AwaitChange),
         }
     }
 
@@ -478,32 +504,66 @@ mod tests {
 
     #[test]
     fn ordered_creation_waits_for_each_pod() {
+        let none_held = BTreeSet::new();
         let none = BTreeMap::new();
-        assert_eq!(plan(&none, 3, true, "a", Some(0)).create, vec![0]);
+        assert_eq!(
+            plan(&none, 3, true, "a", Some(0), &none_held).create,
+            vec![0]
+        );
         let one_not_ready: BTreeMap<_, _> = [pod(0, false, "a")].into();
-        assert_eq!(plan(&one_not_ready, 3, true, "a", Some(0)), Plan::default());
+        assert_eq!(
+            plan(&one_not_ready, 3, true, "a", Some(0), &none_held),
+            Plan::default()
+        );
         let one_ready: BTreeMap<_, _> = [pod(0, true, "a")].into();
-        assert_eq!(plan(&one_ready, 3, true, "a", Some(0)).create, vec![1]);
-        assert_eq!(plan(&none, 3, false, "a", Some(0)).create, vec![0, 1, 2]);
+        assert_eq!(
+            plan(&one_ready, 3, true, "a", Some(0), &none_held).create,
+            vec![1]
+        );
+        assert_eq!(
+            plan(&none, 3, false, "a", Some(0), &none_held).create,
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
     fn scale_down_goes_from_the_top_and_updates_respect_the_partition() {
+        let none_held = BTreeSet::new();
         let three: BTreeMap<_, _> =
             [pod(0, true, "a"), pod(1, true, "a"), pod(2, true, "a")].into();
-        assert_eq!(plan(&three, 1, true, "a", Some(0)).delete, vec![2]);
-        assert_eq!(plan(&three, 1, false, "a", Some(0)).delete, vec![2, 1]);
-        assert_eq!(plan(&three, 3, true, "b", Some(0)).delete, vec![2]);
         assert_eq!(
-            plan(&three, 3, true, "b", Some(3)).delete,
+            plan(&three, 1, true, "a", Some(0), &none_held).delete,
+            vec![2]
+        );
+        assert_eq!(
+            plan(&three, 1, false, "a", Some(0), &none_held).delete,
+            vec![2, 1]
+        );
+        assert_eq!(
+            plan(&three, 3, true, "b", Some(0), &none_held).delete,
+            vec![2]
+        );
+        assert_eq!(
+            plan(&three, 3, true, "b", Some(3), &none_held).delete,
             Vec::<i32>::new()
         );
         let mixed: BTreeMap<_, _> =
             [pod(0, true, "a"), pod(1, true, "b"), pod(2, true, "b")].into();
         assert_eq!(
-            plan(&mixed, 3, true, "b", Some(1)).delete,
+            plan(&mixed, 3, true, "b", Some(1), &none_held).delete,
             Vec::<i32>::new()
         );
-        assert_eq!(plan(&mixed, 3, true, "b", None).delete, Vec::<i32>::new());
+        assert_eq!(
+            plan(&mixed, 3, true, "b", None, &none_held).delete,
+            Vec::<i32>::new()
+        );
+    }
+
+    #[test]
+    fn a_held_name_is_skipped_and_stops_an_ordered_set() {
+        let held: BTreeSet<i32> = [1].into();
+        let first: BTreeMap<_, _> = [pod(0, true, "a")].into();
+        assert_eq!(plan(&first, 3, true, "a", Some(0), &held), Plan::default());
+        assert_eq!(plan(&first, 3, false, "a", Some(0), &held).create, vec![2]);
     }
 }

@@ -174,19 +174,24 @@ async fn partition_keeps_history_and_undo_restores() -> anyhow::Result<()> {
     .into();
     assert_eq!(images(&now), want, "the update stops at the partition");
 
-    // web-0 deleted: it comes back, on v1 still.
-    let old_uid = pods.get("web-0").await?.metadata.uid;
-    s.kubectl(&["delete", "pod", "web-0", "--wait=false"])?;
-    let back = wait_for("web-0 recreated and Ready", PATIENCE, || async {
-        let p = pods.get("web-0").await.ok()?;
-        (p.metadata.uid != old_uid && is_ready(&p)).then_some(p)
-    })
-    .await?;
-    assert_eq!(
-        image_of(&back),
-        Some(v1.clone()),
-        "recreated below the partition"
-    );
+    // web-0 deleted: it comes back, on v1 still. kubectl's own wait for
+    // the deletion returns each time, though the set makes web-0 again
+    // within milliseconds (see controllers/statefulset_handoff.rs).
+    for round in 0..5 {
+        let old_uid = pods.get("web-0").await?.metadata.uid;
+        s.kubectl(&["delete", "pod", "web-0", "--timeout=60s"])
+            .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+        let back = wait_for("web-0 recreated and Ready", PATIENCE, || async {
+            let p = pods.get("web-0").await.ok()?;
+            (p.metadata.uid != old_uid && is_ready(&p)).then_some(p)
+        })
+        .await?;
+        assert_eq!(
+            image_of(&back),
+            Some(v1.clone()),
+            "recreated below the partition"
+        );
+    }
 
     // Two revisions, the newest holding v2.
     let revs: Api<k8s_openapi::api::apps::v1::ControllerRevision> =
