@@ -45,7 +45,7 @@ impl Handoffs {
         let Some(pod) = new.or(old) else {
             return;
         };
-        if !controller_of(&pod.metadata).is_some_and(|r| r.kind == "StatefulSet") {
+        if controller_of(&pod.metadata).is_none_or(|r| r.kind != "StatefulSet") {
             return;
         }
         let leaving = match new {
@@ -105,7 +105,7 @@ mod tests {
                     ..Default::default()
                 }]),
                 deletion_timestamp: terminating
-                    .then(|| Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                    .then_some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             },
             ..Default::default()
