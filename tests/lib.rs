@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -253,6 +254,65 @@ impl Server {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts `kubectl port-forward` with `args` (local port 0, as in
+    /// `pod/x :8080`) and waits until it listens; `env` is added to
+    /// kubectl's environment.
+    pub fn port_forward(&self, args: &[&str], env: &[(&str, &str)]) -> Result<PortForward> {
+        use std::io::Read;
+        let mut cmd = self.kubectl_cmd(&[&["port-forward"], args].concat());
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running kubectl port-forward")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        let stdout = child.stdout.take().context("kubectl's stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                // "Forwarding from 127.0.0.1:41233 -> 8080"
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    let port = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let mut pf = PortForward {
+            child,
+            local: String::new(),
+            stderr,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => {
+                pf.local = format!("127.0.0.1:{port}");
+                Ok(pf)
+            }
+            Err(_) => bail!(
+                "kubectl port-forward {} did not start listening: {}",
+                args.join(" "),
+                pf.stderr()
+            ),
+        }
     }
 
     /// Runs kubectl expecting failure; returns stderr.
@@ -589,6 +649,33 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A running `kubectl port-forward`, stopped when dropped.
+pub struct PortForward {
+    child: Child,
+    /// Where it listens: `127.0.0.1:<port>`.
+    pub local: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl PortForward {
+    /// What kubectl has printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Whether kubectl is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `GET path` on a fresh connection.

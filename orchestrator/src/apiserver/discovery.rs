@@ -123,6 +123,10 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/exec", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "PodExecOptions", "verbs": ["create", "get"]})
             }
+            "portforward" => {
+                json!({"name": format!("{}/portforward", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})
+            }
             "proxy" => {
                 json!({"name": format!("{}/proxy", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "NodeProxyOptions", "verbs": ["create", "delete", "get", "patch", "update"]})

@@ -58,7 +58,14 @@ pub fn registry() -> Registry {
         entry::<core::Pod>()
             .short(&["po"])
             .categories(all)
-            .subresources(&["status", "binding", "eviction", "log", "exec"])
+            .subresources(&[
+                "status",
+                "binding",
+                "eviction",
+                "log",
+                "exec",
+                "portforward",
+            ])
             .fields(POD_FIELDS)
             .printer(Printer::Pod)
             .admission(Admission {

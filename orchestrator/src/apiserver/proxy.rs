@@ -254,20 +254,19 @@ pub async fn pod_log(
 }
 
 /// Headers of a protocol switch, passed both ways unchanged: the node
-/// answers the client's WebSocket handshake.
-const UPGRADE_HEADERS: [&str; 6] = [
+/// answers the client's WebSocket handshake or SPDY upgrade.
+const UPGRADE_HEADERS: [&str; 7] = [
     "connection",
     "upgrade",
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
     "sec-websocket-accept",
+    "x-stream-protocol-version",
 ];
 
 /// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec`: the WebSocket is
-/// handed to the node's `/exec/...`, and once both sides have switched
-/// protocols the bytes are relayed as they are, as kube-apiserver's
-/// upgrade-aware proxy does for kubelet.
+/// handed to the node's `/exec/...`.
 pub async fn pod_exec(
     st: &ApiState,
     ns: &str,
@@ -280,13 +279,81 @@ pub async fn pod_exec(
     let pod = stored(st, "pods", Some(ns), name).await?;
     let pairs = query_pairs(query)?;
     let (container, node) = target(&pod, name, &pairs)?;
-    let Some(client_side) = upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
-        return Err(ApiError::bad_request(
-            "exec needs a connection upgrade to a WebSocket (v5.channel.k8s.io); kubectl exec does this".to_string(),
-        ));
-    };
-    let base = node_endpoint(st, &node).await?;
     let path = format!("/exec/{ns}/{name}/{container}?{}", rest_of(pairs));
+    let switch = Switch {
+        what: "exec",
+        needs: "a connection upgrade to a WebSocket (v5.channel.k8s.io); kubectl exec does this",
+        ns,
+        name,
+    };
+    to_node(st, &node, &path, method, headers, upgrade, switch).await
+}
+
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward`: the
+/// WebSocket tunnel (or SPDY upgrade) is handed to the node's
+/// `/portForward/...`; the ports travel inside, one SPDY stream pair per
+/// connection.
+pub async fn pod_port_forward(
+    st: &ApiState,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> ApiResult<Response> {
+    let pod = stored(st, "pods", Some(ns), name).await?;
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(|v| v.as_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "pod {name} is not scheduled to a node yet; it has no ports to forward"
+            ))
+        })?
+        .to_string();
+    if pod.pointer("/status/phase").and_then(|v| v.as_str()) != Some("Running") {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: pod {name} is not running"
+        )));
+    }
+    let path = format!("/portForward/{ns}/{name}");
+    let switch = Switch {
+        what: "port-forward",
+        needs: "a WebSocket (SPDY/3.1+portforward.k8s.io) or an upgrade to SPDY/3.1; kubectl port-forward does this",
+        ns,
+        name,
+    };
+    to_node(st, &node, &path, method, headers, upgrade, switch).await
+}
+
+/// What a protocol switch is for, to name it in answers and logs.
+struct Switch<'a> {
+    what: &'static str,
+    needs: &'static str,
+    ns: &'a str,
+    name: &'a str,
+}
+
+/// Sends the upgrade request to the node, and once both sides have
+/// switched protocols relays the bytes as they are, as kube-apiserver's
+/// upgrade-aware proxy does for kubelet.
+async fn to_node(
+    st: &ApiState,
+    node: &str,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    switch: Switch<'_>,
+) -> ApiResult<Response> {
+    let Some(client_side) = upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
+        return Err(ApiError::bad_request(format!(
+            "{} needs {}",
+            switch.what, switch.needs
+        )));
+    };
+    let base = node_endpoint(st, node).await?;
     let mut upgrade_headers = HeaderMap::new();
     for h in UPGRADE_HEADERS {
         for v in headers.get_all(h) {
@@ -296,10 +363,10 @@ pub async fn pod_exec(
     let mut resp = st
         .nodes
         .send(
-            &node,
+            node,
             &base,
             method.clone(),
-            &path,
+            path,
             &upgrade_headers,
             Body::empty(),
         )
@@ -319,13 +386,13 @@ pub async fn pod_exec(
             answer = answer.header(h, v);
         }
     }
-    let (pod_name, ns_name) = (name.to_string(), ns.to_string());
+    let (what, pod_name, ns_name) = (switch.what, switch.name.to_string(), switch.ns.to_string());
     tokio::spawn(async move {
         match (client_side.await, node_side.await) {
             (Ok(c), Ok(n)) => {
                 let (mut c, mut n) = (TokioIo::new(c), TokioIo::new(n));
                 if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut n).await {
-                    tracing::debug!(pod = %pod_name, namespace = %ns_name, error = %e, "exec relay ended");
+                    tracing::debug!(pod = %pod_name, namespace = %ns_name, error = %e, "{what} relay ended");
                 }
             }
             (c, n) => tracing::warn!(
@@ -333,13 +400,13 @@ pub async fn pod_exec(
                 namespace = %ns_name,
                 client = ?c.err(),
                 node = ?n.err(),
-                "exec: a side did not switch protocols"
+                "{what}: a side did not switch protocols"
             ),
         }
     });
     answer
         .body(Body::empty())
-        .map_err(|e| ApiError::internal(format!("answering the exec upgrade: {e}")))
+        .map_err(|e| ApiError::internal(format!("answering the {what} upgrade: {e}")))
 }
 
 /// `/api/v1/nodes/{name}/proxy/{path}`: any method, passed through.

@@ -27,6 +27,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(port_forward).post(port_forward),
+        )
         .route("/stats/summary", get(stats))
         .route("/metrics", get(metrics))
         .route("/pods", get(pods))
@@ -69,6 +73,93 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         ),
     )
         .into_response()
+}
+
+/// `kubectl port-forward`: SPDY streams inside a WebSocket, or on a
+/// connection upgraded to SPDY/3.1 (see `portforward.rs`).
+async fn port_forward(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, name)): Path<(String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
+) -> Response {
+    use super::portforward::{self as pf, PodPorts};
+    if ctx.pod(&ns, &name).is_none() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pod {ns}/{name} does not run on node {}", ctx.name),
+        );
+    }
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(ctx.client.clone(), &ns);
+    let pod = match api.get(&name).await {
+        Ok(p) => p,
+        Err(e) => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("pod {ns}/{name}: {e}"),
+            )
+        }
+    };
+    let class = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.runtime_class_name.as_deref())
+        .unwrap_or(shoal_sdk::RUNTIME_CLASS_WASMTIME);
+    let containers = class != shoal_sdk::RUNTIME_CLASS_WASMTIME;
+    let target = Arc::new(PodPorts::of(
+        &pod,
+        ctx.gateway.serving(&ns, &name),
+        containers,
+    ));
+    if let Ok(ws) = ws {
+        return ws
+            .protocols([pf::WS_PROTOCOL])
+            .on_upgrade(move |socket| async move {
+                if socket.protocol().and_then(|p| p.to_str().ok()) == Some(pf::WS_PROTOCOL) {
+                    pf::over_websocket(socket, target).await;
+                }
+            });
+    }
+    let spdy = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    let offered = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == pf::STREAM_PROTOCOL);
+    if !spdy || !offered {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "port-forward needs a WebSocket speaking {} or an upgrade to SPDY/3.1 with X-Stream-Protocol-Version {}",
+                pf::WS_PROTOCOL,
+                pf::STREAM_PROTOCOL
+            ),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => pf::over_upgrade(hyper_util::rt::TokioIo::new(io), target).await,
+            Err(e) => tracing::debug!(error = %e, "port-forward: the upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", pf::STREAM_PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_default()
 }
 
 /// `kubectl exec`: the command from the query's `command` values, run in

@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use shoal_tests::{busybox_image, http_get, sample, wait_for, Server, UP_NODE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{first_container, phase, terminated, wait_logs, wait_pod, wait_running, PATIENCE};
 
@@ -367,6 +368,74 @@ spec:
     })
     .await?;
     assert_eq!((code, body.as_str()), (200, "hello from a runc pod\n"));
+
+    // kubectl port-forward dials the pod's own IP. 2 MiB each way is far
+    // past SPDY's initial 64 KiB window, which kubectl never reopens.
+    let web = s.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
+    s.kubectl(&[
+        "exec",
+        &web,
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/www/big",
+        "bs=1024",
+        "count=2048",
+    ])?;
+    let want = s
+        .kubectl_raw(&["exec", &web, "--", "cat", "/www/big"], None)?
+        .stdout;
+    assert_eq!(want.len(), 2048 * 1024);
+    let pf = s.port_forward(&[&format!("pod/{web}"), ":8080"], &[])?;
+    let mut conn = tokio::net::TcpStream::connect(&pf.local).await?;
+    conn.write_all(b"GET /big HTTP/1.0\r\n\r\n").await?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await?;
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer through port-forward"))?;
+    let head = String::from_utf8_lossy(&raw[..at]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(raw[at + 4..] == want[..], "the file came through whole");
+    // And the other way: a CGI script counts what it is sent.
+    s.kubectl_in(
+        &[
+            "exec",
+            "-i",
+            &web,
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /www/cgi-bin && cat > /www/cgi-bin/count && chmod +x /www/cgi-bin/count",
+        ],
+        Some("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nhead -c \"$CONTENT_LENGTH\" | wc -c\n"),
+    )?;
+    let upload = "x".repeat(2 << 20);
+    let mut conn = tokio::net::TcpStream::connect(&pf.local).await?;
+    conn.write_all(
+        format!(
+            "POST /cgi-bin/count HTTP/1.0\r\nContent-Length: {}\r\n\r\n{upload}",
+            upload.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await?;
+    assert_eq!(
+        answer.rsplit("\r\n\r\n").next().map(str::trim),
+        Some("2097152"),
+        "{answer}"
+    );
+    drop(pf);
 
     // Pods reach each other by pod IP; the downward API and /etc/hosts
     // know the pod's own address; a hostNetwork pod keeps the node's.

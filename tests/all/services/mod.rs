@@ -4,6 +4,7 @@
 
 mod ingress;
 mod nodeport;
+mod portforward;
 mod probes;
 mod rollout;
 

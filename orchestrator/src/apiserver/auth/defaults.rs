@@ -115,6 +115,11 @@ fn edit_rules() -> Vec<Value> {
             &["create"],
         ),
         rule(
+            &[""],
+            &["pods/exec", "pods/portforward"],
+            &["create", "get"],
+        ),
+        rule(
             &["apps"],
             &[
                 "daemonsets",

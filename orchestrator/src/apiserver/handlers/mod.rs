@@ -207,6 +207,7 @@ async fn dispatch(
 enum NodeSub<'a> {
     PodLog { namespace: &'a str, name: &'a str },
     PodExec { namespace: &'a str, name: &'a str },
+    PodPortForward { namespace: &'a str, name: &'a str },
     NodeProxy { node: &'a str, path: String },
 }
 
@@ -219,6 +220,9 @@ impl<'a> NodeSub<'a> {
             }
             ["namespaces", namespace, "pods", name, "exec"] => {
                 Some(NodeSub::PodExec { namespace, name })
+            }
+            ["namespaces", namespace, "pods", name, "portforward"] => {
+                Some(NodeSub::PodPortForward { namespace, name })
             }
             ["nodes", node, "proxy", tail @ ..] => Some(NodeSub::NodeProxy {
                 node,
@@ -256,6 +260,21 @@ async fn node_subresource(
             }
             super::proxy::pod_exec(st, namespace, name, uri.query(), method, headers, upgrade.0)
                 .await
+        }
+        NodeSub::PodPortForward { namespace, name } => {
+            labels.resource = "pods/portforward".into();
+            labels.verb = if method == Method::POST {
+                "POST"
+            } else {
+                "GET"
+            };
+            if method != Method::GET && method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {})",
+                    uri.path()
+                )));
+            }
+            super::proxy::pod_port_forward(st, namespace, name, method, headers, upgrade.0).await
         }
         NodeSub::PodLog { namespace, name } => {
             labels.resource = "pods/log".into();

@@ -87,6 +87,11 @@ impl Gateway {
         }
     }
 
+    /// The HTTP component a pod on this node serves, if any.
+    pub fn serving(&self, namespace: &str, pod: &str) -> Option<Arc<dyn HttpService>> {
+        self.local(namespace, pod)
+    }
+
     fn local(&self, namespace: &str, pod: &str) -> Option<Arc<dyn HttpService>> {
         self.local
             .lock()
