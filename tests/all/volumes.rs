@@ -660,3 +660,40 @@ async fn ephemeral_volumes_live_and_die_with_their_pod() -> anyhow::Result<()> {
     assert!(!data.exists(), "{} outlived its pod", data.display());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_read_write_once_pod_claim_admits_one_pod_at_a_time() -> anyhow::Result<()> {
+    let s = Server::up_on("127.0.10.4", &[])?;
+    let ticker = shoal_tests::sample("ticker")?;
+    let Apis { pods, .. } = apis(&s).await?;
+    let claim = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: solo
+spec:
+  accessModes: [ReadWriteOncePod]
+  resources:
+    requests: {storage: 8Mi}
+";
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "{claim}---\n{}",
+            claim_pod("first", &ticker, "solo")
+        )),
+    )?;
+    wait_running(&pods, "first").await?;
+
+    // A second pod waits, saying why, as Kubernetes' scheduler does.
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&claim_pod("second", &ticker, "solo")),
+    )?;
+    wait_event(&s, "second", "ReadWriteOncePod access mode").await?;
+    assert_eq!(node_of(&pods.get("second").await?), "");
+
+    // Once the first is gone, the second runs.
+    s.kubectl(&["delete", "pod", "first"])?;
+    wait_running(&pods, "second").await?;
+    Ok(())
+}

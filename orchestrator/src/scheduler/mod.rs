@@ -201,6 +201,23 @@ impl Scheduler {
                 left.take(&plugins::requests(pod));
             }
         }
+        // ReadWriteOncePod claims in use, by a pod bound or being bound (a
+        // terminating one too, until it is gone), as Kubernetes'
+        // VolumeRestrictions plugin counts them.
+        let claim_of = |ns: &str| {
+            let ns = ns.to_string();
+            move |name: &str| c.claims.get(&format!("{ns}/{name}"))
+        };
+        let mut single_pod: HashSet<String> = pods
+            .iter()
+            .filter(|p| !is_terminal(p) && (bound(p) || assumed.contains_key(&uid(p))))
+            .flat_map(|p| {
+                volumes::single_pod_claims(
+                    p,
+                    claim_of(p.metadata.namespace.as_deref().unwrap_or_default()),
+                )
+            })
+            .collect();
         let mut pending: Vec<&Arc<Pod>> = pods
             .iter()
             .filter(|p| wants_us(p) && !assumed.contains_key(&uid(p)))
@@ -230,6 +247,15 @@ impl Scheduler {
                 None => BTreeMap::new(),
             };
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let once = volumes::single_pod_claims(pod, claim_of(&ns));
+            if once.iter().any(|k| single_pod.contains(k)) {
+                let msg = format!(
+                    "0/{} nodes are available: 1 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode.",
+                    nodes.len()
+                );
+                self.report_unschedulable(pod, &msg).await;
+                continue;
+            }
             let volume_plan = volumes::plan(
                 pod,
                 |name| c.claims.get(&format!("{ns}/{name}")),
@@ -265,6 +291,7 @@ impl Scheduler {
                     if let Ok(mut a) = self.assumed.lock() {
                         a.insert(uid(pod), node.clone());
                     }
+                    single_pod.extend(once);
                     binds.push((pod.clone(), node, volume_plan.delayed));
                 }
                 Err(msg) => self.report_unschedulable(pod, &msg).await,

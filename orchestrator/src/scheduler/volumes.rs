@@ -95,6 +95,27 @@ pub fn plan(
     Ok(out)
 }
 
+/// The pod's claims (as `namespace/name`) that allow one pod at a time
+/// (`ReadWriteOncePod`): the scheduler places no second pod that uses one.
+pub fn single_pod_claims(
+    pod: &Pod,
+    claim: impl Fn(&str) -> Option<Arc<PersistentVolumeClaim>>,
+) -> Vec<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    claims_of(pod)
+        .into_iter()
+        .filter(|pc| {
+            claim(&pc.claim).is_some_and(|c| {
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s.access_modes.as_ref())
+                    .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"))
+            })
+        })
+        .map(|pc| format!("{ns}/{}", pc.claim))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +180,21 @@ mod tests {
             plan(&pod(&["gone"]), claim, volume, class).expect_err("missing claim"),
             "persistentvolumeclaim \"gone\" not found"
         );
+    }
+
+    #[test]
+    fn only_read_write_once_pod_claims_are_single_pod() {
+        let once = parse::<PersistentVolumeClaim>(json!({"metadata": {"name": "once"},
+            "spec": {"accessModes": ["ReadWriteOncePod"]}}));
+        let shared = parse::<PersistentVolumeClaim>(json!({"metadata": {"name": "shared"},
+            "spec": {"accessModes": ["ReadWriteOnce"]}}));
+        let claim = |n: &str| match n {
+            "once" => Some(once.clone()),
+            "shared" => Some(shared.clone()),
+            _ => None,
+        };
+        let mut p = pod(&["once", "shared", "gone"]);
+        p.metadata.namespace = Some("ns".into());
+        assert_eq!(single_pod_claims(&p, claim), ["ns/once"]);
     }
 }
