@@ -123,6 +123,10 @@ fn resource_entries(r: &ResourceInfo) -> Vec<Value> {
                 json!({"name": format!("{}/exec", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "PodExecOptions", "verbs": ["create", "get"]})
             }
+            "attach" => {
+                json!({"name": format!("{}/attach", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "kind": "PodAttachOptions", "verbs": ["create", "get"]})
+            }
             "portforward" => {
                 json!({"name": format!("{}/portforward", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})

@@ -265,10 +265,13 @@ const UPGRADE_HEADERS: [&str; 7] = [
     "x-stream-protocol-version",
 ];
 
-/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec`: the WebSocket is
-/// handed to the node's `/exec/...`.
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec` (`what` "exec")
+/// and `.../attach` ("attach"): the WebSocket is handed to the node's
+/// `/exec/...` or `/attach/...`.
+#[allow(clippy::too_many_arguments)]
 pub async fn pod_exec(
     st: &ApiState,
+    what: &'static str,
     ns: &str,
     name: &str,
     query: Option<&str>,
@@ -279,10 +282,10 @@ pub async fn pod_exec(
     let pod = stored(st, "pods", Some(ns), name).await?;
     let pairs = query_pairs(query)?;
     let (container, node) = target(&pod, name, &pairs)?;
-    let path = format!("/exec/{ns}/{name}/{container}?{}", rest_of(pairs));
+    let path = format!("/{what}/{ns}/{name}/{container}?{}", rest_of(pairs));
     let switch = Switch {
-        what: "exec",
-        needs: "a connection upgrade to a WebSocket (v5.channel.k8s.io); kubectl exec does this",
+        what,
+        needs: "a connection upgrade to a WebSocket (v5.channel.k8s.io); kubectl does this",
         ns,
         name,
     };

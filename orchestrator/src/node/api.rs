@@ -2,7 +2,7 @@
 //! the API server talks to it, with the node token; `kubectl logs` and
 //! `/api/v1/nodes/{name}/proxy/...` reach it through the API server.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
             "/portForward/{ns}/{pod}",
             get(port_forward).post(port_forward),
         )
+        .route("/attach/{ns}/{pod}/{container}", get(attach).post(attach))
         .route("/stats/summary", get(stats))
         .route("/metrics", get(metrics))
         .route("/pods", get(pods))
@@ -73,6 +74,56 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         ),
     )
         .into_response()
+}
+
+/// `kubectl attach`: the running container's output from now on, behind
+/// a WebSocket speaking the exec protocol (see `attach.rs`).
+async fn attach(
+    State(ctx): State<Arc<NodeCtx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", &m);
+    let pairs: Vec<(String, String)> =
+        match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+            Ok(p) => p,
+            Err(e) => return bad(format!("invalid query: {e}")),
+        };
+    let flag = |name: &str| {
+        crate::apiserver::request::truthy(
+            &pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+        )
+    };
+    if flag("stdin") {
+        return bad(format!(
+            "container {container:?} of pod {ns}/{pod} has no stdin to attach to: Shoal starts containers without one; attach without -i to follow its output"
+        ));
+    }
+    let live = ctx
+        .pod(&ns, &pod)
+        .and_then(|key| ctx.logs.current(&key.uid, &container))
+        .filter(|log| !log.is_finished());
+    let Some(log) = live else {
+        return bad(format!(
+            "container {container:?} in pod {ns}/{pod} is not running"
+        ));
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return bad(format!(
+                "attach needs a WebSocket upgrade speaking {}: {e}",
+                super::exec::PROTOCOLS.join(" or ")
+            ))
+        }
+    };
+    let tty = flag("tty");
+    ws.protocols(super::exec::PROTOCOLS)
+        .on_upgrade(move |socket| super::attach::session(socket, log, tty))
 }
 
 /// `kubectl port-forward`: SPDY streams inside a WebSocket, or on a
@@ -252,13 +303,8 @@ struct Render {
 impl Render {
     /// One CRI record as `kubectl logs` shows it; false if filtered out.
     fn line(&mut self, raw: &str, out: &mut Vec<u8>) -> bool {
-        let mut parts = raw.splitn(4, ' ');
-        let (Some(ts), Some(_stream), Some(tag), text) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next().unwrap_or(""),
-        ) else {
+        let Some(super::logs::Record { ts, full, text, .. }) = super::logs::parse_record(raw)
+        else {
             return false;
         };
         if let Some(since) = self.since_nanos {
@@ -271,7 +317,7 @@ impl Render {
             out.push(b' ');
         }
         out.extend_from_slice(text.as_bytes());
-        self.continuing = tag == "P";
+        self.continuing = !full;
         if !self.continuing {
             out.push(b'\n');
         }
@@ -400,7 +446,7 @@ fn follow(
         loop {
             let notified = log.changed.notified();
             let finished = log.is_finished();
-            let fresh = read_from(&path, &mut offset);
+            let fresh = super::logs::read_from(&path, &mut offset);
             if !fresh.is_empty() {
                 carry.push_str(&fresh);
                 let mut out = Vec::new();
@@ -439,24 +485,6 @@ fn follow(
         Body::from_stream(stream),
     )
         .into_response()
-}
-
-fn read_from(path: &std::path::Path, offset: &mut u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len < *offset {
-        // Rotated underneath us: start over on the new file.
-        *offset = 0;
-    }
-    if f.seek(SeekFrom::Start(*offset)).is_err() {
-        return String::new();
-    }
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    *offset += s.len() as u64;
-    s
 }
 
 /// Kubelet's Summary API: CPU and memory of the node and of each pod's

@@ -21,9 +21,9 @@ use tracing::debug;
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
+pub(super) const STDOUT: u8 = 1;
+pub(super) const STDERR: u8 = 2;
+pub(super) const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
@@ -89,7 +89,7 @@ pub fn exit_status(argv: &[String], result: &Result<i32, String>) -> Value {
     }
 }
 
-fn frame(stream: u8, data: &[u8]) -> Message {
+pub(super) fn frame(stream: u8, data: &[u8]) -> Message {
     let mut b = Vec::with_capacity(data.len() + 1);
     b.push(stream);
     b.extend_from_slice(data);
@@ -191,7 +191,7 @@ fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
     Some((get("Width")?, get("Height")?))
 }
 
-fn close() -> Message {
+pub(super) fn close() -> Message {
     Message::Close(Some(CloseFrame {
         code: 1000,
         reason: "".into(),

@@ -136,6 +136,48 @@ fn push_record(out: &mut Vec<u8>, ts: &str, stream: StdStream, text: &[u8], full
     out.push(b'\n');
 }
 
+/// One CRI record of a log file, read back.
+#[derive(Debug, PartialEq)]
+pub struct Record<'a> {
+    pub ts: &'a str,
+    pub stream: &'a str,
+    /// `F`: the text ends a line; `P`: more of the line follows.
+    pub full: bool,
+    pub text: &'a str,
+}
+
+/// Parses `<ts> <stream> <F|P> <text>`; None for anything else.
+pub fn parse_record(raw: &str) -> Option<Record<'_>> {
+    let mut parts = raw.splitn(4, ' ');
+    let (ts, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(Record {
+        ts,
+        stream,
+        full: tag != "P",
+        text: parts.next().unwrap_or(""),
+    })
+}
+
+/// What was appended to `path` since `offset` (moved past it); a file
+/// shorter than `offset` was rotated and is read from its start.
+pub fn read_from(path: &Path, offset: &mut u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < *offset {
+        *offset = 0;
+    }
+    if f.seek(SeekFrom::Start(*offset)).is_err() {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    *offset += s.len() as u64;
+    s
+}
+
 impl OutputSink for ContainerLog {
     /// Every write is recorded at once: complete lines as `F` records and
     /// any unterminated tail as a `P` record, as CRI runtimes do, so nothing

@@ -3,6 +3,7 @@
 //! node API (logs, stats, metrics) that the API server proxies to.
 
 pub mod api;
+pub mod attach;
 pub mod config;
 pub mod exec;
 pub mod gateway;

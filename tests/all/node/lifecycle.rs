@@ -77,6 +77,34 @@ async fn apply_run_logs_and_delete() -> anyhow::Result<()> {
     let _ = follow.kill();
     assert!(line.starts_with("tick "), "{line}");
 
+    // attach: output from now on, until the container ends (the pod's
+    // deletion below), when kubectl exits cleanly.
+    let mut attached = s
+        .kubectl_cmd(&["attach", "ticker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = attached
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("tick "))
+            .take(2)
+            .collect::<Vec<String>>()
+    });
+    let lines = tokio::time::timeout(PATIENCE, lines).await??;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_ne!(
+        lines[0], "tick 0",
+        "attach starts at the present: {lines:?}"
+    );
+    let err = s.kubectl_err(&["attach", "-i", "ticker"], None)?;
+    assert!(err.contains("has no stdin to attach to"), "{err}");
+
     let describe = s.kubectl(&["describe", "pod", "ticker"])?;
     for needle in ["Started", "Pulled", "Scheduled", "Running"] {
         assert!(
@@ -88,6 +116,9 @@ async fn apply_run_logs_and_delete() -> anyhow::Result<()> {
     s.kubectl(&["delete", "pod", "ticker", "--wait=true"])?;
     let err = s.kubectl_err(&["get", "pod", "ticker"], None)?;
     assert!(err.contains("NotFound"), "{err}");
+    let ended = tokio::task::spawn_blocking(move || attached.wait());
+    let ended = tokio::time::timeout(PATIENCE, ended).await???;
+    assert!(ended.success(), "kubectl attach ended with {ended}");
     Ok(())
 }
 

@@ -205,10 +205,23 @@ async fn dispatch(
 
 /// Requests the node running a pod answers, not the store.
 enum NodeSub<'a> {
-    PodLog { namespace: &'a str, name: &'a str },
-    PodExec { namespace: &'a str, name: &'a str },
-    PodPortForward { namespace: &'a str, name: &'a str },
-    NodeProxy { node: &'a str, path: String },
+    PodLog {
+        namespace: &'a str,
+        name: &'a str,
+    },
+    PodExec {
+        what: &'static str,
+        namespace: &'a str,
+        name: &'a str,
+    },
+    PodPortForward {
+        namespace: &'a str,
+        name: &'a str,
+    },
+    NodeProxy {
+        node: &'a str,
+        path: String,
+    },
 }
 
 impl<'a> NodeSub<'a> {
@@ -218,8 +231,12 @@ impl<'a> NodeSub<'a> {
             ["namespaces", namespace, "pods", name, "log"] => {
                 Some(NodeSub::PodLog { namespace, name })
             }
-            ["namespaces", namespace, "pods", name, "exec"] => {
-                Some(NodeSub::PodExec { namespace, name })
+            ["namespaces", namespace, "pods", name, what @ ("exec" | "attach")] => {
+                Some(NodeSub::PodExec {
+                    what: if *what == "exec" { "exec" } else { "attach" },
+                    namespace,
+                    name,
+                })
             }
             ["namespaces", namespace, "pods", name, "portforward"] => {
                 Some(NodeSub::PodPortForward { namespace, name })
@@ -245,8 +262,12 @@ async fn node_subresource(
     labels: &mut RequestLabels,
 ) -> ApiResult<Response> {
     match sub {
-        NodeSub::PodExec { namespace, name } => {
-            labels.resource = "pods/exec".into();
+        NodeSub::PodExec {
+            what,
+            namespace,
+            name,
+        } => {
+            labels.resource = format!("pods/{what}");
             labels.verb = if method == Method::POST {
                 "POST"
             } else {
@@ -258,8 +279,17 @@ async fn node_subresource(
                     uri.path()
                 )));
             }
-            super::proxy::pod_exec(st, namespace, name, uri.query(), method, headers, upgrade.0)
-                .await
+            super::proxy::pod_exec(
+                st,
+                what,
+                namespace,
+                name,
+                uri.query(),
+                method,
+                headers,
+                upgrade.0,
+            )
+            .await
         }
         NodeSub::PodPortForward { namespace, name } => {
             labels.resource = "pods/portforward".into();
