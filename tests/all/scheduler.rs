@@ -156,3 +156,114 @@ async fn places_pods_and_explains_refusals() -> anyhow::Result<()> {
     assert_eq!(node_of(&pods, "oci").await?, "node-a");
     Ok(())
 }
+
+#[tokio::test]
+async fn priority_classes_set_pod_priority_and_order_the_queue() -> anyhow::Result<()> {
+    let s = Server::start()?;
+    let c = s.client().await?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let builtin = s.kubectl(&["get", "priorityclasses"])?;
+    assert!(
+        builtin.contains("system-node-critical") && builtin.contains("2000001000"),
+        "{builtin}"
+    );
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\nglobalDefault: true\n"),
+    )?;
+    let table = s.kubectl(&["get", "pc", "low"])?;
+    assert!(
+        table.contains("GLOBAL-DEFAULT") && table.contains("true"),
+        "{table}"
+    );
+
+    // One node with room for one pod, taken by a high-priority pod.
+    let one_pod = node_yaml("solo", "2", "", "").replace("pods: \"1000\"", "pods: \"1\"");
+    s.kubectl_in(&["apply", "-f", "-"], Some(&one_pod))?;
+    pods.create(
+        &PostParams::default(),
+        &pod("blocker", json!({"priorityClassName": "high"})),
+    )
+    .await?;
+    assert_eq!(node_of(&pods, "blocker").await?, "solo");
+    let blocker = pods.get("blocker").await?.spec.unwrap_or_default();
+    assert_eq!(
+        (blocker.priority, blocker.preemption_policy.as_deref()),
+        (Some(1000), Some("PreemptLowerPriority"))
+    );
+
+    // Two wait, the default-class one first; the higher one goes first.
+    pods.create(&PostParams::default(), &pod("waits-low", json!({})))
+        .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod("waits-high", json!({"priorityClassName": "high"})),
+    )
+    .await?;
+    let low = pods.get("waits-low").await?.spec.unwrap_or_default();
+    assert_eq!(
+        (low.priority_class_name.as_deref(), low.priority),
+        (Some("low"), Some(10)),
+        "the global default applies"
+    );
+    let events: Api<Event> = Api::namespaced(c.clone(), "default");
+    failed_scheduling(&events, "waits-low").await?;
+    failed_scheduling(&events, "waits-high").await?;
+    pods.delete(
+        "blocker",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await?;
+    assert_eq!(node_of(&pods, "waits-high").await?, "solo");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let low = pods.get("waits-low").await?.spec.unwrap_or_default();
+    assert_eq!(low.node_name, None, "the lower one still waits");
+
+    // Bad input, as Kubernetes refuses it.
+    let err = s.kubectl_err(
+        &[
+            "run",
+            "nope",
+            "--image=x",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"missing"}}"#,
+        ],
+        None,
+    )?;
+    assert!(
+        err.contains("no PriorityClass with name missing was found"),
+        "{err}"
+    );
+    let own = pods
+        .create(
+            &PostParams::default(),
+            &pod("own", json!({"priorityClassName": "high", "priority": 5})),
+        )
+        .await
+        .expect_err("a pod may not set its own priority");
+    assert!(
+        own.to_string().contains("must not be provided in pod spec"),
+        "{own}"
+    );
+    let class = |name: &str, extra: &str| {
+        format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{name: {name}}}\n{extra}")
+    };
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&class("huge", "value: 2000000000\n")),
+    )?;
+    assert!(err.contains("value") && err.contains("1000000000"), "{err}");
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&class("system-mine", "value: 1\n")),
+    )?;
+    assert!(err.contains("reserved for system use"), "{err}");
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&class("other", "value: 1\nglobalDefault: true\n")),
+    )?;
+    assert!(err.contains("low is already marked as default"), "{err}");
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&class("high", "value: 7\n")))?;
+    assert!(err.contains("value") && err.contains("immutable"), "{err}");
+    Ok(())
+}

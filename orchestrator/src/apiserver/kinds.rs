@@ -4,12 +4,12 @@ use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
     core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, node::v1 as node,
-    policy::v1 as policy, rbac::v1 as rbac, storage::v1 as storage,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 use super::admission::{
-    self, core as core_rules, meta, pod, rbac as rbac_rules, storage as storage_rules, workloads,
-    Admission,
+    self, core as core_rules, meta, pod, rbac as rbac_rules, scheduling as scheduling_rules,
+    storage as storage_rules, workloads, Admission,
 };
 use super::registry::{entry, Registry};
 use super::table::Printer;
@@ -263,6 +263,17 @@ pub fn registry() -> Registry {
             .short(&["pdb"])
             .subresources(&["status"])
             .printer(Printer::PodDisruptionBudget)
+            .build(),
+        // scheduling.k8s.io/v1
+        entry::<scheduling::PriorityClass>()
+            .short(&["pc"])
+            .printer(Printer::PriorityClass)
+            .admission(Admission {
+                default: scheduling_rules::default_class,
+                validate: scheduling_rules::validate_class,
+                validate_update: scheduling_rules::validate_class_update,
+                ..Admission::default()
+            })
             .build(),
         // storage.k8s.io/v1
         entry::<storage::StorageClass>()

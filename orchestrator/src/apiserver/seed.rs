@@ -105,6 +105,18 @@ pub async fn seed(st: &ApiState) -> Result<(), StoreError> {
         o["metadata"]["annotations"] = json!({v::DEFAULT_CLASS_ANNOTATION: "true"});
         o
     }));
+    // The two classes Kubernetes reserves for its own critical pods, which
+    // charts name (`priorityClassName: system-node-critical`).
+    for (name, value, description) in super::admission::scheduling::BUILT_IN {
+        let o = object(
+            "scheduling.k8s.io/v1",
+            "PriorityClass",
+            name,
+            json!({"value": value, "description": description,
+                   "preemptionPolicy": "PreemptLowerPriority"}),
+        );
+        wanted.push(("scheduling.k8s.io", "priorityclasses", o));
+    }
     // The bootstrap RBAC policy, marked as Kubernetes marks its own.
     for (plural, kind, name, extra) in super::auth::defaults::objects() {
         let mut o = object("rbac.authorization.k8s.io/v1", kind, name, extra);

@@ -222,8 +222,14 @@ impl Scheduler {
             .iter()
             .filter(|p| wants_us(p) && !assumed.contains_key(&uid(p)))
             .collect();
-        // Oldest first, as the scheduling queue orders by arrival.
-        pending.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        // Highest priority first, then oldest, as Kubernetes' scheduling
+        // queue orders them (its PrioritySort plugin).
+        pending.sort_by_key(|p| {
+            (
+                std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            )
+        });
         let live: HashSet<String> = pending.iter().map(|p| uid(p)).collect();
         self.reported.retain(|u, _| live.contains(u));
         let mut binds: Vec<(Arc<Pod>, String, Vec<String>)> = Vec::new();

@@ -10,6 +10,7 @@ pub mod cron;
 pub mod meta;
 pub mod pod;
 pub mod rbac;
+pub mod scheduling;
 pub mod storage;
 pub mod workloads;
 

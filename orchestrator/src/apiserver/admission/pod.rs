@@ -62,7 +62,6 @@ pub fn default_pod(obj: &mut Value) {
     let spec = obj_mut(obj, "spec");
     default_field(spec, "serviceAccountName", json!("default"));
     default_field(spec, "enableServiceLinks", json!(true));
-    default_field(spec, "priority", json!(0));
     default_tolerations(spec);
     if let Some(spec) = obj.get_mut("spec") {
         default_spec(spec);

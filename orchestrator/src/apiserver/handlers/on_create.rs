@@ -1,7 +1,8 @@
 //! Admission that reads the store, run when an object is created: the
 //! namespace must be open (NamespaceLifecycle), a pod's ServiceAccount must
-//! exist, a claim gets the default StorageClass, and claims and volumes get
-//! their protection finalizers (StorageObjectInUseProtection).
+//! exist, a pod's priority comes from its PriorityClass (Priority), a claim
+//! gets the default StorageClass, and claims and volumes get their
+//! protection finalizers (StorageObjectInUseProtection).
 
 use serde_json::{json, Value};
 
@@ -15,12 +16,18 @@ pub async fn admit(st: &ApiState, t: &Target<'_>, name: &str, obj: &mut Value) -
     if resource == ("", "persistentvolumes") {
         add_finalizer(obj, shoal_sdk::volumes::VOLUME_PROTECTION);
     }
+    if resource == ("scheduling.k8s.io", "priorityclasses") {
+        one_global_default(st, obj).await?;
+    }
     let Some(ns) = t.namespace.as_deref() else {
         return Ok(());
     };
     check_namespace_open(st, ns).await?;
     match resource {
-        ("", "pods") => service_account_admission(st, ns, name, obj).await?,
+        ("", "pods") => {
+            service_account_admission(st, ns, name, obj).await?;
+            priority_admission(st, name, obj).await?;
+        }
         ("", "persistentvolumeclaims") => {
             default_storage_class(st, obj).await?;
             add_finalizer(obj, shoal_sdk::volumes::CLAIM_PROTECTION);
@@ -148,6 +155,109 @@ async fn default_storage_class(st: &ApiState, obj: &mut Value) -> ApiResult<()> 
     });
     if let Some(class) = newest.and_then(|o| o.value.pointer("/metadata/name").cloned()) {
         crate::apiserver::admission::obj_mut(obj, "spec").insert("storageClassName".into(), class);
+    }
+    Ok(())
+}
+
+/// The stored PriorityClasses `keep` picks.
+async fn priority_classes(
+    st: &ApiState,
+    keep: &(dyn Fn(&Value) -> bool + Send + Sync),
+) -> ApiResult<Vec<Value>> {
+    let Some(reg) = st
+        .registry
+        .get("scheduling.k8s.io", "v1", "priorityclasses")
+    else {
+        return Ok(Vec::new());
+    };
+    let page = st
+        .store
+        .list(&reg.key(None, None), None, None, keep)
+        .await
+        .map_err(|e| ApiError::from_store(e, "priorityclasses", ""))?;
+    Ok(page.items.into_iter().map(|o| (*o.value).clone()).collect())
+}
+
+fn global_default(v: &Value) -> bool {
+    v.get("globalDefault").and_then(Value::as_bool) == Some(true)
+}
+
+/// Kubernetes' Priority admission for a class: only one may be the
+/// cluster's default.
+async fn one_global_default(st: &ApiState, obj: &Value) -> ApiResult<()> {
+    if !global_default(obj) {
+        return Ok(());
+    }
+    if let Some(other) = priority_classes(st, &global_default).await?.first() {
+        let other = other
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return Err(ApiError::forbidden(format!(
+            "PriorityClass {other} is already marked as default. Only one default can exist"
+        )));
+    }
+    Ok(())
+}
+
+/// Kubernetes' Priority admission for a pod: `spec.priority` (and
+/// `preemptionPolicy`) come from the class it names, or from the class
+/// marked `globalDefault`, else 0; a pod may not set its own number.
+async fn priority_admission(st: &ApiState, pod: &str, obj: &mut Value) -> ApiResult<()> {
+    let forbidden = |why: String| {
+        let mut e = ApiError::forbidden(format!("pods {pod:?} is forbidden: {why}"));
+        e.details = Some(json!({"name": pod, "kind": "pods"}));
+        e
+    };
+    let named = obj
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let class = match &named {
+        Some(n) => {
+            let wanted = n.clone();
+            let found = priority_classes(st, &move |v: &Value| {
+                v.pointer("/metadata/name").and_then(Value::as_str) == Some(wanted.as_str())
+            })
+            .await?;
+            match found.into_iter().next() {
+                Some(c) => Some(c),
+                None => {
+                    return Err(forbidden(format!(
+                        "no PriorityClass with name {n} was found"
+                    )))
+                }
+            }
+        }
+        // The lowest default wins should several be marked.
+        None => priority_classes(st, &global_default)
+            .await?
+            .into_iter()
+            .min_by_key(|c| c.get("value").and_then(Value::as_i64).unwrap_or(0)),
+    };
+    let value = class
+        .as_ref()
+        .and_then(|c| c.get("value").and_then(Value::as_i64))
+        .unwrap_or(0);
+    if let Some(given) = obj.pointer("/spec/priority").and_then(Value::as_i64) {
+        if given != value {
+            return Err(forbidden(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+    }
+    let spec = crate::apiserver::admission::obj_mut(obj, "spec");
+    spec.insert("priority".into(), json!(value));
+    if let Some(c) = class {
+        if named.is_none() {
+            if let Some(n) = c.pointer("/metadata/name") {
+                spec.insert("priorityClassName".into(), n.clone());
+            }
+        }
+        if let Some(p) = c.get("preemptionPolicy") {
+            spec.insert("preemptionPolicy".into(), p.clone());
+        }
     }
     Ok(())
 }

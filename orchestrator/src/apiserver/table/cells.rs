@@ -712,6 +712,16 @@ pub(super) fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 json!(s(o, "/spec/volumeMode")),
             ]
         }
+        Printer::PriorityClass => vec![
+            json!(s(o, "/metadata/name")),
+            json!(o.get("value").and_then(Value::as_i64).unwrap_or(0)),
+            json!(o
+                .get("globalDefault")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            age,
+            json!(s(o, "/preemptionPolicy")),
+        ],
         Printer::StorageClass => {
             let default = s(
                 o,

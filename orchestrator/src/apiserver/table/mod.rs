@@ -34,6 +34,7 @@ pub enum Printer {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    PriorityClass,
 }
 
 /// (name, type, priority): priority 1 columns show only with `-o wide`.
@@ -197,6 +198,13 @@ fn columns(p: Printer) -> Vec<Col> {
             ("Reason", "string", 0),
             age,
             ("VolumeMode", "string", 1),
+        ],
+        Printer::PriorityClass => vec![
+            name,
+            ("Value", "integer", 0),
+            ("Global-Default", "boolean", 0),
+            age,
+            ("PreemptionPolicy", "string", 0),
         ],
         Printer::StorageClass => vec![
             name,
