@@ -88,14 +88,16 @@ async fn apply_run_logs_and_delete() -> anyhow::Result<()> {
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| l.starts_with("tick "))
-            .take(2)
-            .collect::<Vec<String>>()
+    // Read to the end: a closed pipe would fail kubectl's next write.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if l.starts_with("tick ") {
+                let _ = tx.send(l);
+            }
+        }
     });
+    let lines = tokio::task::spawn_blocking(move || rx.iter().take(2).collect::<Vec<String>>());
     let lines = tokio::time::timeout(PATIENCE, lines).await??;
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_ne!(
