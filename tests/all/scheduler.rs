@@ -214,8 +214,8 @@ async fn priority_classes_set_pod_priority_and_order_the_queue() -> anyhow::Resu
         &kube::api::DeleteParams::default().grace_period(0),
     )
     .await?;
+    // Had the older, lower one been taken first, this would never bind.
     assert_eq!(node_of(&pods, "waits-high").await?, "solo");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let low = pods.get("waits-low").await?.spec.unwrap_or_default();
     assert_eq!(low.node_name, None, "the lower one still waits");
 

@@ -76,6 +76,21 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A streaming request's query (`command=…&stdin=true`), in order.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| format!("invalid query: {e}"))
+}
+
+/// Whether the query turns `name` on (`stdin=true`, `tty=1`).
+fn flag(pairs: &[(String, String)], name: &str) -> bool {
+    crate::apiserver::request::truthy(
+        &pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone()),
+    )
+}
+
 /// `kubectl attach`: the running container's output from now on, behind
 /// a WebSocket speaking the exec protocol (see `attach.rs`).
 async fn attach(
@@ -85,20 +100,11 @@ async fn attach(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", &m);
-    let pairs: Vec<(String, String)> =
-        match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
-            Ok(p) => p,
-            Err(e) => return bad(format!("invalid query: {e}")),
-        };
-    let flag = |name: &str| {
-        crate::apiserver::request::truthy(
-            &pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone()),
-        )
+    let pairs = match query_pairs(query.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return bad(e),
     };
-    if flag("stdin") {
+    if flag(&pairs, "stdin") {
         return bad(format!(
             "container {container:?} of pod {ns}/{pod} has no stdin to attach to: Shoal starts containers without one; attach without -i to follow its output"
         ));
@@ -121,7 +127,7 @@ async fn attach(
             ))
         }
     };
-    let tty = flag("tty");
+    let tty = flag(&pairs, "tty");
     ws.protocols(super::exec::PROTOCOLS)
         .on_upgrade(move |socket| super::attach::session(socket, log, tty))
 }
@@ -222,11 +228,10 @@ async fn exec(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", &m);
-    let pairs: Vec<(String, String)> =
-        match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
-            Ok(p) => p,
-            Err(e) => return bad(format!("invalid query: {e}")),
-        };
+    let pairs = match query_pairs(query.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return bad(e),
+    };
     let argv: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k == "command")
@@ -235,14 +240,7 @@ async fn exec(
     if argv.is_empty() {
         return bad("you must specify at least one command for the container".into());
     }
-    let flag = |name: &str| {
-        crate::apiserver::request::truthy(
-            &pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone()),
-        )
-    };
+    let flag = |name: &str| flag(&pairs, name);
     let opts = shoal_runtime::exec::ExecOptions {
         stdin: flag("stdin"),
         tty: flag("tty"),

@@ -37,7 +37,8 @@ pub const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 
 /// Bytes per data frame from the pod; kubectl reads in 32 KiB pieces too.
 const CHUNK: usize = 32 << 10;
-/// Streams a session may have open before more are refused.
+/// Connections a session may have half-open or sending before more
+/// streams are refused.
 const MAX_STREAMS: usize = 4096;
 /// How long a runc container's port may take to accept.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,7 +204,6 @@ where
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // The data stream of each forwarded connection, towards the pod.
     let mut to_pod: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
-    let mut open = 0usize;
     'read: while let Some(Ok(chunk)) = incoming.next().await {
         decoder.push(&chunk);
         loop {
@@ -219,9 +219,10 @@ where
                 Frame::SynStream {
                     stream, headers, ..
                 } => {
-                    open += 1;
+                    // Streams not yet paired, and connections still sending.
+                    let open = pairs.len() + to_pod.len();
                     match opened(&headers) {
-                        Ok((kind, port, request)) if open <= MAX_STREAMS => {
+                        Ok((kind, port, request)) if open < MAX_STREAMS => {
                             if out.send(encoder.syn_reply(stream, false)).await.is_err() {
                                 break 'read;
                             }
@@ -267,7 +268,10 @@ where
                         if !data.is_empty() && tx.send(Some(data)).await.is_err() {
                             to_pod.remove(&stream);
                         } else if fin {
+                            // Nothing more comes on it: the pod's side
+                            // hears the end, the session forgets it.
                             let _ = tx.send(None).await;
+                            to_pod.remove(&stream);
                         }
                     }
                 }

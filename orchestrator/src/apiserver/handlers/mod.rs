@@ -267,18 +267,7 @@ async fn node_subresource(
             namespace,
             name,
         } => {
-            labels.resource = format!("pods/{what}");
-            labels.verb = if method == Method::POST {
-                "POST"
-            } else {
-                "GET"
-            };
-            if method != Method::GET && method != Method::POST {
-                return Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({method} {})",
-                    uri.path()
-                )));
-            }
+            upgrade_request(labels, format!("pods/{what}"), method, uri)?;
             super::proxy::pod_exec(
                 st,
                 what,
@@ -292,18 +281,7 @@ async fn node_subresource(
             .await
         }
         NodeSub::PodPortForward { namespace, name } => {
-            labels.resource = "pods/portforward".into();
-            labels.verb = if method == Method::POST {
-                "POST"
-            } else {
-                "GET"
-            };
-            if method != Method::GET && method != Method::POST {
-                return Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({method} {})",
-                    uri.path()
-                )));
-            }
+            upgrade_request(labels, "pods/portforward".into(), method, uri)?;
             super::proxy::pod_port_forward(st, namespace, name, method, headers, upgrade.0).await
         }
         NodeSub::PodLog { namespace, name } => {
@@ -323,6 +301,29 @@ async fn node_subresource(
             super::proxy::node_proxy(st, node, &path, uri.query(), method.clone(), body).await
         }
     }
+}
+
+/// Labels a streaming subresource request (exec, attach, port-forward),
+/// which clients open with GET (WebSocket) or POST (SPDY) only.
+fn upgrade_request(
+    labels: &mut RequestLabels,
+    resource: String,
+    method: &Method,
+    uri: &Uri,
+) -> ApiResult<()> {
+    labels.resource = resource;
+    labels.verb = if method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    };
+    if method != Method::GET && method != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            uri.path()
+        )));
+    }
+    Ok(())
 }
 
 fn verb_name(method: &Method, t: &Target, watch: bool) -> &'static str {
