@@ -142,6 +142,7 @@ async fn in_process(image: &str, n: usize) -> anyhow::Result<Vec<f64>> {
                 output: Arc::new(shoal_runtime::output::Discard),
                 http: HttpLimits::default(),
                 outbound: None,
+                stdin: None,
             },
         )
         .await?;

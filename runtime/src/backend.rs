@@ -111,6 +111,25 @@ pub struct ContainerSpec {
     pub http: HttpLimits,
     /// Where the guest's outbound HTTP requests go; `None` denies them all.
     pub outbound: Option<Arc<dyn Outbound>>,
+    /// The container's stdin (`stdin: true`), for runtimes that can give
+    /// their guest one; without it stdin reads as empty.
+    pub stdin: Option<GuestStdin>,
+}
+
+/// The read end of a container's stdin, which the node writes to (`kubectl
+/// attach -i`). The runtime takes it once, when the container starts.
+pub struct GuestStdin(
+    std::sync::Mutex<Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>>,
+);
+
+impl GuestStdin {
+    pub fn new(r: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static) -> GuestStdin {
+        GuestStdin(std::sync::Mutex::new(Some(Box::new(r))))
+    }
+
+    pub fn take(&self) -> Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// What a `securityContext` asks of a process, the container's settings

@@ -104,11 +104,15 @@ async fn attach(
         Ok(p) => p,
         Err(e) => return bad(e),
     };
-    if flag(&pairs, "stdin") {
-        return bad(format!(
-            "container {container:?} of pod {ns}/{pod} has no stdin to attach to: Shoal starts containers without one; attach without -i to follow its output"
-        ));
-    }
+    let stdin = match (flag(&pairs, "stdin"), ctx.stdins.get(&ns, &pod, &container)) {
+        (false, _) => None,
+        (true, Some(s)) => Some(s),
+        (true, None) => {
+            return bad(format!(
+                "container {container:?} of pod {ns}/{pod} has no stdin to attach to: it needs stdin: true in its spec, and a Wasm runtime (runc containers start without one); attach without -i to follow its output"
+            ))
+        }
+    };
     let live = ctx
         .pod(&ns, &pod)
         .and_then(|key| ctx.logs.current(&key.uid, &container))
@@ -129,7 +133,7 @@ async fn attach(
     };
     let tty = flag(&pairs, "tty");
     ws.protocols(super::exec::PROTOCOLS)
-        .on_upgrade(move |socket| super::attach::session(socket, log, tty))
+        .on_upgrade(move |socket| super::attach::session(socket, log, stdin, tty))
 }
 
 /// `kubectl port-forward`: SPDY streams inside a WebSocket, or on a

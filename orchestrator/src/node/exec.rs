@@ -20,12 +20,12 @@ use tracing::debug;
 
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
-const STDIN: u8 = 0;
+pub(super) const STDIN: u8 = 0;
 pub(super) const STDOUT: u8 = 1;
 pub(super) const STDERR: u8 = 2;
 pub(super) const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+pub(super) const CLOSE: u8 = 255;
 
 /// (namespace, pod, container)
 type Key = (String, String, String);

@@ -101,6 +101,8 @@ pub struct NodeCtx {
     pub network: Option<Arc<network::PodNetworks>>,
     /// Running containers, for `kubectl exec`.
     pub execs: exec::Execs,
+    /// The stdin of running containers that have one, for `kubectl attach -i`.
+    pub stdins: attach::Stdins,
 }
 
 impl NodeCtx {
@@ -196,6 +198,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         usage: Arc::default(),
         network,
         execs: exec::Execs::default(),
+        stdins: attach::Stdins::default(),
     });
     tokio::spawn(usage::sampler(ctx.usage.clone()));
     tokio::spawn(volumes::clean_up(

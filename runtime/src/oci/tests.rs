@@ -164,6 +164,7 @@ fn spec(command: &[&str], args: &[&str]) -> (ContainerSpec, Arc<Capture>) {
         output: out.clone(),
         http: HttpLimits::default(),
         outbound: None,
+        stdin: None,
     };
     (spec, out)
 }

@@ -38,6 +38,10 @@ pub(crate) async fn start(
         memory: memory.clone(),
     };
     let mut wasi = wasi_builder(&spec).map_err(create)?;
+    // A command's stdin (an HTTP component's instances get none).
+    if let Some(r) = spec.stdin.as_ref().and_then(|s| s.take()) {
+        wasi.stdin(wasmtime_wasi::cli::AsyncStdinStream::new(r));
+    }
     let kill = Arc::new(Notify::new());
     let (tx, rx) = oneshot::channel();
     let cpu = spec.cpu_limit_millis;

@@ -87,6 +87,7 @@ fn spec(out: Arc<Capture>) -> ContainerSpec {
         output: out,
         http: crate::http::HttpLimits::default(),
         outbound: None,
+        stdin: None,
     }
 }
 

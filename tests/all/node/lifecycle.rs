@@ -211,3 +211,75 @@ async fn images_over_http_are_pulled_and_verified() -> anyhow::Result<()> {
     wait_logs(&s, &["fetched"], "tick 0\n").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn attach_feeds_a_wasm_guests_stdin() -> anyhow::Result<()> {
+    let s = Server::up(&[])?;
+    let pods: Api<Pod> = Api::namespaced(s.client().await?, "default");
+    let echo = sample("echo")?;
+    // Without stdinOnce the input stays open between attaches.
+    let yaml = |name: &str, once: bool| {
+        pod_yaml(
+            name,
+            &echo,
+            "  restartPolicy: Never\n",
+            &format!("    stdin: true\n    stdinOnce: {once}\n"),
+        )
+    };
+    s.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "{}---\n{}",
+            yaml("once", true),
+            yaml("kept", false)
+        )),
+    )?;
+    wait_running(&pods, "once").await?;
+    wait_running(&pods, "kept").await?;
+
+    // stdinOnce: the guest sees the end of its input when kubectl's ends,
+    // echoes it all, exits, and kubectl returns with it.
+    let out = s.kubectl_in(&["attach", "-i", "once"], Some("hello\nfrom stdin\n"))?;
+    assert_eq!(out, "hello\nfrom stdin\n");
+    wait_logs(&s, &["once"], "hello\nfrom stdin\n").await?;
+    wait_for("the guest to finish", PATIENCE, || async {
+        let p = pods.get("once").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await?;
+
+    // Input from two attaches in turn, the guest still running between.
+    let kept = |text: &'static str| {
+        let s = &s;
+        async move {
+            let mut child = s
+                .kubectl_cmd(&["attach", "-i", "kept"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            if let Some(mut pipe) = child.stdin.take() {
+                use std::io::Write;
+                pipe.write_all(text.as_bytes())?;
+            }
+            anyhow::Ok(child)
+        }
+    };
+    let mut first = kept("one\n").await?;
+    wait_logs(&s, &["kept"], "one\n").await?;
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = kept("two\n").await?;
+    wait_logs(&s, &["kept"], "one\ntwo\n").await?;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(
+        pods.get("kept")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref(),
+        Some("Running")
+    );
+    Ok(())
+}

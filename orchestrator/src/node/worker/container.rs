@@ -185,6 +185,17 @@ impl ContainerTask {
         let restart = self.status.restart_count;
         let log = self.ctx.logs.open(&self.pod, &name, restart);
         let r = &self.ready.resolved;
+        // Only a Wasm guest can be given a stdin the node writes to.
+        let stdin = (self.ready.spec.stdin == Some(true)
+            && self.backend.runtime_class() == shoal_sdk::RUNTIME_CLASS_WASMTIME)
+            .then(|| {
+                self.ctx.stdins.open(
+                    &self.pod.namespace,
+                    &self.pod.name,
+                    &name,
+                    self.ready.spec.stdin_once == Some(true),
+                )
+            });
         let spec = ContainerSpec {
             argv: r.argv.clone(),
             command: r.command.clone(),
@@ -207,12 +218,16 @@ impl ContainerTask {
                 &self.pod.namespace,
                 r.allowed_outbound.clone(),
             ))),
+            stdin,
         };
         let started_clock = Instant::now();
         let mut running = match self.backend.start(&self.ready.prepared, spec).await {
             Ok(c) => c,
             Err(e) => {
                 log.finish();
+                self.ctx
+                    .stdins
+                    .closed(&self.pod.namespace, &self.pod.name, &name);
                 self.fail_start(e.to_string());
                 return None;
             }
@@ -259,6 +274,9 @@ impl ContainerTask {
             self.ctx
                 .execs
                 .stopped(&self.pod.namespace, &self.pod.name, &name);
+            self.ctx
+                .stdins
+                .closed(&self.pod.namespace, &self.pod.name, &name);
             log.finish();
             let message = Some(format!("PostStartHook failed: {why}"));
             self.terminated(&exit, "Error", message, started_at);
@@ -372,6 +390,9 @@ impl ContainerTask {
         self.ctx
             .execs
             .stopped(&self.pod.namespace, &self.pod.name, &name);
+        self.ctx
+            .stdins
+            .closed(&self.pod.namespace, &self.pod.name, &name);
         log.finish();
         let (reason, message) = match &exit {
             Exit::OomKilled => ("OOMKilled", None),
