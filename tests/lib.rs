@@ -298,7 +298,7 @@ impl Server {
             }
         });
         let mut pf = PortForward {
-            child,
+            child: Mutex::new(child),
             local: String::new(),
             stderr,
         };
@@ -653,7 +653,7 @@ fn dechunk(mut rest: &str) -> String {
 
 /// A running `kubectl port-forward`, stopped when dropped.
 pub struct PortForward {
-    child: Child,
+    child: Mutex<Child>,
     /// Where it listens: `127.0.0.1:<port>`.
     pub local: String,
     stderr: Arc<Mutex<String>>,
@@ -666,15 +666,34 @@ impl PortForward {
     }
 
     /// Whether kubectl is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    pub fn running(&self) -> bool {
+        self.child
+            .lock()
+            .is_ok_and(|mut c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for kubectl to report that forwarding `port` failed, and
+    /// returns what it said.
+    pub async fn refusal(&self, port: u16) -> Result<String> {
+        let needle = format!("error forwarding port {port}");
+        wait_for(
+            &format!("kubectl's error about port {port}"),
+            Duration::from_secs(90),
+            || async {
+                let said = self.stderr();
+                said.contains(&needle).then_some(said)
+            },
+        )
+        .await
     }
 }
 
 impl Drop for PortForward {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(c) = self.child.get_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! SPDY fallback, to a pod or a Service), and a port nothing serves gets
 //! kubectl's error naming why.
 
-use shoal_tests::{http_get, rust_sample, sample, wait_for, Node, Server};
+use shoal_tests::{http_get, pod_yaml, rust_sample, sample, wait_for, Node, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{http_manifest, pod_of, sample_dir, wait_endpoints, PATIENCE};
@@ -73,17 +73,11 @@ async fn port_forward_reaches_http_components_and_names_refusals() -> anyhow::Re
     // kubectl says why.
     let pf = s.port_forward(&[&format!("pod/{target}"), ":9999"], &[])?;
     assert!(http_get(&pf.local, "/").await.is_err());
-    let said = wait_for("kubectl's error", PATIENCE, || async {
-        let e = pf.stderr();
-        e.contains("error forwarding port 9999").then_some(e)
-    })
-    .await?;
+    let said = pf.refusal(9999).await?;
     assert!(said.contains("declared container ports (8080)"), "{said}");
     // kubectl gives up on the session after a remote error.
-    let pf = std::sync::Mutex::new(pf);
     wait_for("kubectl to exit", PATIENCE, || async {
-        let running = pf.lock().map(|mut p| p.running()).unwrap_or(false);
-        (!running).then_some(())
+        (!pf.running()).then_some(())
     })
     .await?;
     drop(pf);
@@ -92,9 +86,7 @@ async fn port_forward_reaches_http_components_and_names_refusals() -> anyhow::Re
     let ticker = sample("ticker")?;
     s.kubectl_in(
         &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: ticker}}\nspec:\n  containers:\n  - {{name: main, image: \"{ticker}\"}}\n"
-        )),
+        Some(&pod_yaml("ticker", &ticker, "", "")),
     )?;
     s.kubectl(&[
         "wait",
@@ -104,11 +96,7 @@ async fn port_forward_reaches_http_components_and_names_refusals() -> anyhow::Re
     ])?;
     let pf = s.port_forward(&["pod/ticker", ":80"], &[])?;
     assert!(http_get(&pf.local, "/").await.is_err());
-    let said = wait_for("kubectl's error", PATIENCE, || async {
-        let e = pf.stderr();
-        e.contains("error forwarding port 80").then_some(e)
-    })
-    .await?;
+    let said = pf.refusal(80).await?;
     assert!(said.contains("listens on no port"), "{said}");
     drop(pf);
 

@@ -215,19 +215,22 @@ async fn priority_admission(st: &ApiState, pod: &str, obj: &mut Value) -> ApiRes
         .filter(|n| !n.is_empty())
         .map(str::to_string);
     let class = match &named {
+        // One read by key: this runs for every pod created.
         Some(n) => {
-            let wanted = n.clone();
-            let found = priority_classes(st, &move |v: &Value| {
-                v.pointer("/metadata/name").and_then(Value::as_str) == Some(wanted.as_str())
-            })
-            .await?;
-            match found.into_iter().next() {
-                Some(c) => Some(c),
-                None => {
+            let Some(reg) = st
+                .registry
+                .get("scheduling.k8s.io", "v1", "priorityclasses")
+            else {
+                return Ok(());
+            };
+            match st.store.get(&reg.key(None, Some(n))).await {
+                Ok(Some(c)) => Some((*c.value).clone()),
+                Ok(None) => {
                     return Err(forbidden(format!(
                         "no PriorityClass with name {n} was found"
                     )))
                 }
+                Err(e) => return Err(ApiError::from_store(e, "priorityclasses", n)),
             }
         }
         // The lowest default wins should several be marked.
